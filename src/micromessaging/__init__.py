@@ -1,0 +1,40 @@
+"""micromessaging: JSON-RPC 2.0 between services over Redis, RabbitMQ, HTTP or in-process.
+
+Serve plain domain code with a `Worker` (or ``micromessaging worker module:Class``) and call
+it from anywhere with `Client` or `AsyncClient`: ``calc.add(1, 5.1) == 6.1``.
+"""
+
+from ._client import AsyncBatch, AsyncClient, BatchCall
+from ._exceptions import (
+    CallTimeout,
+    ConfigurationError,
+    MicromessagingError,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+)
+from ._protocol import ErrorCode
+from ._service import Service, method
+from ._sync_client import Batch, Client
+from ._worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncBatch",
+    "AsyncClient",
+    "Batch",
+    "BatchCall",
+    "CallTimeout",
+    "Client",
+    "ConfigurationError",
+    "ErrorCode",
+    "MicromessagingError",
+    "ProtocolError",
+    "RemoteError",
+    "Service",
+    "TransportError",
+    "Worker",
+    "__version__",
+    "method",
+]

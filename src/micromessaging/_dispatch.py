@@ -1,0 +1,129 @@
+"""Run the requests of one message against a service and build the reply.
+
+Every outcome becomes a JSON-RPC response: unknown names, params that don't fit, exceptions
+from service code and results JSON can't carry. Nothing a caller sends can raise out of
+`Dispatcher.handle`, so one bad message never stops a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+import traceback
+from concurrent.futures import Executor
+
+from ._exceptions import RemoteError
+from ._openrpc import openrpc_document
+from ._protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ErrorCode,
+    Incoming,
+    Request,
+    encode_response,
+    encode_responses,
+    error_response,
+    parse_incoming,
+    result_response,
+)
+from ._service import InvalidParams, Method, Service
+from ._types import JSON
+
+logger = logging.getLogger("micromessaging.worker")
+
+DISCOVER = "rpc.discover"
+
+
+class Dispatcher:
+    """Answers JSON-RPC messages from one service's methods."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        executor: Executor | None = None,
+        debug: bool = False,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.service = service
+        self.debug = debug
+        self.max_message_size = max_message_size
+        self._executor = executor
+        self._methods: dict[str, Method] = dict(service.methods)
+        self._document: dict[str, JSON] | None = None
+
+    async def handle(self, data: bytes, deadline: float | None = None) -> bytes | None:
+        """The reply to one message, or None when nothing is owed (notifications only)."""
+        return await self.handle_incoming(parse_incoming(data, self.max_message_size), deadline)
+
+    async def handle_incoming(self, incoming: Incoming, deadline: float | None) -> bytes | None:
+        """The reply to an already parsed message."""
+        if not incoming.is_batch:
+            item = incoming.items[0]
+            if isinstance(item, Request):
+                response = await self.run(item, deadline)
+                return None if response is None else encode_response(response)
+            return encode_response(item)
+        responses = await asyncio.gather(*(self._answer(item, deadline) for item in incoming.items))
+        return encode_responses([r for r in responses if r is not None], is_batch=True)
+
+    async def _answer(
+        self, item: Request | dict[str, JSON], deadline: float | None
+    ) -> dict[str, JSON] | None:
+        return await self.run(item, deadline) if isinstance(item, Request) else item
+
+    async def run(self, request: Request, deadline: float | None = None) -> dict[str, JSON] | None:
+        """Call one request: its response, or None for a notification.
+
+        A request whose deadline has passed is not started. One already running is not
+        stopped here: the worker cancels the whole message when its caller gives up.
+        """
+        id_ = request.id
+        method = self._methods.get(request.method)
+        if method is None:
+            if request.method == DISCOVER and not request.params:
+                response = result_response(id_, self.document())
+            else:
+                response = error_response(id_, ErrorCode.METHOD_NOT_FOUND)
+        elif deadline is not None and time.time() >= deadline:
+            response = error_response(id_, ErrorCode.DEADLINE_EXCEEDED)
+        else:
+            try:
+                args, kwargs = method.bind(request.params)
+                if method.is_async:
+                    result = await method.func(*args, **kwargs)
+                else:
+                    call = functools.partial(method.func, *args, **kwargs)
+                    result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+                    if inspect.isawaitable(result):
+                        result = await result
+                response = result_response(id_, result)
+            except InvalidParams as exc:
+                response = error_response(id_, ErrorCode.INVALID_PARAMS, data={"message": str(exc)})
+            except RemoteError as exc:
+                response = {"jsonrpc": "2.0", "error": exc.to_error_object(), "id": id_}
+            except Exception as exc:
+                response = error_response(
+                    id_, ErrorCode.SERVER_ERROR, data=self._server_error_data(method, exc)
+                )
+        if request.is_notification:
+            if "error" in response:
+                logger.info("notification %s failed: %s", request.method, response["error"])
+            return None
+        return response
+
+    def _server_error_data(self, method: Method, exc: Exception) -> dict[str, JSON]:
+        name = type(exc).__name__
+        logger.warning("%s raised %s: %s", method.name, name, exc, exc_info=self.debug)
+        data: dict[str, JSON] = {"type": name, "message": str(exc)}
+        if self.debug:
+            data["traceback"] = "".join(traceback.format_exception(exc))
+        return data
+
+    def document(self) -> dict[str, JSON]:
+        """The service's OpenRPC document (built once)."""
+        if self._document is None:
+            self._document = openrpc_document(self.service)
+        return self._document

@@ -1,0 +1,240 @@
+"""Consume a queue, dispatch each message, reply and acknowledge; drain on stop.
+
+The worker takes only as many messages as it has free slots (``concurrency``), so a message
+waits in the broker, where another worker can take it, rather than in this process. Every
+message is settled exactly once: completed with its reply, skipped when its caller's
+deadline has passed, or dead-lettered when it has been delivered too often or owes a reply
+that has no address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from ._dispatch import Dispatcher
+from ._exceptions import ConfigurationError, MicromessagingError
+from ._protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    ErrorCode,
+    Incoming,
+    Request,
+    encode_responses,
+    error_response,
+    parse_incoming,
+)
+from ._service import Service
+from ._settings import mask_password, resolve_broker
+from .transports import WorkerOptions, worker_transport
+from .transports.base import Delivery
+
+logger = logging.getLogger("micromessaging.worker")
+
+DEADLINE_CHECK_INTERVAL = 0.05
+"""How often, in seconds, the worker looks for calls whose callers have given up."""
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What a worker has done since it started."""
+
+    completed: int = 0
+    expired: int = 0
+    dead_lettered: int = 0
+    transport_errors: int = 0
+
+
+class Worker:
+    """Serves one service on one queue of a broker."""
+
+    def __init__(
+        self,
+        service: object,
+        broker: str | None = None,
+        queue: str | None = None,
+        *,
+        concurrency: int = 16,
+        max_deliveries: int = 3,
+        grace: float = 30.0,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        debug: bool = False,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be at least 1")
+        self.service = Service.from_object(service)
+        self.broker = resolve_broker(broker)
+        self.queue = queue or self.service.name
+        self.concurrency = concurrency
+        self.max_deliveries = max_deliveries
+        self.grace = grace
+        self.max_message_size = max_message_size
+        self.debug = debug
+        self.stats = WorkerStats()
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="micromessaging")
+        self._dispatcher = Dispatcher(
+            self.service,
+            executor=self._executor,
+            debug=debug,
+            max_message_size=max_message_size,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = asyncio.Event()
+        self._started = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._deadlines: dict[asyncio.Task[None], float] = {}
+        self._expired: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Serve until `stop`, then finish the calls in flight (up to `grace` seconds)."""
+        options = WorkerOptions(
+            queue=self.queue,
+            concurrency=self.concurrency,
+            max_deliveries=self.max_deliveries,
+            max_message_size=self.max_message_size,
+        )
+        transport = worker_transport(self.broker, options)
+        await transport.start(self._deliver)
+        logger.info(
+            "serving queue %r on %s with %s (concurrency %d); methods: %s",
+            self.queue,
+            mask_password(self.broker),
+            type(transport).__name__,
+            self.concurrency,
+            ", ".join(self.service.methods) or "none",
+        )
+        watchdog = asyncio.create_task(self._watch_deadlines())
+        try:
+            self._started.set()
+            await self._stopped.wait()
+            await transport.stop_receiving()
+            await self._drain()
+        finally:
+            watchdog.cancel()
+            await transport.aclose()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            logger.info("stopped serving queue %r", self.queue)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        self._tasks.add(asyncio.create_task(self._process(delivery)))
+
+    async def _process(self, delivery: Delivery) -> None:
+        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            deadline = delivery.deadline
+            if deadline is not None and time.time() >= deadline:
+                self.stats.expired += 1
+                logger.debug("skipped a request whose caller gave up")
+                await delivery.complete(None)
+                return
+            incoming = parse_incoming(delivery.body, self.max_message_size)
+            if delivery.delivery_count > self.max_deliveries:
+                await self._dead_letter(
+                    delivery,
+                    f"delivered {delivery.delivery_count} times (limit {self.max_deliveries})",
+                    _delivery_limit_reply(incoming, delivery.delivery_count),
+                )
+                return
+            if not delivery.can_reply and _owes_reply(incoming):
+                await self._dead_letter(delivery, "no reply address", None)
+                return
+            if deadline is not None:
+                self._deadlines[task] = deadline
+            try:
+                reply = await self._dispatcher.handle_incoming(incoming, deadline)
+            except asyncio.CancelledError:
+                if task not in self._expired:
+                    raise  # stopping: leave the message unsettled, to be delivered again
+                # The caller has given up: acknowledge, and owe nobody a reply.
+                task.uncancel()
+                self._expired.discard(task)
+                self.stats.expired += 1
+                reply = None
+            finally:
+                if deadline is not None:
+                    self._deadlines.pop(task, None)
+            await delivery.complete(reply)
+            self.stats.completed += 1
+        except MicromessagingError as exc:
+            # Unsettled, the message goes back to the queue and is delivered again.
+            self.stats.transport_errors += 1
+            logger.warning("could not settle a message from %r: %s", self.queue, exc)
+        except Exception:
+            logger.exception("processing a message from %r failed", self.queue)
+        finally:
+            self._tasks.discard(task)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str, reply: bytes | None) -> None:
+        self.stats.dead_lettered += 1
+        logger.warning("dead-lettered a message from %r: %s", self.queue, reason)
+        await delivery.dead_letter(reason, reply)
+
+    async def _watch_deadlines(self) -> None:
+        """Cancel the calls whose callers have stopped waiting."""
+        while True:
+            await asyncio.sleep(DEADLINE_CHECK_INTERVAL)
+            now = time.time()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        logger.info("finishing %d calls in flight", len(self._tasks))
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self.grace)
+        if pending:
+            logger.warning(
+                "%d calls still running after %.0fs; abandoning them", len(pending), self.grace
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+
+    def stop(self) -> None:
+        """Stop taking messages; `run` returns once the calls in flight are done."""
+        self._stopped.set()
+
+    async def started(self) -> None:
+        """Wait until the worker is connected and serving."""
+        await self._started.wait()
+
+    async def __aenter__(self) -> Self:
+        self._runner = asyncio.create_task(self.run())
+        started = asyncio.ensure_future(self._started.wait())
+        await asyncio.wait({started, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+        if self._runner.done():
+            started.cancel()
+            await self._runner  # raises what stopped it
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+
+
+def _owes_reply(incoming: Incoming) -> bool:
+    return any(not (isinstance(item, Request) and item.is_notification) for item in incoming.items)
+
+
+def _delivery_limit_reply(incoming: Incoming, count: int) -> bytes | None:
+    reason = f"the request was delivered {count} times without an answer; it may crash workers"
+    responses = [
+        error_response(item.id, ErrorCode.DELIVERY_LIMIT, data={"message": reason})
+        for item in incoming.items
+        if isinstance(item, Request) and not item.is_notification
+    ]
+    return encode_responses(responses, incoming.is_batch)

@@ -1,0 +1,1 @@
+"""Example services: plain classes with no import from micromessaging."""

@@ -1,0 +1,341 @@
+"""The transport contract: the same behaviours, run over every transport.
+
+A transport joins by subclassing `TransportContract` in its own test module and providing:
+
+- the `broker_url` fixture (a URL of a real broker: integration tests never mock one);
+- `inject(broker_url, queue, body, delivery_count)`: put raw bytes on the queue as a
+  request whose reply comes back to the test, and return that reply's bytes (None when no
+  reply arrives within `wait`);
+- `dead_letters(broker_url, queue)`: the bodies dead-lettered from the queue;
+- `leftovers(broker_url, queue)`: names of broker resources the queue's traffic left behind
+  (reply lists, processing lists, temporary queues), which must be none after a clean stop.
+
+A transport that cannot show a behaviour (HTTP has no queue to redeliver from) overrides
+that test with a skip that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from micromessaging import AsyncClient, CallTimeout, Client, ErrorCode, RemoteError, Worker
+
+
+class Probe:
+    """The service the contract calls: it records what ran, to show what did not."""
+
+    def __init__(self) -> None:
+        self.ran: list[object] = []
+
+    def add(self, a: float, b: float) -> float:
+        return a + b
+
+    def subtract(self, minuend: float, subtrahend: float) -> float:
+        return minuend - subtrahend
+
+    def echo(self, value: object) -> object:
+        return value
+
+    async def slow(self, seconds: float, tag: object = None) -> object:
+        self.ran.append(("slow", tag))
+        await asyncio.sleep(seconds)
+        return tag
+
+    def record(self, value: object) -> None:
+        self.ran.append(value)
+
+    def recorded(self) -> list[object]:
+        return list(self.ran)
+
+    def fail(self, message: str) -> None:
+        raise ValueError(message)
+
+    def refuse(self) -> None:
+        raise RemoteError(4001, "insufficient funds", {"balance": 3})
+
+    def _secret(self) -> str:
+        return "never exposed"
+
+
+async def eventually(predicate, timeout: float = 5.0) -> None:
+    """Wait until `predicate()` is true, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+class TransportContract:
+    """Behaviours every transport must show; subclasses provide the hooks above."""
+
+    worker_concurrency = 16
+
+    @pytest.fixture
+    def broker_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def queue(self) -> str:
+        return f"mm-test-{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def probe(self) -> Probe:
+        return Probe()
+
+    @pytest.fixture
+    async def worker(self, broker_url: str, queue: str, probe: Probe) -> AsyncIterator[Worker]:
+        async with Worker(probe, broker_url, queue, concurrency=self.worker_concurrency) as w:
+            yield w
+
+    @pytest.fixture
+    async def client(self, broker_url: str, queue: str) -> AsyncIterator[AsyncClient]:
+        async with AsyncClient(broker_url, queue, timeout=10) as c:
+            yield c
+
+    async def inject(
+        self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
+    ) -> bytes | None:
+        raise NotImplementedError
+
+    async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
+        raise NotImplementedError
+
+    async def leftovers(self, broker_url: str, queue: str) -> list[str]:
+        raise NotImplementedError
+
+    # --- calls ---------------------------------------------------------------------------
+
+    async def test_round_trip(self, worker: Worker, client: AsyncClient) -> None:
+        assert await client.add(1, 5.1) == 6.1
+
+    async def test_named_params(self, worker: Worker, client: AsyncClient) -> None:
+        assert await client.call("subtract", subtrahend=23, minuend=42) == 19
+
+    async def test_notification_runs_without_reply(
+        self, worker: Worker, client: AsyncClient, probe: Probe
+    ) -> None:
+        await client.notify("record", "hello")
+        await eventually(lambda: "hello" in probe.ran)
+
+    async def test_batch(self, worker: Worker, client: AsyncClient, probe: Probe) -> None:
+        async with client.batch() as batch:
+            total = batch.add(1, 2)
+            difference = batch.subtract(minuend=5, subtrahend=3)
+            batch.notify("record", "in a batch")
+            missing = batch.call("nope")
+        assert total.result() == 3
+        assert difference.result() == 2
+        with pytest.raises(RemoteError) as caught:
+            missing.result()
+        assert caught.value.code == ErrorCode.METHOD_NOT_FOUND
+        await eventually(lambda: "in a batch" in probe.ran)
+
+    async def test_errors_carry_code_message_and_data(
+        self, worker: Worker, client: AsyncClient
+    ) -> None:
+        with pytest.raises(RemoteError) as caught:
+            await client.refuse()
+        assert (caught.value.code, caught.value.message) == (4001, "insufficient funds")
+        assert caught.value.data == {"balance": 3}
+        with pytest.raises(RemoteError) as caught:
+            await client.fail("boom")
+        assert caught.value.code == ErrorCode.SERVER_ERROR
+        assert caught.value.data["type"] == "ValueError"
+        assert caught.value.data["message"] == "boom"
+        assert "traceback" not in caught.value.data
+
+    async def test_only_declared_methods(self, worker: Worker, client: AsyncClient) -> None:
+        for name in ("nope", "_secret", "__class__", "__init__", "instance_eval", "ran"):
+            with pytest.raises(RemoteError) as caught:
+                await client.call(name)
+            assert caught.value.code == ErrorCode.METHOD_NOT_FOUND, name
+
+    async def test_invalid_params_named(self, worker: Worker, client: AsyncClient) -> None:
+        with pytest.raises(RemoteError) as caught:
+            await client.add(1)
+        assert caught.value.code == ErrorCode.INVALID_PARAMS
+        assert "'b'" in caught.value.data["message"]
+        with pytest.raises(RemoteError) as caught:
+            await client.add("one", 2)
+        assert caught.value.code == ErrorCode.INVALID_PARAMS
+        assert "'a'" in caught.value.data["message"]
+
+    async def test_discover(self, worker: Worker, client: AsyncClient) -> None:
+        document = await client.describe()
+        names = {method["name"] for method in document["methods"]}
+        assert {"add", "subtract", "echo", "slow"} <= names
+        assert not any(name.startswith("_") for name in names)
+
+    async def test_many_calls_in_flight_on_one_client(
+        self, worker: Worker, client: AsyncClient
+    ) -> None:
+        results = await asyncio.gather(*(client.add(i, 1) for i in range(2000)))
+        assert results == [i + 1 for i in range(2000)]
+
+    async def test_concurrent_slow_calls_overlap(self, worker: Worker, client: AsyncClient) -> None:
+        started = time.monotonic()
+        tags = await asyncio.gather(*(client.slow(0.5, i) for i in range(8)))
+        assert tags == list(range(8))
+        assert time.monotonic() - started < 3.5  # 8 x 0.5 s one after another would be 4 s
+
+    async def test_sync_client_from_threads(
+        self, worker: Worker, broker_url: str, queue: str
+    ) -> None:
+        results: dict[int, object] = {}
+
+        def work(client: Client, n: int) -> None:
+            results[n] = client.add(n, 0.5)
+
+        def run_threads() -> None:
+            with Client(broker_url, queue, timeout=10) as client:
+                threads = [threading.Thread(target=work, args=(client, n)) for n in range(20)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+
+        await asyncio.to_thread(run_threads)
+        assert results == {n: n + 0.5 for n in range(20)}
+
+    async def test_large_params_round_trip(self, worker: Worker, client: AsyncClient) -> None:
+        value = "x" * 200_000
+        assert await client.echo(value) == value
+
+    async def test_too_large_message_is_refused(self, worker: Worker, client: AsyncClient) -> None:
+        with pytest.raises(RemoteError) as caught:
+            await client.echo("x" * (2 * 1024 * 1024))
+        assert caught.value.code == ErrorCode.MESSAGE_TOO_LARGE
+        assert await client.add(1, 1) == 2  # and the worker goes on
+
+    # --- time ----------------------------------------------------------------------------
+
+    async def test_timeout_without_worker(self, broker_url: str, queue: str) -> None:
+        async with AsyncClient(broker_url, queue, timeout=0.5) as client:
+            started = time.monotonic()
+            with pytest.raises(CallTimeout):
+                await client.add(1, 2)
+            assert 0.4 < time.monotonic() - started < 3
+
+    async def test_per_call_timeout(self, worker: Worker, client: AsyncClient) -> None:
+        with pytest.raises(CallTimeout):
+            await client.call("slow", 5, timeout=0.3)
+        assert await client.add(2, 2) == 4
+
+    async def test_expired_request_is_not_run(
+        self, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        async with AsyncClient(broker_url, queue, timeout=0.3) as client:
+            with pytest.raises(CallTimeout):
+                await client.record("too late")
+        async with (
+            Worker(probe, broker_url, queue) as worker,
+            AsyncClient(broker_url, queue, timeout=10) as client,
+        ):
+            assert await client.add(1, 1) == 2
+            assert "too late" not in probe.ran
+            assert worker.stats.expired >= 0  # HTTP callers hang up instead; nothing queued
+
+    # --- workers -------------------------------------------------------------------------
+
+    async def test_two_workers_answer_each_request_once(self, broker_url: str, queue: str) -> None:
+        first, second = Probe(), Probe()
+        async with (
+            Worker(first, broker_url, queue),
+            Worker(second, broker_url, queue),
+            AsyncClient(broker_url, queue, timeout=10) as client,
+        ):
+            await asyncio.gather(*(client.record(i) for i in range(200)))
+            await asyncio.gather(*(client.notify("record", -1) for _ in range(10)))
+            await eventually(lambda: len(first.ran) + len(second.ran) == 210)
+        values = sorted(v for v in first.ran + second.ran if v != -1)
+        assert values == list(range(200))
+
+    async def test_stop_finishes_calls_in_flight(
+        self, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        async with AsyncClient(broker_url, queue, timeout=10) as client:
+            worker = Worker(probe, broker_url, queue)
+            running = asyncio.create_task(worker.run())
+            await worker.started()
+            calls = [asyncio.create_task(client.slow(0.5, i)) for i in range(4)]
+            await eventually(lambda: len(probe.ran) == 4)
+            worker.stop()
+            assert await asyncio.gather(*calls) == [0, 1, 2, 3]
+            await asyncio.wait_for(running, 5)
+
+    async def test_caller_gone_does_not_hurt_the_worker(
+        self, worker: Worker, broker_url: str, queue: str
+    ) -> None:
+        client = AsyncClient(broker_url, queue, timeout=10)
+        pending = asyncio.create_task(client.slow(0.3, "orphan"))
+        await asyncio.sleep(0.1)
+        await client.aclose()
+        with pytest.raises(Exception):  # noqa: B017,PT011 - whatever the transport says
+            await pending
+        async with AsyncClient(broker_url, queue, timeout=10) as other:
+            await asyncio.sleep(0.4)
+            assert await other.add(2, 3) == 5
+
+    # --- bad input -----------------------------------------------------------------------
+
+    async def test_malformed_json_is_answered(
+        self, worker: Worker, client: AsyncClient, broker_url: str, queue: str
+    ) -> None:
+        reply = await self.inject(broker_url, queue, b'{"jsonrpc": "2.0", "method": "add", ')
+        assert reply is not None
+        assert orjson.loads(reply)["error"]["code"] == ErrorCode.PARSE_ERROR
+        assert await client.add(1, 1) == 2
+
+    async def test_bad_request_objects_are_answered(
+        self, worker: Worker, client: AsyncClient, broker_url: str, queue: str
+    ) -> None:
+        cases = {
+            b'{"jsonrpc": "2.0", "method": 1, "params": "bar", "id": 7}': -32600,
+            b'{"jsonrpc": "1.0", "method": "add", "params": [1, 2], "id": 7}': -32600,
+            b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": true}': -32600,
+            b"[1, 2]": -32600,
+            b"[]": -32600,
+            b'"just a string"': -32600,
+            b'{"jsonrpc": "2.0", "method": "__class__", "id": 7}': -32601,
+            b'{"jsonrpc": "2.0", "method": "add", "params": {"a": 1, "c": 2}, "id": 7}': -32602,
+            b"[" * 5000 + b"]" * 5000: -32700,
+            b"\xff\xfe not utf-8": -32700,
+        }
+        for body, code in cases.items():
+            reply = await self.inject(broker_url, queue, body)
+            assert reply is not None, body[:40]
+            decoded = orjson.loads(reply)
+            first = decoded[0] if isinstance(decoded, list) else decoded
+            assert first["error"]["code"] == code, body[:40]
+        assert await client.add(1, 1) == 2
+
+    async def test_delivery_limit_dead_letters_and_answers(
+        self, worker: Worker, client: AsyncClient, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        body = b'{"jsonrpc": "2.0", "method": "record", "params": ["poison"], "id": 9}'
+        reply = await self.inject(broker_url, queue, body, delivery_count=worker.max_deliveries + 1)
+        assert reply is not None
+        assert orjson.loads(reply)["error"]["code"] == ErrorCode.DELIVERY_LIMIT
+        assert "poison" not in probe.ran
+        assert body in await self.dead_letters(broker_url, queue)
+        assert await client.add(1, 1) == 2
+
+    # --- hygiene -------------------------------------------------------------------------
+
+    async def test_nothing_left_behind(self, broker_url: str, queue: str) -> None:
+        async with (
+            Worker(Probe(), broker_url, queue) as _,
+            AsyncClient(broker_url, queue, timeout=10) as client,
+        ):
+            await asyncio.gather(*(client.add(i, 1) for i in range(300)))
+            await client.notify("record", 1)
+            await asyncio.sleep(0.2)
+        assert await self.leftovers(broker_url, queue) == []

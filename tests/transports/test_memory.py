@@ -1,0 +1,53 @@
+"""memory:// joins the transport contract."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from micromessaging.transports import memory
+
+from .contract import TransportContract
+
+
+class TestMemoryContract(TransportContract):
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return f"memory://test-{uuid.uuid4().hex[:8]}"
+
+    async def inject(
+        self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
+    ) -> bytes | None:
+        broker = memory.broker(broker_url)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+        address = f"inject-{uuid.uuid4().hex}"
+        broker.open_inbox(
+            address,
+            lambda _cid, data: loop.call_soon_threadsafe(
+                lambda: reply.done() or reply.set_result(data)
+            ),
+        )
+        try:
+            broker.publish(queue, memory.Message(body, address, "c1", None, delivery_count))
+            return await asyncio.wait_for(reply, wait)
+        except TimeoutError:
+            return None
+        finally:
+            broker.close_inbox(address)
+
+    async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
+        return [
+            message.body for message, _ in memory.broker(broker_url).dead_letters.get(queue, [])
+        ]
+
+    async def leftovers(self, broker_url: str, queue: str) -> list[str]:
+        broker = memory.broker(broker_url)
+        left = []
+        if broker.depth(queue):
+            left.append(f"{broker.depth(queue)} messages in {queue}")
+        left += [f"inbox {name}" for name in broker._inboxes]
+        left += [f"consumer on {name}" for name, found in broker._consumers.items() if found]
+        return left
