@@ -101,10 +101,10 @@ class Worker:
         transport = worker_transport(self.broker, options)
         await transport.start(self._deliver)
         logger.info(
-            "serving queue %r on %s with %s (concurrency %d); methods: %s",
+            "serving queue %r on %s (%s, concurrency %d); methods: %s",
             self.queue,
             mask_password(self.broker),
-            type(transport).__name__,
+            transport.describe(),
             self.concurrency,
             ", ".join(self.service.methods) or "none",
         )
