@@ -101,7 +101,7 @@ class Worker:
         transport = worker_transport(self.broker, options)
         await transport.start(self._deliver)
         logger.info(
-            "serving queue %r on %s (%s, concurrency %d); methods: %s",
+            "serving queue %r on %s [%s] (concurrency %d); methods: %s",
             self.queue,
             mask_password(self.broker),
             transport.describe(),

@@ -126,7 +126,7 @@ class WorkerTransport(ABC):
         """Give back every message handed over but not settled, then disconnect."""
 
     def describe(self) -> str:
-        """Where this transport takes messages from, for the worker's start line."""
+        """A few words on how this transport takes messages, for the worker's start line."""
         return type(self).__name__
 
 

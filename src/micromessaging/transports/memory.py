@@ -225,7 +225,7 @@ class MemoryWorkerTransport(WorkerTransport):
         self._unsettled.clear()
 
     def describe(self) -> str:
-        return f"{self._url} queue {self.queue!r}"
+        return "in-process broker"
 
 
 class MemoryClientTransport(ClientTransport):
