@@ -22,6 +22,8 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "rediss": ("micromessaging.transports.redis", "redis"),
     "amqp": ("micromessaging.transports.amqp", "amqp"),
     "amqps": ("micromessaging.transports.amqp", "amqp"),
+    "nats": ("micromessaging.transports.nats", "nats"),
+    "tls": ("micromessaging.transports.nats", "nats"),
     "http": ("micromessaging.transports.http", "http"),
     "https": ("micromessaging.transports.http", "http"),
 }
