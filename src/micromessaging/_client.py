@@ -193,8 +193,8 @@ class AsyncBatch(BatchBuilder):
             await self.send()
 
 
-class AsyncClient:
-    """Calls the methods of the service behind one queue; safe for many concurrent calls."""
+class ClientBase:
+    """What `AsyncClient` and `Client` share: settings, ids and the method proxy."""
 
     def __init__(
         self,
@@ -204,16 +204,44 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if not queue:
-            raise ConfigurationError("a queue is required: AsyncClient(broker, queue='calc')")
+            name = type(self).__name__
+            raise ConfigurationError(f"a queue is required: {name}(broker, queue='calc')")
         if timeout <= 0:
             raise ConfigurationError("timeout must be positive")
         self.broker = resolve_broker(broker)
         self.queue = queue
         self.timeout = timeout
         self._ids = request_ids()
+        self._closed = False
+
+    def call(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call `method` with positional or named params."""
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> MethodProxy:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        proxy = self.__dict__[name] = MethodProxy(self.call, name)  # found directly next time
+        return proxy
+
+    def _timed_out(self, what: str, timeout: float | None) -> CallTimeout:
+        timeout = self.timeout if timeout is None else timeout
+        return CallTimeout(f"no reply to {what} from queue {self.queue!r} within {timeout:g}s")
+
+
+class AsyncClient(ClientBase):
+    """Calls the methods of the service behind one queue; safe for many concurrent calls."""
+
+    def __init__(
+        self,
+        broker: str | None = None,
+        queue: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(broker, queue, timeout=timeout)
         self._transport: ClientTransport | None = None
         self._connecting = asyncio.Lock()
-        self._closed = False
 
     async def call(
         self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any
@@ -243,21 +271,14 @@ class AsyncClient:
         """The service's OpenRPC document (``rpc.discover``)."""
         return await self.request("rpc.discover")
 
-    def __getattr__(self, name: str) -> MethodProxy:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        proxy = self.__dict__[name] = MethodProxy(self.call, name)  # found directly next time
-        return proxy
-
     async def _exchange(self, body: bytes, what: str, timeout: float | None) -> bytes:
         transport = self._transport or await self._connect()
-        timeout = self.timeout if timeout is None else timeout
         try:
-            return await transport.request(self.queue, body, time.time() + timeout)
+            return await transport.request(
+                self.queue, body, time.time() + (self.timeout if timeout is None else timeout)
+            )
         except CallTimeout:
-            raise CallTimeout(
-                f"no reply to {what} from queue {self.queue!r} within {timeout:g}s"
-            ) from None
+            raise self._timed_out(what, timeout) from None
 
     async def _send(self, body: bytes) -> None:
         transport = self._transport or await self._connect()

@@ -1,9 +1,10 @@
 """Transports, chosen by the broker URL's scheme.
 
 Each transport module offers two factories, ``client_transport(url)`` and
-``worker_transport(url, options)``. Adding a broker means one module and one entry in
-`SCHEMES`; its library is imported only when its scheme is used, so a missing extra fails
-with a message that names it.
+``worker_transport(url, options)``, and may offer ``sync_client_transport(url)`` for I/O on
+the calling thread. Adding a broker means one module and one entry in `SCHEMES`; its library
+is imported only when its scheme is used, so a missing extra fails with a message that names
+it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from types import ModuleType
 from urllib.parse import urlsplit
 
 from .._exceptions import ConfigurationError
-from .base import ClientTransport, WorkerOptions, WorkerTransport
+from .base import ClientTransport, SyncClientTransport, WorkerOptions, WorkerTransport
 
 # scheme -> (module, extra that installs its library, or None when it needs none)
 SCHEMES: dict[str, tuple[str, str | None]] = {
@@ -51,6 +52,18 @@ def client_transport(url: str) -> ClientTransport:
     return transport
 
 
+def sync_client_transport(url: str) -> SyncClientTransport:
+    """The blocking client transport for a broker URL (native, or the async one on a thread)."""
+    module = _module(url)
+    factory = getattr(module, "sync_client_transport", None)
+    if factory is not None:
+        transport: SyncClientTransport = factory(url)
+        return transport
+    from ._threaded import ThreadedClientTransport
+
+    return ThreadedClientTransport(module.client_transport(url))
+
+
 def worker_transport(url: str, options: WorkerOptions) -> WorkerTransport:
     """The worker transport for a broker URL, serving `options.queue`."""
     transport: WorkerTransport = _module(url).worker_transport(url, options)
@@ -60,8 +73,10 @@ def worker_transport(url: str, options: WorkerOptions) -> WorkerTransport:
 __all__ = [
     "SCHEMES",
     "ClientTransport",
+    "SyncClientTransport",
     "WorkerOptions",
     "WorkerTransport",
     "client_transport",
+    "sync_client_transport",
     "worker_transport",
 ]

@@ -6,7 +6,8 @@ worker layers above it encode and decode, and nothing above this package imports
 library.
 
 Client side: `ClientTransport.request` sends one message and waits for the reply to it;
-`ClientTransport.send` sends one that wants no reply. Worker side: `WorkerTransport.start`
+`ClientTransport.send` sends one that wants no reply (`SyncClientTransport` is the same for
+blocking callers). Worker side: `WorkerTransport.start`
 pushes each `Delivery` to the worker as it arrives, never more unsettled ones than the
 worker's concurrency, and the worker settles each exactly once with `Delivery.complete`
 (reply, then acknowledge) or `Delivery.dead_letter`.
@@ -99,6 +100,31 @@ class ClientTransport(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class SyncClientTransport(ABC):
+    """The caller's end for blocking code: the same contract as `ClientTransport`.
+
+    Must be safe to use from several threads at once. A transport module offers one with
+    ``sync_client_transport(url)`` when doing the I/O on the calling thread saves the cost of
+    handing each call to an event loop thread; otherwise the registry wraps its async client.
+    """
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Open connections; `TransportError` on failure."""
+
+    @abstractmethod
+    def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+        """Send `body` to `queue` and return the reply's bytes; `CallTimeout` at `deadline`."""
+
+    @abstractmethod
+    def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+        """Send `body` to `queue` without waiting for any reply."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close what `connect` opened; calls still waiting fail with `TransportError`."""
 
 
 class WorkerTransport(ABC):
