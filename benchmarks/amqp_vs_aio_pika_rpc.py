@@ -1,0 +1,273 @@
+"""Our RabbitMQ client and worker against aio-pika's own RPC pattern, on the same broker.
+
+Baseline: ``aio_pika.patterns.RPC`` as its documentation uses it (a channel with publisher
+confirms, the callee in its own process). Ours: ``AsyncClient`` against one
+``python -m micromessaging worker`` process (concurrency 64). Both serve the same async
+``add``. Rounds interleave the two, so both see the same (noisy) machine; figures are
+medians, ratios the medians of the per-round ratios.
+
+Targets: sequential latency <= 0.8x aio-pika RPC's; throughput with 64 calls in flight
+>= 3x (aim 5x). Also printed: the sync ``Client``'s sequential latency.
+
+``--confirm-cost`` measures instead what publisher confirms on requests would cost: a bare
+aiormq client (direct reply-to, our worker answering) publishing with and without confirms,
+interleaved (docs/wire-amqp.md explains why our requests are not confirmed).
+
+    python benchmarks/amqp_vs_aio_pika_rpc.py [--broker amqp://guest:guest@127.0.0.1/]
+        [--rounds 5] [--sequential 500] [--calls 3000] [--confirm-cost]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aio_pika
+import orjson
+from aio_pika.patterns import RPC
+from pamqp.commands import Basic
+
+from micromessaging import AsyncClient, Client
+
+IN_FLIGHT = 64
+
+
+class Adder:
+    """The service both sides serve."""
+
+    async def add(self, a: float, b: float) -> float:
+        return a + b
+
+
+async def serve_aio_pika(broker: str, name: str) -> None:
+    """The baseline's callee (run in its own process)."""
+    connection = await aio_pika.connect_robust(broker)
+    channel = await connection.channel()
+    rpc = await RPC.create(channel)
+    adder = Adder()
+
+    async def add(*, a: float, b: float) -> float:
+        return await adder.add(a, b)
+
+    await rpc.register(name, add, auto_delete=True)
+    print("ready", flush=True)
+    await asyncio.Future()
+
+
+def start(command: list[str], ready: str | None = None) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        command,
+        cwd=Path(__file__).parent,
+        stdout=subprocess.DEVNULL if ready is None else subprocess.PIPE,
+        text=True,
+    )
+    if ready is not None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if ready in line:
+                break
+        else:
+            raise RuntimeError(f"{command[:4]} did not start")
+    return process
+
+
+async def sequential(call, count: int) -> float:
+    """Seconds per call, one call after another."""
+    started = time.perf_counter()
+    for i in range(count):
+        await call(i)
+    return (time.perf_counter() - started) / count
+
+
+async def throughput(call, count: int) -> float:
+    """Calls per second with IN_FLIGHT calls in flight at all times."""
+    numbers = iter(range(count))
+
+    async def lane() -> None:
+        for i in numbers:
+            assert await call(i) == i + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+    return count / (time.perf_counter() - started)
+
+
+def sync_sequential(client: Client, count: int) -> float:
+    started = time.perf_counter()
+    for i in range(count):
+        client.add(i, 1)
+    return (time.perf_counter() - started) / count
+
+
+async def main(broker: str, rounds: int, seq_calls: int, calls: int) -> None:
+    tag = uuid.uuid4().hex[:8]
+    baseline_queue, our_queue = f"bench-rpc-{tag}", f"bench-mm-{tag}"
+    callee = start(
+        [sys.executable, __file__, "--serve-aio-pika", baseline_queue, "--broker", broker],
+        "ready",
+    )
+    worker = start(
+        [
+            sys.executable, "-m", "micromessaging", "worker", "amqp_vs_aio_pika_rpc:Adder",
+            "--broker", broker, "--queue", our_queue, "--concurrency", str(IN_FLIGHT),
+            "--log-level", "warning",
+        ]
+    )  # fmt: skip
+    connection = await aio_pika.connect_robust(broker)
+    try:
+        rpc = await RPC.create(await connection.channel())
+
+        async def theirs(i: int) -> float:
+            return await rpc.call(baseline_queue, kwargs={"a": i, "b": 1})
+
+        async with AsyncClient(broker, our_queue, timeout=30) as client:
+
+            async def ours(i: int) -> float:
+                return await client.add(i, 1)
+
+            await ours(0)  # waits in the queue until the worker is up
+            sync_client = Client(broker, our_queue, timeout=30)
+            sync_client.connect()
+            for call in (theirs, ours):  # warm up
+                await sequential(call, 200)
+            figures: dict[str, list[float]] = {
+                k: [] for k in ("seq_theirs", "seq_ours", "thr_theirs", "thr_ours", "seq_sync")
+            }
+            for n in range(rounds):
+                figures["seq_theirs"].append(await sequential(theirs, seq_calls))
+                figures["seq_ours"].append(await sequential(ours, seq_calls))
+                figures["thr_theirs"].append(await throughput(theirs, calls))
+                figures["thr_ours"].append(await throughput(ours, calls))
+                figures["seq_sync"].append(
+                    await asyncio.to_thread(sync_sequential, sync_client, seq_calls)
+                )
+                print(
+                    f"round {n + 1}: sequential {figures['seq_ours'][-1] * 1e6:.0f} vs "
+                    f"{figures['seq_theirs'][-1] * 1e6:.0f} us, throughput "
+                    f"{figures['thr_ours'][-1]:.0f} vs {figures['thr_theirs'][-1]:.0f} calls/s",
+                    flush=True,
+                )
+            sync_client.close()
+    finally:
+        await connection.close()
+        for process in (callee, worker):
+            process.terminate()
+            process.wait(30)
+        await delete_queues(broker, [our_queue])
+    report(figures, rounds)
+
+
+def report(figures: dict[str, list[float]], rounds: int) -> None:
+    median = {key: statistics.median(values) for key, values in figures.items()}
+    seq_ratio = statistics.median(
+        o / t for o, t in zip(figures["seq_ours"], figures["seq_theirs"], strict=True)
+    )
+    thr_ratio = statistics.median(
+        o / t for o, t in zip(figures["thr_ours"], figures["thr_theirs"], strict=True)
+    )
+    print(f"\nmedians of {rounds} rounds, machine: {os.cpu_count()} cores")
+    print(f"sequential latency  aio-pika RPC : {median['seq_theirs'] * 1e6:8.0f} us/call")
+    print(f"sequential latency  AsyncClient  : {median['seq_ours'] * 1e6:8.0f} us/call")
+    print(f"sequential latency  Client(sync) : {median['seq_sync'] * 1e6:8.0f} us/call")
+    print(f"throughput, {IN_FLIGHT} in flight, aio-pika RPC : {median['thr_theirs']:8.0f} calls/s")
+    print(f"throughput, {IN_FLIGHT} in flight, AsyncClient  : {median['thr_ours']:8.0f} calls/s")
+    verdict = "met" if seq_ratio <= 0.8 else "NOT met"
+    print(f"latency ratio    ours/aio-pika : {seq_ratio:5.2f}x  (target <= 0.8x: {verdict})")
+    verdict = "met" if thr_ratio >= 3 else "NOT met"
+    print(f"throughput ratio ours/aio-pika : {thr_ratio:5.2f}x  (target >= 3x, aim 5x: {verdict})")
+
+
+async def confirm_cost(broker: str, rounds: int, seq_calls: int, calls: int) -> None:
+    """Sequential latency and throughput of requests published with and without confirms."""
+    queue = f"bench-confirms-{uuid.uuid4().hex[:8]}"
+    worker = start(
+        [
+            sys.executable, "-m", "micromessaging", "worker", "amqp_vs_aio_pika_rpc:Adder",
+            "--broker", broker, "--queue", queue, "--concurrency", str(IN_FLIGHT),
+            "--log-level", "warning",
+        ]
+    )  # fmt: skip
+    figures: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    try:
+        async with AsyncClient(broker, queue, timeout=30) as client:
+            await client.add(0, 1)  # the worker is up
+        for _ in range(rounds):
+            for confirms in (False, True):
+                figures[confirms].append(
+                    await bare_client(broker, queue, confirms, seq_calls, calls)
+                )
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        await delete_queues(broker, [queue])
+    for confirms, values in figures.items():
+        latency = statistics.median(v[0] for v in values)
+        rate = statistics.median(v[1] for v in values)
+        print(
+            f"requests {'with' if confirms else 'without'} confirms: sequential "
+            f"{latency * 1e6:6.0f} us/call, {IN_FLIGHT} in flight {rate:6.0f} calls/s"
+        )
+
+
+async def bare_client(
+    broker: str, queue: str, confirms: bool, seq_calls: int, calls: int
+) -> tuple[float, float]:
+    """aiormq publishing JSON-RPC requests, replies through direct reply-to."""
+    connection = await aio_pika.connect(broker)
+    async with connection:
+        channel = aio_pika.Channel(connection, publisher_confirms=confirms)
+        await channel.initialize()
+        raw = await channel.get_underlay_channel()
+        pending: dict[str, asyncio.Future[bytes]] = {}
+
+        async def on_reply(message) -> None:
+            future = pending.pop(message.header.properties.correlation_id, None)
+            if future is not None:
+                future.set_result(message.body)
+
+        await raw.basic_consume("amq.rabbitmq.reply-to", on_reply, no_ack=True)
+        loop = asyncio.get_running_loop()
+
+        async def call(i: int) -> float:
+            cid = str(i) + uuid.uuid4().hex[:6]
+            future = pending[cid] = loop.create_future()
+            body = orjson.dumps({"jsonrpc": "2.0", "method": "add", "params": [i, 1], "id": cid})
+            properties = Basic.Properties(
+                correlation_id=cid, message_id=cid, reply_to="amq.rabbitmq.reply-to"
+            )
+            await raw.basic_publish(body, routing_key=queue, properties=properties, wait=confirms)
+            return orjson.loads(await future)["result"]
+
+        return await sequential(call, seq_calls), await throughput(call, calls)
+
+
+async def delete_queues(broker: str, names: list[str]) -> None:
+    connection = await aio_pika.connect(broker)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sequential", type=int, default=500)
+    parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--serve-aio-pika", metavar="QUEUE")
+    parser.add_argument("--confirm-cost", action="store_true")
+    args = parser.parse_args()
+    if args.serve_aio_pika:
+        asyncio.run(serve_aio_pika(args.broker, args.serve_aio_pika))
+    elif args.confirm_cost:
+        asyncio.run(confirm_cost(args.broker, args.rounds, args.sequential, args.calls))
+    else:
+        asyncio.run(main(args.broker, args.rounds, args.sequential, args.calls))

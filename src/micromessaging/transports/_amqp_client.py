@@ -1,0 +1,162 @@
+"""The caller's end over RabbitMQ: requests out through the default exchange, replies back
+through direct reply-to, all on one channel of one connection.
+
+Every call of a client shares one consumer of ``amq.rabbitmq.reply-to`` (no queue to
+declare or delete: the broker routes replies to the channel), and its reply is matched by
+``correlation_id`` in a `ReplyRouter`. Requests are not confirmed by the broker: a confirm
+costs a frame each way and a future per message, and a request lost in a broker crash ends
+the same way as one whose reply was (the reply path dies with the connection): the caller
+gets `TransportError` at once, or `CallTimeout` at its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+
+from aiormq import Channel
+from aiormq.abc import DeliveredMessage
+
+from .._exceptions import ConfigurationError, TransportError
+from ._amqp_frames import HeaderValue, encode_publish
+from ._amqp_link import CONNECT_TIMEOUT, Link, describe
+from ._amqp_options import (
+    DEADLINE,
+    DIRECT_REPLY_TO,
+    JSON_CONTENT_TYPE,
+    deadline_header,
+    expiration_for,
+    parse_url,
+)
+from .base import ClientTransport, ReplyRouter, connection_lost
+
+
+class AmqpClientTransport(ClientTransport):
+    """Sends requests to RabbitMQ queues and takes every reply through one consumer."""
+
+    def __init__(self, url: str) -> None:
+        self.settings = parse_url(url)
+        self.router = ReplyRouter()
+        self._link: Link | None = None
+        self._queues: dict[str, asyncio.Future[None]] = {}
+        self._closed = False
+
+    async def connect(self) -> None:
+        if self._closed:
+            raise TransportError("this AMQP client is closed")
+        if self._link is not None:
+            return
+        name = f"micromessaging client {socket.gethostname()} pid {os.getpid()}"
+        link = Link(self.settings, name, on_open=self._opened, on_lost=self._lost)
+        await link.start()
+        self._link = link
+
+    async def _opened(self, channel: Channel) -> None:
+        # A new connection may be to a restarted broker that lost non-durable queues.
+        self._queues.clear()
+        await channel.basic_consume(DIRECT_REPLY_TO, self._reply, no_ack=True)
+
+    async def _reply(self, message: DeliveredMessage) -> None:
+        self.router.resolve(message.header.properties.correlation_id, message.body)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        # Direct reply-to is bound to the channel: replies to calls in flight can't arrive.
+        where = self._link.where if self._link is not None else "RabbitMQ"
+        self.router.fail_all(connection_lost(where, exc))
+
+    async def _ready(self, queue: str, deadline: float) -> Channel:
+        """The open channel, once `queue` is known to exist (declared like the seed does)."""
+        link = self._link
+        if link is None:
+            state = "closed" if self._closed else "not connected"
+            raise TransportError(f"this AMQP client is {state}")
+        if link.channel is None:
+            await link.wait_open(deadline)
+        declared = self._queues.get(queue)
+        if declared is None or (declared.done() and declared.exception() is not None):
+            declared = self._queues[queue] = asyncio.ensure_future(self._declare(link, queue))
+            declared.add_done_callback(_retrieve)  # waiters may all have given up
+        if not declared.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(declared), max(deadline - time.time(), 0))
+            except TimeoutError:
+                raise TransportError(f"declaring queue {queue!r} took too long") from None
+        declared.result()
+        return link.channel or await link.wait_open(deadline)
+
+    async def _declare(self, link: Link, queue: str) -> None:
+        # Requests sent before any worker has declared the queue wait in it, like the seed's
+        # client, rather than being dropped by the default exchange.
+        try:
+            await link.declare_queue(queue)
+        except ValueError as exc:
+            raise ConfigurationError(f"bad queue name {queue!r}: {exc}") from exc
+        except Exception as exc:
+            raise TransportError(f"cannot declare queue {queue!r}: {describe(exc)}") from exc
+
+    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+        channel = await self._ready(queue, deadline)
+        correlation_id, future = self.router.expect(deadline)
+        try:
+            self._publish(channel, queue, body, deadline, correlation_id)
+            return await future
+        except BaseException:
+            self.router.forget(correlation_id)
+            raise
+
+    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+        channel = await self._ready(queue, deadline or time.time() + CONNECT_TIMEOUT)
+        self._publish(channel, queue, body, deadline, None)
+
+    def _publish(
+        self,
+        channel: Channel,
+        queue: str,
+        body: bytes,
+        deadline: float | None,
+        correlation_id: str | None,
+    ) -> None:
+        headers: dict[str, HeaderValue] | None = None
+        expiration = None
+        if deadline is not None:
+            # The header is for the worker (skip what nobody awaits); the expiration is for
+            # the broker (drop it from the queue), and needs no agreement between clocks.
+            headers = {DEADLINE: deadline_header(deadline)}
+            expiration = expiration_for(deadline, time.time())
+        try:
+            data = encode_publish(
+                channel.number,
+                queue,
+                body,
+                body_frame_size=channel.max_content_size,
+                content_type=JSON_CONTENT_TYPE,
+                headers=headers,
+                delivery_mode=self.settings.delivery_mode,
+                correlation_id=correlation_id,
+                reply_to=DIRECT_REPLY_TO if correlation_id is not None else None,
+                expiration=expiration,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"bad queue name {queue!r}: {exc}") from exc
+        assert self._link is not None
+        if not self._link.write(channel, data):
+            raise connection_lost(self._link.where, self._link.last_error)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        link, self._link = self._link, None
+        self.router.fail_all(TransportError("client closed"))
+        for declared in self._queues.values():
+            declared.cancel()
+        self._queues.clear()
+        if link is not None:
+            with contextlib.suppress(Exception):
+                await link.aclose()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,267 @@
+"""One robust AMQP connection, and a channel on it that is reopened whenever it closes.
+
+aio-pika's `connect_robust` reconnects the connection (backoff: the URL's
+``reconnect_interval``). The channels are ours: a channel dies with its connection and also
+alone (a broker-side channel error), and what must happen on a new channel differs between
+client and worker, so the owner passes `on_open` (consume, declare) and `on_lost` (fail or
+forget what the dead channel carried), and the link runs them each time.
+
+The hot path writes pre-encoded frames (`_amqp_frames`) with `Link.write`: everything written
+during one turn of the event loop leaves in a single socket write, which matters more than
+anything else here (a send is the most expensive step of a message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustConnection
+from aiormq import Channel
+from aiormq.abc import ChannelFrame
+
+from .._exceptions import TransportError
+from .._settings import mask_password
+from ._amqp_options import AmqpSettings
+
+logger = logging.getLogger("micromessaging.transport.amqp")
+
+CONNECT_TIMEOUT = 10.0
+REOPEN_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Link:
+    """A connection plus one main channel, kept open; frames written to it are batched."""
+
+    def __init__(
+        self,
+        settings: AmqpSettings,
+        name: str,
+        *,
+        on_open: Callable[[Channel], Awaitable[None]],
+        on_lost: Callable[[BaseException | None], None],
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.where = mask_password(settings.connect_url.split("?", 1)[0])
+        self._on_open = on_open
+        self._on_lost = on_lost
+        self.connection: AbstractRobustConnection | None = None
+        self.channel: Channel | None = None
+        """The open main channel; None while it is being reopened."""
+        self._wrappers: dict[Channel, aio_pika.Channel] = {}
+        self._side: Channel | None = None
+        self._side_lock = asyncio.Lock()
+        self._opened = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+        self._closing = False
+        self.last_error: BaseException | None = None
+        # Write batching: frames for `_batch_channel`, sent at the end of this loop turn.
+        self._batch: list[bytes] = []
+        self._batch_channel: Channel | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._blocked: deque[tuple[Channel, ChannelFrame]] = deque()
+        self._unblocker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect and open the main channel; `TransportError` when the broker can't be had."""
+        try:
+            self.connection = await aio_pika.connect_robust(
+                self.settings.connect_url,
+                timeout=CONNECT_TIMEOUT,
+                client_properties={"connection_name": self.name},
+            )
+            await self._open()
+        except asyncio.CancelledError:
+            await self.aclose()
+            raise
+        except Exception as exc:
+            await self.aclose()
+            raise TransportError(f"cannot connect to {self.where}: {describe(exc)}") from exc
+        self._keeper = asyncio.create_task(self._keep())
+
+    async def _open(self) -> None:
+        assert self.connection is not None
+        wrapper = aio_pika.Channel(self.connection, publisher_confirms=False)
+        await wrapper.initialize(timeout=CONNECT_TIMEOUT)
+        channel = cast(Channel, await wrapper.get_underlay_channel())
+        self._wrappers[channel] = wrapper
+        self.channel = channel  # before on_open: deliveries may arrive while it runs
+        try:
+            await self._on_open(channel)
+        except BaseException:
+            self.channel = None
+            await self._close_channel(channel)
+            raise
+        channel.closing.add_done_callback(lambda closing: self._lost(channel, closing))
+        self._opened.set()
+
+    def _lost(self, channel: Channel, closing: asyncio.Future[object]) -> None:
+        self._wrappers.pop(channel, None)
+        if self.channel is not channel:
+            return
+        self.channel = None
+        self._opened.clear()
+        if self._closing:
+            return
+        exc = None if closing.cancelled() else closing.exception()
+        self.last_error = exc
+        logger.warning("%s: channel to %s lost: %s", self.name, self.where, describe(exc))
+        self._on_lost(exc)
+
+    async def _keep(self) -> None:
+        """Reopen the main channel each time it closes, for as long as the link lives."""
+        attempt = 0
+        while not self._closing:
+            if self.channel is not None:
+                await asyncio.wait([self.channel.closing])
+                attempt = 0
+                continue
+            await asyncio.sleep(REOPEN_DELAYS[min(attempt, len(REOPEN_DELAYS) - 1)])
+            attempt += 1
+            try:
+                assert self.connection is not None
+                await self.connection.ready()
+                await self._open()
+                logger.info("%s: channel to %s reopened", self.name, self.where)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = exc
+                logger.debug("%s: reopening the channel failed: %s", self.name, describe(exc))
+
+    async def wait_open(self, deadline: float) -> Channel:
+        """The main channel, waiting for it to reopen until `deadline` at most."""
+        while self.channel is None:
+            if self._closing:
+                raise TransportError("the AMQP connection is closed")
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise TransportError(
+                    f"no connection to {self.where} before the deadline: "
+                    f"{describe(self.last_error)}"
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._opened.wait(), remaining)
+        return self.channel
+
+    async def side_channel(self) -> Channel:
+        """A channel with publisher confirms, for the rare writes that must be confirmed."""
+        async with self._side_lock:
+            if self._side is None or self._side.is_closed:
+                if self.connection is None or self._closing:
+                    raise TransportError("the AMQP connection is closed")
+                if self._side is not None:
+                    self._wrappers.pop(self._side, None)
+                wrapper = aio_pika.Channel(self.connection, publisher_confirms=True)
+                await wrapper.initialize(timeout=CONNECT_TIMEOUT)
+                self._side = cast(Channel, await wrapper.get_underlay_channel())
+                self._wrappers[self._side] = wrapper
+            return self._side
+
+    async def declare_queue(self, name: str) -> None:
+        """Declare queue `name` as the settings say; one that exists with other arguments is used
+        as it is (RabbitMQ refuses to redeclare it: PRECONDITION_FAILED), and so is one the
+        user may not declare (ACCESS_REFUSED)."""
+        side = await self.side_channel()
+        try:
+            await side.queue_declare(
+                name,
+                durable=self.settings.durable,
+                arguments=self.settings.arguments or None,
+                timeout=CONNECT_TIMEOUT,
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            logger.warning("queue %r exists with other arguments; using it as it is: %s", name, exc)
+            side = await self.side_channel()  # the refusal closed the channel
+            await side.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            # A user without "configure" permission may still publish to (or read) a queue
+            # that operations declared: go on without declaring.
+            logger.warning("not allowed to declare queue %r; using it undeclared: %s", name, exc)
+
+    def write(self, channel: Channel, data: bytes) -> bool:
+        """Send encoded frames on `channel` at the end of this loop turn; False if it is gone."""
+        if channel is not self.channel or channel.is_closed:
+            return False
+        if channel is not self._batch_channel:
+            self.flush()
+            self._batch_channel = channel
+        self._batch.append(data)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        """Hand the frames written so far to the connection's writer, in one piece."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch, self._batch = self._batch, []
+        channel = self._batch_channel
+        if not batch or channel is None or channel.is_closed:
+            return
+        item = ChannelFrame(payload=b"".join(batch), should_close=False)
+        if not self._blocked:
+            try:
+                channel.write_queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                pass
+        # The writer is behind (a slow socket): keep the order, and wait for room.
+        self._blocked.append((channel, item))
+        if self._unblocker is None or self._unblocker.done():
+            self._unblocker = asyncio.create_task(self._unblock())
+
+    async def _unblock(self) -> None:
+        while self._blocked:
+            channel, item = self._blocked[0]
+            if not channel.is_closed:
+                # A dead connection's writer never makes room: give up with its channel.
+                put = asyncio.ensure_future(channel.write_queue.put(item))
+                await asyncio.wait([put, channel.closing], return_when=asyncio.FIRST_COMPLETED)
+                put.cancel()
+            self._blocked.popleft()
+
+    async def _close_channel(self, channel: Channel) -> None:
+        wrapper = self._wrappers.pop(channel, None)
+        with contextlib.suppress(Exception):
+            if wrapper is not None:
+                await asyncio.wait_for(wrapper.close(), 2)
+            elif not channel.is_closed:
+                await asyncio.wait_for(channel.close(), 2)
+
+    async def aclose(self) -> None:
+        """Send what is batched, close the channels and the connection."""
+        if self._closing:
+            return
+        self.flush()
+        self._closing = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        if self._unblocker is not None and not self._unblocker.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._unblocker, 2)
+        for channel in [c for c in (self.channel, self._side) if c is not None]:
+            await self._close_channel(channel)
+        self.channel = self._side = None
+        self._opened.clear()
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.connection.close(), 5)
+
+
+def describe(exc: BaseException | None) -> str:
+    """A short, readable account of an aio-pika / aiormq error."""
+    if exc is None:
+        return "closed"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,268 @@
+"""The worker's end over RabbitMQ: consume one queue with prefetch = concurrency; reply,
+then acknowledge.
+
+The reply and the ack leave in the same write on the same channel, reply first: RabbitMQ
+handles a channel's frames in order, so a request is never acknowledged before its reply
+is in the broker, and a worker killed before that leaves the request unacknowledged, to be
+delivered to another worker. Replies are not confirmed: they go to a reply address that
+lives no longer than its caller's connection, so a confirm would not make them any safer.
+
+Delivery counting (classic queues only flag a redelivery): a redelivered message is
+republished with our ``mm-deliveries`` header raised by one, confirmed, and the original
+acknowledged, before any worker runs it again. Quorum queues count for us
+(``x-delivery-count``). Dead letters go to ``<queue>.dead``, confirmed, before the ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+from aiormq import Channel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+
+from .._exceptions import TransportError
+from ._amqp_frames import encode_ack, encode_nack, encode_publish
+from ._amqp_link import Link, describe
+from ._amqp_options import (
+    DEAD_REASON,
+    DELIVERIES,
+    JSON_CONTENT_TYPE,
+    deadline_of,
+    delivery_count_of,
+    expiration_for,
+    parse_url,
+)
+from .base import Delivery, WorkerOptions, WorkerTransport
+
+logger = logging.getLogger("micromessaging.transport.amqp")
+
+MAX_PREFETCH = 65535  # basic.qos takes a short
+CONFIRM_TIMEOUT = 10.0
+
+
+class AmqpDelivery(Delivery):
+    """A request taken from a RabbitMQ queue, acknowledged once settled."""
+
+    def __init__(
+        self,
+        transport: AmqpWorkerTransport,
+        channel: Channel,
+        tag: int,
+        message: DeliveredMessage,
+        delivery_count: int,
+        deadline: float | None,
+    ) -> None:
+        self._transport = transport
+        self.channel = channel
+        self.tag = tag
+        self.properties: Basic.Properties = message.header.properties
+        self.body = message.body
+        self.deadline = deadline
+        self.delivery_count = delivery_count
+
+    @property
+    def can_reply(self) -> bool:
+        return bool(self.properties.reply_to)
+
+    async def complete(self, reply: bytes | None) -> None:
+        self._transport.settle(self, reply)
+
+    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
+        try:
+            await self._transport.bury(self, reason)
+        except Exception as exc:
+            self._transport.give_back(self)
+            raise TransportError(f"could not dead-letter a message: {describe(exc)}") from exc
+        self._transport.settle(self, reply)
+
+
+class AmqpWorkerTransport(WorkerTransport):
+    """Takes requests from one RabbitMQ queue, at most `concurrency` unacknowledged."""
+
+    def __init__(self, url: str, options: WorkerOptions) -> None:
+        self.settings = parse_url(url)
+        self.queue = options.queue
+        self.dead_queue = f"{options.queue}.dead"
+        self.prefetch = min(options.concurrency, MAX_PREFETCH)
+        self._link: Link | None = None
+        self._deliver: Callable[[Delivery], None] | None = None
+        self._unsettled: set[AmqpDelivery] = set()
+        self._consumer: tuple[Channel, str] | None = None
+        self._dead_queue_declared = False
+        self._resuming: asyncio.Task[None] | None = None
+        self.recounted = 0
+
+    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+        self._deliver = deliver
+        name = f"micromessaging worker {self.queue} {socket.gethostname()} pid {os.getpid()}"
+        self._link = Link(self.settings, name, on_open=self._opened, on_lost=self._lost)
+        await self._link.start()
+
+    async def _opened(self, channel: Channel) -> None:
+        assert self._link is not None
+        self._dead_queue_declared = False
+        await self._link.declare_queue(self.queue)
+        await channel.basic_qos(prefetch_count=self.prefetch)
+        channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+        if self._deliver is not None:
+            await self._consume(channel)
+
+    async def _consume(self, channel: Channel) -> None:
+        ok = await channel.basic_consume(self.queue, self._arrived)
+        assert ok.consumer_tag is not None
+        self._consumer = (channel, ok.consumer_tag)
+
+    def _cancelled_by_broker(self, frame: Basic.Cancel) -> None:
+        consumer = self._consumer
+        if consumer is None or frame.consumer_tag != consumer[1]:
+            return
+        self._consumer = None
+        if self._deliver is not None:
+            # The queue was deleted (or lost with a cluster node): declare it and go on.
+            logger.warning("the broker cancelled the consumer of %r; consuming again", self.queue)
+            self._resuming = asyncio.create_task(self._consume_again(consumer[0]))
+
+    async def _consume_again(self, channel: Channel) -> None:
+        assert self._link is not None
+        try:
+            await self._link.declare_queue(self.queue)
+            if self._deliver is not None and not channel.is_closed:
+                await self._consume(channel)
+        except Exception as exc:
+            logger.warning("consuming %r again failed (%s); reopening the channel", self.queue, exc)
+            with contextlib.suppress(Exception):
+                await channel.close()  # the link opens a new one, which consumes
+
+    def _lost(self, exc: BaseException | None) -> None:
+        # The broker puts the lost channel's unacknowledged messages back in the queue; the
+        # calls running them finish, and their replies still go out on the next channel.
+        self._consumer = None
+
+    async def _arrived(self, message: DeliveredMessage) -> None:
+        channel = cast(Channel, message.channel)
+        frame = message.delivery
+        assert isinstance(frame, Basic.Deliver)
+        assert frame.delivery_tag is not None
+        assert self._link is not None
+        if self._deliver is None:  # stopped while this one was on its way
+            self._link.write(channel, encode_nack(channel.number, frame.delivery_tag))
+            return
+        headers = message.header.properties.headers
+        deadline = deadline_of(headers)
+        count, recount = delivery_count_of(headers, frame.redelivered)
+        if (
+            recount
+            and (deadline is None or deadline > time.time())
+            and await self._recount(channel, frame.delivery_tag, message, count)
+        ):
+            return
+        delivery = AmqpDelivery(self, channel, frame.delivery_tag, message, count, deadline)
+        self._unsettled.add(delivery)
+        self._deliver(delivery)
+
+    async def _recount(
+        self, channel: Channel, tag: int, message: DeliveredMessage, count: int
+    ) -> bool:
+        """Put a redelivered message back with its count raised; False if that failed."""
+        assert self._link is not None
+        properties = copy.copy(message.header.properties)
+        properties.headers = {**(properties.headers or {}), DELIVERIES: count}
+        deadline = deadline_of(properties.headers)
+        if deadline is not None:
+            properties.expiration = expiration_for(deadline, time.time())
+        try:
+            side = await self._link.side_channel()
+            confirmation = await side.basic_publish(
+                message.body, routing_key=self.queue, properties=properties, timeout=CONFIRM_TIMEOUT
+            )
+            if not isinstance(confirmation, Basic.Ack):
+                raise TransportError(f"the broker refused the copy: {confirmation!r}")
+        except Exception as exc:
+            logger.warning("could not recount a redelivered message; running it: %s", exc)
+            return False
+        self.recounted += 1
+        self._link.write(channel, encode_ack(channel.number, tag))
+        return True
+
+    def settle(self, delivery: AmqpDelivery, reply: bytes | None) -> None:
+        """Publish the reply, then acknowledge the request, in one write."""
+        if delivery not in self._unsettled:
+            return
+        self._unsettled.discard(delivery)
+        assert self._link is not None
+        channel = self._link.channel
+        if channel is None:
+            raise TransportError("no channel to reply on; the broker will deliver it again")
+        data = b""
+        properties = delivery.properties
+        if reply is not None and properties.reply_to:
+            data = encode_publish(
+                channel.number,
+                properties.reply_to,
+                reply,
+                body_frame_size=channel.max_content_size,
+                content_type=JSON_CONTENT_TYPE,
+                correlation_id=properties.correlation_id,
+            )
+        if delivery.channel is channel:
+            data += encode_ack(channel.number, delivery.tag)
+        written = bool(data) and self._link.write(channel, data)
+        if delivery.channel is not channel or not written:
+            raise TransportError(
+                "the channel this request came on was lost; the broker will deliver it again"
+            )
+
+    def give_back(self, delivery: AmqpDelivery) -> None:
+        """Return a delivery to its queue unsettled (it counts as delivered once more)."""
+        if delivery in self._unsettled:
+            self._unsettled.discard(delivery)
+            if self._link is not None:
+                nack = encode_nack(delivery.channel.number, delivery.tag)
+                self._link.write(delivery.channel, nack)
+
+    async def bury(self, delivery: AmqpDelivery, reason: str) -> None:
+        """Copy a delivery into the dead-letter queue, confirmed."""
+        assert self._link is not None
+        if not self._dead_queue_declared:
+            await self._link.declare_queue(self.dead_queue)
+            self._dead_queue_declared = True
+        properties = copy.copy(delivery.properties)
+        properties.headers = {**(properties.headers or {}), DEAD_REASON: reason}
+        properties.expiration = None  # a dead letter is kept until someone looks at it
+        side = await self._link.side_channel()
+        confirmation = await side.basic_publish(
+            delivery.body,
+            routing_key=self.dead_queue,
+            properties=properties,
+            timeout=CONFIRM_TIMEOUT,
+        )
+        if not isinstance(confirmation, Basic.Ack):
+            raise TransportError(f"the broker refused the dead letter: {confirmation!r}")
+
+    async def stop_receiving(self) -> None:
+        self._deliver = None
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None and not consumer[0].is_closed:
+            with contextlib.suppress(Exception):
+                await consumer[0].basic_cancel(consumer[1], timeout=5)
+
+    async def aclose(self) -> None:
+        await self.stop_receiving()
+        for delivery in list(self._unsettled):
+            self.give_back(delivery)
+        link, self._link = self._link, None
+        if link is not None:
+            await link.aclose()
+
+    def describe(self) -> str:
+        kind = self.settings.queue_type + (" durable" if self.settings.durable else "")
+        return f"{kind} queue {self.queue!r}, prefetch {self.prefetch}"

@@ -1,0 +1,118 @@
+"""The seed's Ruby RabbitMQ programs against ours, in both directions, run with `ruby`.
+
+tests/interop/seed/rabbitmq_*.rb are the blog post's programs, transcribed (each file lists
+its deviations at the top). They connect as Bunny does by default (guest@localhost:5672, the
+shared broker) and take the queue name from $QUEUE, so that every test has its own queue.
+Ruby 3 with the bunny gem is needed (.ci/run installs the Debian packages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from micromessaging import AsyncClient, Client, Worker
+from micromessaging.examples.calculator import Calculator
+
+from ..transports.test_amqp import delete_queues, queue_state
+
+SEED = os.path.join(os.path.dirname(__file__), "seed")
+BROKER = "amqp://guest:guest@127.0.0.1:5672/"  # where Bunny.new connects
+
+pytestmark = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[str]:
+    name = f"mm-seed-{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_queues(BROKER, name)
+
+
+async def ruby(program: str, queue: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "ruby",
+        os.path.join(SEED, program),
+        env={**os.environ, "QUEUE": queue},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finished(process: asyncio.subprocess.Process, timeout: float = 30) -> str:
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("the Ruby program did not finish") from None
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_seed_client_gets_answers_from_our_worker_process(queue: str) -> None:
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "micromessaging", "worker",
+        "micromessaging.examples.calculator:Calculator",
+        "--broker", BROKER, "--queue", queue,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # The natural order: the worker is up (its consumer is there) before the client runs.
+        async def consuming() -> bool:
+            state = await queue_state(BROKER, queue)
+            return state is not None and state[1] == 1
+
+        for _ in range(300):
+            if await consuming():
+                break
+            assert worker.returncode is None, "the worker exited"
+            await asyncio.sleep(0.05)
+        assert await finished(await ruby("rabbitmq_client.rb", queue)) == "1+5.1=6.1\n"
+        assert await finished(await ruby("rabbitmq_client.rb", queue)) == "1+5.1=6.1\n"
+    finally:
+        worker.terminate()
+        _, err = await asyncio.wait_for(worker.communicate(), 30)
+    assert worker.returncode == 0, err.decode()
+
+
+async def test_seed_client_first_then_our_worker(queue: str) -> None:
+    client = await ruby("rabbitmq_client.rb", queue)
+    # The client declares the queue as our worker does, and its request waits in it.
+    for _ in range(200):
+        if await queue_state(BROKER, queue) == (1, 0):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the seed's client never sent its request")
+    async with Worker(Calculator(), BROKER, queue):
+        assert await finished(client) == "1+5.1=6.1\n"
+
+
+async def test_our_clients_get_answers_from_the_seed_server(queue: str) -> None:
+    server = await ruby("rabbitmq_server.rb", queue)
+    try:
+        assert server.stdout is not None
+        assert await asyncio.wait_for(server.stdout.readline(), 30) == b"ready\n"
+        async with AsyncClient(BROKER, queue, timeout=10) as calc:
+            assert await calc.add(1, 5.1) == 6.1
+            assert await calc.subtract(42, 23) == 19
+            # Many calls in flight over one client: each reply finds its caller by correlation_id.
+            results = await asyncio.gather(*(calc.add(i, 0.5) for i in range(100)))
+            assert results == [i + 0.5 for i in range(100)]
+
+        def blocking() -> float:
+            with Client(BROKER, queue, timeout=10) as calc:
+                return calc.add(2, 3)
+
+        assert await asyncio.to_thread(blocking) == 5
+    finally:
+        server.terminate()
+        await server.wait()

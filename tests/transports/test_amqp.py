@@ -1,0 +1,606 @@
+"""amqp:// joins the transport contract, plus what only RabbitMQ shows.
+
+Integration tests use the shared RabbitMQ on 127.0.0.1:5672 (never restarted here: the
+restart tests run their own node, in tests/fault/test_amqp_faults.py). Every test uses its
+own queue names and deletes its queues afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import orjson
+import pamqp.frame
+import pytest
+from pamqp.commands import Basic
+
+from micromessaging import (
+    AsyncClient,
+    CallTimeout,
+    ConfigurationError,
+    ErrorCode,
+    RemoteError,
+    TransportError,
+    Worker,
+)
+from micromessaging.transports import WorkerOptions
+from micromessaging.transports._amqp_frames import encode_ack, encode_nack, encode_publish
+from micromessaging.transports._amqp_link import Link
+from micromessaging.transports._amqp_options import (
+    DEAD_REASON,
+    DELIVERIES,
+    deadline_header,
+    deadline_of,
+    delivery_count_of,
+    expiration_for,
+    parse_url,
+)
+from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport
+
+from .contract import Probe, TransportContract, eventually
+
+BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+# --- helpers shared with the fault and interop tests ----------------------------------------
+
+
+async def delete_queues(broker: str, *names: str) -> None:
+    """Delete queues (and their dead-letter queues), ignoring those that don't exist."""
+    connection = await aio_pika.connect(broker)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            for queue in (name, f"{name}.dead"):
+                await channel.queue_delete(queue)
+
+
+async def queue_state(broker: str, name: str) -> tuple[int, int] | None:
+    """(messages ready, consumers) of a queue, or None when it does not exist."""
+    connection = await aio_pika.connect(broker)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            declared = await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return None
+        result = declared.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
+
+
+async def drain_queue(broker: str, name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take every message from a queue (empty when it does not exist)."""
+    connection = await aio_pika.connect(broker)
+    taken = []
+    async with connection:
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            taken.append(message)
+    return taken
+
+
+async def publish_raw(
+    broker: str, queue: str, body: bytes, wait: float | None = 5, **properties
+) -> bytes | None:
+    """Publish like a foreign client (an exclusive reply queue, like the seed's) and wait
+    `wait` seconds for the reply; None when none came."""
+    connection = await aio_pika.connect(broker)
+    async with connection:
+        channel = await connection.channel()
+        replies = await channel.declare_queue("", exclusive=True)
+        if wait is not None:
+            properties.setdefault("reply_to", replies.name)
+            properties.setdefault("correlation_id", "c1")
+        await channel.default_exchange.publish(aio_pika.Message(body, **properties), queue)
+        if wait is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                async with replies.iterator(no_ack=True) as messages:
+                    async for message in messages:
+                        return message.body
+    return None
+
+
+@pytest.fixture
+async def queue_name() -> AsyncIterator[str]:
+    name = f"mm-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    await delete_queues(BROKER, name)
+
+
+# --- the contract ----------------------------------------------------------------------------
+
+
+class TestAmqpContract(TransportContract):
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return BROKER
+
+    @pytest.fixture
+    async def queue(self) -> AsyncIterator[str]:
+        name = f"mm-test-{uuid.uuid4().hex[:12]}"
+        yield name
+        await delete_queues(BROKER, name)
+
+    async def inject(
+        self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
+    ) -> bytes | None:
+        headers = {DELIVERIES: delivery_count} if delivery_count > 1 else None
+        return await publish_raw(broker_url, queue, body, wait, headers=headers)
+
+    async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
+        return [message.body for message in await drain_queue(broker_url, f"{queue}.dead")]
+
+    async def leftovers(self, broker_url: str, queue: str) -> list[str]:
+        left = []
+        state = await queue_state(broker_url, queue)
+        if state and state[0]:
+            left.append(f"{state[0]} messages in {queue}")
+        if state and state[1]:
+            left.append(f"{state[1]} consumers on {queue}")
+        if await queue_state(broker_url, f"{queue}.dead") is not None:
+            left.append(f"queue {queue}.dead")
+        left += await our_connections()
+        return left
+
+
+async def our_connections(timeout: float = 3.0) -> list[str]:
+    """Connections this process still holds open on the shared broker (read-only query)."""
+    marker = f"pid {os.getpid()}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = await asyncio.to_thread(
+                subprocess.run,
+                ["rabbitmqctl", "-q", "list_connections", "client_properties"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return []  # no rabbitmqctl here (or not allowed): the queues are checked anyway
+        if result.returncode:
+            return []
+        names = [line for line in result.stdout.splitlines() if marker in line]
+        if not names or time.monotonic() > deadline:
+            return [f"connection {line[:120]}" for line in names]
+        await asyncio.sleep(0.2)
+
+
+# --- pure parts: URL options, frames, counting -----------------------------------------------
+
+
+def test_url_options_are_ours_and_removed() -> None:
+    settings = parse_url("amqps://u:p@host:5671/vh?queue_type=quorum&heartbeat=30")
+    assert (settings.queue_type, settings.durable) == ("quorum", True)
+    assert settings.arguments == {"x-queue-type": "quorum"}
+    assert settings.delivery_mode == 2
+    assert "queue_type" not in settings.connect_url
+    assert "heartbeat=30" in settings.connect_url
+    assert "reconnect_interval=1" in settings.connect_url
+    assert settings.connect_url.startswith("amqps://u:p@host:5671/vh?")
+    classic = parse_url("amqp://h/?durable=true&reconnect_interval=3")
+    assert (classic.queue_type, classic.durable, classic.arguments) == ("classic", True, {})
+    assert "reconnect_interval=3" in classic.connect_url
+    default = parse_url("amqp://guest:guest@localhost/")
+    assert (default.queue_type, default.durable, default.delivery_mode) == ("classic", False, None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://h/?queue_type=stream",
+        "amqp://h/?durable=maybe",
+        "amqp://h/?queue_type=quorum&durable=false",
+        "amqp:///vhost",
+        "redis://h/",
+    ],
+)
+def test_bad_url_options_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        parse_url(url)
+
+
+def decode_frames(data: bytes) -> list[tuple[int, object]]:
+    frames = []
+    while data:
+        used, channel, frame = pamqp.frame.unmarshal(data)
+        frames.append((channel, frame))
+        data = data[used:]
+    return frames
+
+
+def test_publish_frames_decode_with_pamqp() -> None:
+    body = bytes(range(256)) * 5
+    data = encode_publish(
+        7,
+        "calc",
+        body,
+        body_frame_size=300,
+        mandatory=True,
+        content_type="application/json",
+        headers={"mm-deadline": 1.5, "n": -3, "s": "é", "yes": True, "none": None},
+        delivery_mode=2,
+        correlation_id="abc.1",
+        reply_to="amq.rabbitmq.reply-to",
+        expiration="1500",
+    )
+    frames = decode_frames(data)
+    assert {channel for channel, _ in frames} == {7}
+    method, header, *bodies = (frame for _, frame in frames)
+    assert isinstance(method, Basic.Publish)
+    assert (method.exchange, method.routing_key, method.mandatory) == ("", "calc", True)
+    properties = header.properties
+    assert header.body_size == len(body)
+    assert properties.content_type == "application/json"
+    assert properties.headers == {"mm-deadline": 1.5, "n": -3, "s": "é", "yes": True, "none": None}
+    assert properties.delivery_mode == 2
+    assert properties.correlation_id == "abc.1"
+    assert properties.reply_to == "amq.rabbitmq.reply-to"
+    assert properties.expiration == "1500"
+    assert properties.message_id is None
+    assert [len(b.value) for b in bodies] == [300, 300, 300, 300, 80]
+    assert b"".join(b.value for b in bodies) == body
+
+
+def test_minimal_publish_and_settle_frames() -> None:
+    (_, method), (_, header) = decode_frames(encode_publish(1, "q", b"", body_frame_size=10))
+    assert method.routing_key == "q" and not method.mandatory
+    assert header.body_size == 0 and header.properties.headers is None
+    ((_, ack),) = decode_frames(encode_ack(3, 2**40))
+    assert isinstance(ack, Basic.Ack) and ack.delivery_tag == 2**40 and not ack.multiple
+    ((_, nack),) = decode_frames(encode_nack(3, 9))
+    assert isinstance(nack, Basic.Nack) and (nack.delivery_tag, nack.requeue) == (9, True)
+    ((_, drop),) = decode_frames(encode_nack(3, 9, requeue=False))
+    assert not drop.requeue
+    with pytest.raises(ValueError, match="255"):
+        encode_publish(1, "q" * 256, b"", body_frame_size=10)
+
+
+def test_delivery_counting_rules() -> None:
+    assert delivery_count_of(None, False) == (1, False)
+    assert delivery_count_of(None, True) == (2, True)  # classic: recount before running
+    assert delivery_count_of({DELIVERIES: 3}, False) == (3, False)
+    assert delivery_count_of({DELIVERIES: 3}, True) == (4, True)
+    assert delivery_count_of({"x-delivery-count": 2}, True) == (3, False)  # quorum counts
+    assert delivery_count_of({DELIVERIES: "lots"}, False) == (1, False)
+    assert deadline_of({"mm-deadline": 12500}) == 12.5
+    assert deadline_of({"mm-deadline": deadline_header(1795845534.3413908)}) == 1795845534.341
+    assert deadline_of({"mm-deadline": "soon"}) is None
+    assert deadline_of({"mm-deadline": 12.5}) is None  # milliseconds are an integer
+    assert deadline_of({"mm-deadline": True}) is None
+    assert deadline_of(None) is None
+    assert expiration_for(10.0, 9.0) == "1000"
+    assert expiration_for(10.0, 11.0) == "1"
+
+
+class FakeChannel:
+    """Just what `Link.write` touches of an aiormq channel: a small writer queue."""
+
+    def __init__(self, number: int, room: int) -> None:
+        self.number = number
+        self.write_queue: asyncio.Queue[object] = asyncio.Queue(maxsize=room)
+        self.closing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closing.done()
+
+
+async def test_link_batches_writes_and_never_waits_on_a_dead_channel() -> None:
+    link = Link(parse_url(BROKER), "test", on_open=None, on_lost=None)  # type: ignore[arg-type]
+    old = link.channel = FakeChannel(1, room=1)
+    for frame in (b"a", b"b"):
+        assert link.write(old, frame)
+    await asyncio.sleep(0)
+    assert old.write_queue.get_nowait().payload == b"ab"  # one loop turn, one piece
+    link.write(old, b"c")
+    link.flush()
+    link.write(old, b"d")
+    link.flush()  # the writer is behind (no room): kept in order, waiting
+    assert [item.payload for _, item in link._blocked] == [b"d"]
+    await asyncio.sleep(0.01)  # waiting for room
+    old.closing.set_result(None)  # its connection died with frames still waiting
+    new = link.channel = FakeChannel(1, room=5)
+    assert not link.write(old, b"late")  # not for the new channel
+    link.write(new, b"e")
+    await asyncio.sleep(0.01)
+    assert new.write_queue.get_nowait().payload == b"e"  # not stuck behind the dead one
+    assert not link._blocked
+
+
+# --- the broker --------------------------------------------------------------------------------
+
+
+class Calculator:
+    def add(self, a: float, b: float) -> float:
+        return a + b
+
+
+@pytest.mark.parametrize("variable", ["CLOUDAMQP_URL", "RABBITMQ_URL"])
+async def test_platform_variables_name_the_broker(
+    variable: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("MICROMESSAGING_BROKER", "REDIS_URL", "CLOUDAMQP_URL", "RABBITMQ_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, BROKER)
+    async with (
+        Worker(Calculator(), None, queue_name) as worker,
+        AsyncClient(None, queue_name) as client,
+    ):
+        assert worker.broker == client.broker == BROKER
+        assert await client.add(1, 5.1) == 6.1
+
+
+async def test_unreachable_broker_and_bad_credentials_are_transport_errors(
+    queue_name: str,
+) -> None:
+    for url in (
+        "amqp://guest:guest@127.0.0.1:1/",
+        "amqp://guest:wrong-secret@127.0.0.1:5672/",
+        "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+    ):
+        started = time.monotonic()
+        with pytest.raises(TransportError) as caught:
+            async with AsyncClient(url, queue_name) as client:
+                await client.add(1, 2)
+        assert "wrong-secret" not in str(caught.value), url
+        assert time.monotonic() - started < 15, url
+        with pytest.raises(TransportError):
+            async with Worker(Calculator(), url, queue_name):
+                pass
+
+
+class Replier:
+    """A hand-written service on a queue, to send replies our worker never would."""
+
+    def __init__(self, broker: str, queue: str) -> None:
+        self.broker, self.queue = broker, queue
+        self.requests: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+
+    async def __aenter__(self) -> Replier:
+        self.connection = await aio_pika.connect(self.broker)
+        self.channel = await self.connection.channel()
+        queue = await self.channel.declare_queue(self.queue)
+        await queue.consume(self.requests.put, no_ack=True)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.connection.close()
+
+    async def reply(
+        self, request: aio_pika.abc.AbstractIncomingMessage, result: object, cid: str | None
+    ) -> None:
+        call = orjson.loads(request.body)
+        body = orjson.dumps({"jsonrpc": "2.0", "result": result, "id": call["id"]})
+        await self.channel.default_exchange.publish(
+            aio_pika.Message(body, correlation_id=cid), request.reply_to
+        )
+
+
+async def test_unknown_and_late_replies_are_dropped_and_counted(queue_name: str) -> None:
+    async with (
+        Replier(BROKER, queue_name) as replier,
+        AsyncClient(BROKER, queue_name, timeout=10) as client,
+    ):
+        first = asyncio.create_task(client.call("add", 1, 1))
+        second = asyncio.create_task(client.call("add", 2, 2))
+        a, b = await replier.requests.get(), await replier.requests.get()
+        assert a.reply_to.startswith("amq.rabbitmq.reply-to.")  # direct reply-to
+        assert a.reply_to == b.reply_to  # one reply consumer for every call
+        assert a.headers["mm-deadline"] / 1000 > time.time()
+        assert a.expiration is not None  # the broker drops it once the caller gave up
+        assert a.content_type == "application/json"
+        router = client._transport.router
+        await replier.reply(a, "for nobody", "no-such-id")
+        await replier.reply(b, "second", b.correlation_id)  # answered out of order
+        await replier.reply(a, "first", a.correlation_id)
+        await replier.reply(a, "first again", a.correlation_id)  # a duplicate
+        assert await first == "first"
+        assert await second == "second"
+        await eventually(lambda: router.unknown_replies == 2)
+
+        late = asyncio.create_task(client.call("add", 3, 3, timeout=0.3))
+        request = await replier.requests.get()
+        with pytest.raises(CallTimeout):
+            await late
+        await replier.reply(request, "too late", request.correlation_id)
+        await eventually(lambda: router.unknown_replies == 3)
+        third = asyncio.create_task(client.call("add", 4, 4))
+        request = await replier.requests.get()
+        await replier.reply(request, 8, request.correlation_id)
+        assert await third == 8
+
+
+async def test_requests_wait_in_the_queue_until_a_worker_comes(queue_name: str) -> None:
+    async with AsyncClient(BROKER, queue_name, timeout=10) as client:
+        calls = [asyncio.create_task(client.add(i, 1)) for i in range(5)]
+        await asyncio.sleep(0.3)
+        assert await queue_state(BROKER, queue_name) == (5, 0)  # declared by the client
+        async with Worker(Calculator(), BROKER, queue_name):
+            assert await asyncio.gather(*calls) == [1, 2, 3, 4, 5]
+
+
+async def test_expired_requests_are_dropped_by_the_broker(queue_name: str) -> None:
+    async with AsyncClient(BROKER, queue_name, timeout=0.3) as client:
+        with pytest.raises(CallTimeout):
+            await client.add(1, 2)
+        await client.notify("add", 1, 2)  # no deadline: it stays
+    await eventually(lambda: True)
+    await asyncio.sleep(0.2)
+    assert await queue_state(BROKER, queue_name) == (1, 0)
+
+
+async def test_a_request_past_its_deadline_header_is_not_run(queue_name: str) -> None:
+    """The broker's expiration aside (clients may not set one), the worker reads the header."""
+    probe = Probe()
+    async with Worker(probe, BROKER, queue_name) as worker:
+        late = b'{"jsonrpc": "2.0", "method": "record", "params": ["late"], "id": 1}'
+        past = deadline_header(time.time() - 1)
+        reply = await publish_raw(BROKER, queue_name, late, wait=0.5, headers={"mm-deadline": past})
+        assert reply is None  # its caller has gone: nothing is owed
+        await eventually(lambda: worker.stats.expired == 1)
+    assert "late" not in probe.ran
+    assert await queue_state(BROKER, queue_name) == (0, 0)  # acknowledged, not left behind
+
+
+async def test_missing_reply_to_is_dead_lettered_and_the_worker_goes_on(
+    queue_name: str,
+) -> None:
+    probe = Probe()
+    async with (
+        Worker(probe, BROKER, queue_name) as worker,
+        AsyncClient(BROKER, queue_name) as client,
+    ):
+        owes = b'{"jsonrpc": "2.0", "method": "record", "params": ["lost"], "id": 1}'
+        await publish_raw(BROKER, queue_name, owes, wait=None)
+        notification = b'{"jsonrpc": "2.0", "method": "record", "params": ["note"]}'
+        await publish_raw(BROKER, queue_name, notification, wait=None)
+        await eventually(lambda: "note" in probe.ran)
+        await eventually(lambda: worker.stats.dead_lettered == 1)
+        assert await client.add(1, 1) == 2
+    (dead,) = await drain_queue(BROKER, f"{queue_name}.dead")
+    assert dead.body == owes
+    assert dead.headers[DEAD_REASON] == "no reply address"
+    assert "lost" not in probe.ran
+
+
+async def test_reply_to_a_queue_that_is_gone_is_dropped(queue_name: str) -> None:
+    async with (
+        Worker(Calculator(), BROKER, queue_name) as worker,
+        AsyncClient(BROKER, queue_name) as client,
+    ):
+        request = b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1}'
+        for reply_to in ("no-such-queue-" + uuid.uuid4().hex, "amq.rabbitmq.reply-to.bogus"):
+            await publish_raw(
+                BROKER, queue_name, request, wait=None, reply_to=reply_to, correlation_id="x"
+            )
+        await eventually(lambda: worker.stats.completed >= 2)
+        assert await client.add(2, 2) == 4
+        assert worker.stats.transport_errors == 0
+
+
+async def test_a_worker_whose_queue_is_deleted_declares_it_again(queue_name: str) -> None:
+    async with Worker(Calculator(), BROKER, queue_name), AsyncClient(BROKER, queue_name) as c:
+        assert await c.add(1, 1) == 2
+        await delete_queues(BROKER, queue_name)  # the broker cancels the worker's consumer
+        for _ in range(100):
+            if await queue_state(BROKER, queue_name) == (0, 1):
+                break
+            await asyncio.sleep(0.05)
+        assert await c.add(2, 2) == 4
+
+
+async def test_prefetch_is_the_concurrency(queue_name: str) -> None:
+    probe = Probe()
+    async with (
+        Worker(probe, BROKER, queue_name, concurrency=2) as worker,
+        AsyncClient(BROKER, queue_name, timeout=10) as client,
+    ):
+        calls = [asyncio.create_task(client.slow(0.6, i)) for i in range(5)]
+        await eventually(lambda: len(probe.ran) == 2)
+        await asyncio.sleep(0.2)
+        assert len(probe.ran) == 2
+        assert await queue_state(BROKER, queue_name) == (3, 1)  # the rest wait in the broker
+        assert await asyncio.gather(*calls) == list(range(5))
+        assert worker.stats.completed == 5
+
+
+async def test_redelivered_requests_are_counted_then_dead_lettered_with_an_answer(
+    queue_name: str,
+) -> None:
+    """A worker that dies holding a request (here: gives it back unsettled) makes the broker
+    redeliver it; after max_deliveries deliveries the caller gets DELIVERY_LIMIT."""
+    probe = Probe()
+    counts, deadlines = [], set()
+    async with AsyncClient(BROKER, queue_name, timeout=20) as client:
+        call = asyncio.create_task(client.call("record", "poison"))
+        for _ in range(3):
+            taken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            transport = AmqpWorkerTransport(BROKER, WorkerOptions(queue_name, concurrency=1))
+            await transport.start(lambda d, f=taken: f.done() or f.set_result(d))
+            delivery = await asyncio.wait_for(taken, 10)
+            counts.append(delivery.delivery_count)
+            deadlines.add(delivery.deadline)
+            await transport.aclose()  # like a crash: unsettled, back to the queue
+        async with Worker(probe, BROKER, queue_name, max_deliveries=3) as worker:
+            with pytest.raises(RemoteError) as caught:
+                await call
+            assert caught.value.code == ErrorCode.DELIVERY_LIMIT
+            assert worker.stats.dead_lettered == 1
+    assert counts == [1, 2, 3]
+    assert len(deadlines) == 1  # the copies carry the caller's deadline unchanged
+    assert "poison" not in probe.ran
+    (dead,) = await drain_queue(BROKER, f"{queue_name}.dead")
+    assert orjson.loads(dead.body)["params"] == ["poison"]
+    assert dead.headers[DELIVERIES] == 4
+    assert "delivered 4 times" in dead.headers[DEAD_REASON]
+
+
+async def test_quorum_queues_count_deliveries_themselves(queue_name: str) -> None:
+    url = BROKER.rstrip("/") + "/?queue_type=quorum"
+    counts = []
+    async with AsyncClient(url, queue_name, timeout=20) as client:
+        call = asyncio.create_task(client.call("record", "poison"))
+        for _ in range(2):
+            taken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            transport = AmqpWorkerTransport(url, WorkerOptions(queue_name, concurrency=1))
+            await transport.start(lambda d, f=taken: f.done() or f.set_result(d))
+            delivery = await asyncio.wait_for(taken, 10)
+            counts.append(delivery.delivery_count)
+            await transport.aclose()
+            assert transport.recounted == 0  # no republishing: the queue counts
+        async with Worker(Probe(), url, queue_name, max_deliveries=2):
+            with pytest.raises(RemoteError) as caught:
+                await call
+            assert caught.value.code == ErrorCode.DELIVERY_LIMIT
+    assert counts == [1, 2]
+
+
+async def test_a_queue_declared_otherwise_is_used_as_it_is(
+    queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    quorum = BROKER.rstrip("/") + "/?queue_type=quorum"
+    async with (
+        Worker(Calculator(), quorum, queue_name),
+        Worker(Calculator(), BROKER, queue_name),  # classic by default: declared otherwise
+        AsyncClient(BROKER, queue_name) as client,
+    ):
+        assert await client.add(1, 2) == 3
+    assert "exists with other arguments" in caplog.text
+
+
+async def test_a_seed_style_declaration_agrees_with_our_worker(queue_name: str) -> None:
+    async with Worker(Calculator(), BROKER, queue_name):
+        connection = await aio_pika.connect(BROKER)
+        async with connection:
+            channel = await connection.channel()
+            # Bunny's ch.queue('calc', auto_delete: false): classic, non-durable, no arguments.
+            await channel.declare_queue(queue_name, durable=False, auto_delete=False)
+
+
+async def test_notifications_and_requests_without_a_channel_fail_clearly(
+    queue_name: str,
+) -> None:
+    transport = client_transport(BROKER)
+    with pytest.raises(TransportError, match="not connected"):
+        await transport.request(queue_name, b"{}", time.time() + 1)
+    await transport.connect()
+    await transport.aclose()
+    with pytest.raises(TransportError, match="closed"):
+        await transport.send(queue_name, b"{}", None)
+    with pytest.raises(TransportError):
+        await transport.connect()
