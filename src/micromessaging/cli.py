@@ -1,4 +1,4 @@
-"""The command line: worker, call, describe, bench, demo.
+"""The command line: worker, call, describe, bench, demo, gateway.
 
 Every option has an environment variable (shown in ``--help``); the broker also falls back
 to the platforms' own variables (REDIS_URL, CLOUDAMQP_URL, RABBITMQ_URL).
@@ -462,3 +462,10 @@ def demo() -> None:
             return result
 
     click.echo("1+5.1=%.1f" % asyncio.run(serve_and_call()))  # noqa: UP031 (the seed's line)
+
+
+# --- gateway ---------------------------------------------------------------------------------
+
+from ._gateway_cli import gateway  # noqa: E402 (its own module: it runs its own HTTP server)
+
+main.add_command(gateway)

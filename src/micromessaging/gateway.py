@@ -1,0 +1,299 @@
+"""The HTTP gateway: one authenticated front door to the services behind a broker.
+
+``POST /<queue>`` with a JSON-RPC request or batch and ``Authorization: Bearer <token>``:
+the gateway checks the token and every method against the token's grant, then forwards the
+body unchanged over the broker (any transport: ``client_transport(broker)``) and answers with
+the workers' reply. Nothing of a refused request reaches the broker. ``GET /healthz`` says
+whether the gateway can reach its broker. docs/gateway.md describes the whole of it.
+
+The app is built from `GatewaySettings`; `app_from_environment` is the factory uvicorn's
+worker processes import (``--workers N``), reading the settings the command put in the
+environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import orjson
+
+from ._exceptions import CallTimeout, TransportError
+from ._gateway_auth import Authenticator, Grant, parse_tokens
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, ErrorCode
+from ._settings import mask_password
+from .transports import ClientTransport, client_transport
+from .transports._http_asgi import (
+    BodyTooLarge,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond,
+    respond_too_large,
+)
+from .transports._http_wire import DEADLINE_HEADER, RETRY_AFTER_SECONDS, decode_deadline
+from .transports._http_wire import error_body as _error_body
+
+logger = logging.getLogger("micromessaging.gateway")
+
+SETTINGS_VARIABLE = "MICROMESSAGING_GATEWAY_SETTINGS"
+"""Where the gateway command leaves its settings for uvicorn's worker processes."""
+
+UNAUTHORIZED = -32010
+"""JSON-RPC error code answering HTTP 401: no bearer token, or one the gateway doesn't know."""
+FORBIDDEN = -32011
+"""JSON-RPC error code answering HTTP 403: the token may not call that queue or method."""
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
+HEALTH_CHECK_TIMEOUT = 2.0
+
+# Default ports of the brokers' URL schemes, for the health check's TCP probe.
+_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671, "nats": 4222}
+_DEFAULT_PORTS |= {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway app needs; plain data, so it can travel to worker processes."""
+
+    broker: str
+    grants: tuple[Grant, ...] = ()
+    timeout: float = 30.0
+    max_body: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_batch: int = 100
+
+    def to_json(self) -> str:
+        """The settings as JSON (token hashes included: never a plaintext token)."""
+        return orjson.dumps(
+            {
+                "broker": self.broker,
+                "tokens": [grant.as_entry() for grant in self.grants],
+                "timeout": self.timeout,
+                "max_body": self.max_body,
+                "max_batch": self.max_batch,
+            }
+        ).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> GatewaySettings:
+        """Settings written by `to_json`."""
+        data = orjson.loads(text)
+        grants = parse_tokens(orjson.dumps({"tokens": data["tokens"]}).decode(), SETTINGS_VARIABLE)
+        return cls(
+            broker=data["broker"],
+            grants=tuple(grants),
+            timeout=data["timeout"],
+            max_body=data["max_body"],
+            max_batch=data["max_batch"],
+        )
+
+
+def error_body(code: int, detail: str, title: str | None = None) -> bytes:
+    """The JSON-RPC error (id null) a gateway refusal carries."""
+    return _error_body(code, title, message=detail)
+
+
+def _retry_after() -> Headers:
+    return [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+
+
+class Gateway:
+    """The ASGI app: authenticate, check limits and grants, forward, answer."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.auth = Authenticator(settings.grants)
+        self._transport: ClientTransport | None = None
+        self._connecting = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                with contextlib.suppress(TransportError):
+                    await self.transport()  # a broker down now is retried per request
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def transport(self) -> ClientTransport:
+        """The connected client transport to the broker (connecting on first use)."""
+        if self._transport is not None:
+            return self._transport
+        async with self._connecting:
+            if self._transport is None:
+                transport = client_transport(self.settings.broker)
+                try:
+                    await transport.connect()
+                except TransportError:
+                    await transport.aclose()
+                    raise
+                self._transport = transport
+        return self._transport
+
+    async def aclose(self) -> None:
+        """Close the connection to the broker."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path == "/healthz" and scope["method"] in ("GET", "HEAD"):
+            await self._health(send)
+            return
+        queue = path[1:]
+        if not QUEUE_NAME.match(queue):
+            detail = "POST a JSON-RPC request to /<queue>"
+            await respond(send, 404, error_body(ErrorCode.INVALID_REQUEST, detail))
+            return
+        if scope["method"] != "POST":
+            body = error_body(ErrorCode.INVALID_REQUEST, f"{scope['method']} is not allowed")
+            await respond(send, 405, body, [(b"allow", b"POST")])
+            return
+        grant = self.auth.identify(header(scope, b"authorization"))
+        if grant is None:
+            body = error_body(UNAUTHORIZED, "a valid bearer token is required", "Unauthorized")
+            await respond(
+                send, 401, body, [(b"www-authenticate", b'Bearer realm="micromessaging"')]
+            )
+            return
+        if not grant.may_use(queue):
+            await self._forbid(send, grant, f"queue {queue!r}")
+            return
+        try:
+            body = await read_body(scope, receive, self.settings.max_body)
+        except BodyTooLarge as exc:
+            await respond_too_large(send, exc, self.settings.max_body)
+            return
+        except ConnectionResetError:
+            return
+        await self._forward(scope, send, grant, queue, body)
+
+    async def _forward(
+        self, scope: Scope, send: Send, grant: Grant, queue: str, body: bytes
+    ) -> None:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            await respond(send, 400, error_body(ErrorCode.PARSE_ERROR, "the body is not JSON"))
+            return
+        items = message if isinstance(message, list) else [message]
+        if not items:
+            await respond(send, 400, error_body(ErrorCode.INVALID_REQUEST, "an empty batch"))
+            return
+        if len(items) > self.settings.max_batch:
+            detail = f"a batch of {len(items)} exceeds the limit of {self.settings.max_batch}"
+            await respond(send, 413, error_body(ErrorCode.INVALID_REQUEST, detail))
+            return
+        methods = {
+            i["method"] for i in items if isinstance(i, dict) and isinstance(i.get("method"), str)
+        }
+        denied = sorted(m for m in methods if not grant.permits(queue, m))
+        if denied:
+            await self._forbid(send, grant, f"{', '.join(denied)} on queue {queue!r}")
+            return
+        # What owes a reply: a request with an id, and anything invalid (it gets an error).
+        owes_reply = any(not isinstance(i, dict) or "id" in i for i in items)
+        deadline = time.time() + self.settings.timeout
+        caller_deadline = decode_deadline(header(scope, DEADLINE_HEADER))
+        if caller_deadline is not None:
+            deadline = min(deadline, caller_deadline)
+        try:
+            transport = await self.transport()
+            if not owes_reply:
+                await transport.send(queue, body, deadline)
+                await respond(send, 204)
+                return
+            reply = await transport.request(queue, body, deadline)
+        except CallTimeout:
+            detail = f"no reply from queue {queue!r} within {self.settings.timeout:g}s"
+            await respond(send, 504, error_body(ErrorCode.DEADLINE_EXCEEDED, detail))
+            return
+        except TransportError as exc:
+            logger.warning("forwarding to %r failed: %s", queue, exc)
+            body = error_body(ErrorCode.SERVER_ERROR, "the broker is unreachable", "Bad gateway")
+            await respond(send, 502, body, _retry_after())
+            return
+        await respond(send, 200, reply)
+
+    async def _forbid(self, send: Send, grant: Grant, what: str) -> None:
+        logger.info("token %r may not call %s", grant.name, what)
+        body = error_body(FORBIDDEN, f"this token may not call {what}", "Forbidden")
+        await respond(send, 403, body)
+
+    async def _health(self, send: Send) -> None:
+        problem = await self.check_broker()
+        if problem is None:
+            await respond(send, 200, b'{"status":"ok"}')
+        else:
+            body = orjson.dumps({"status": "unavailable", "detail": problem})
+            await respond(send, 503, body, _retry_after())
+
+    async def check_broker(self) -> str | None:
+        """None when the broker is reachable, else what is wrong."""
+        try:
+            await asyncio.wait_for(self.transport(), HEALTH_CHECK_TIMEOUT)
+        except (TransportError, TimeoutError) as exc:
+            return f"cannot connect to the broker: {exc}"
+        parts = urlsplit(self.settings.broker)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        if port is None or not parts.hostname:
+            return None  # in-process (memory://): reachable while we run
+        # The transport interface has no ping, so reachability is a fresh TCP connection.
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, port), HEALTH_CHECK_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            return f"broker {parts.hostname}:{port} unreachable: {exc!r}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None
+
+
+def describe(settings: GatewaySettings, host: str, port: int, workers: int) -> str:
+    """The gateway's start line: where it listens, what it forwards to, and its limits."""
+    tokens = len(settings.grants)
+    return (
+        f"micromessaging gateway on http://{host}:{port} -> {mask_password(settings.broker)} "
+        f"({tokens} token{'s' if tokens != 1 else ''}, {workers} "
+        f"process{'es' if workers != 1 else ''}, timeout {settings.timeout:g}s, "
+        f"body limit {settings.max_body} bytes, batch limit {settings.max_batch})"
+    )
+
+
+def app_from_environment() -> Gateway:
+    """The gateway app, from the settings the gateway command left in the environment."""
+    text = os.environ.get(SETTINGS_VARIABLE)
+    if not text:
+        raise RuntimeError(f"{SETTINGS_VARIABLE} is not set: start with `micromessaging gateway`")
+    return Gateway(GatewaySettings.from_json(text))
+
+
+__all__ = [
+    "FORBIDDEN",
+    "UNAUTHORIZED",
+    "Gateway",
+    "GatewaySettings",
+    "app_from_environment",
+    "describe",
+]

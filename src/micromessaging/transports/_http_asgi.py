@@ -1,0 +1,92 @@
+"""The little of ASGI that the HTTP worker and the gateway need, written by hand.
+
+Two routes and a bounded body read do not justify a framework: these helpers read headers
+and a body no larger than a limit, and send a complete response in two messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from .._protocol import dumps, too_large_response
+from ._http_wire import JSON_CONTENT_TYPE
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+DRAIN_LIMIT = 16 * 1024 * 1024
+"""Past this many announced bytes a refused body is not drained: the connection is closed.
+
+A server that answers 413 and closes while the client still writes makes the client see a
+reset instead of the answer; below this size the server reads and discards the rest (uvicorn
+does that by itself once the response is complete), above it closing is cheaper.
+"""
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the limit; `size` is what is known of its length."""
+
+    def __init__(self, size: int, keep_alive: bool) -> None:
+        super().__init__(size)
+        self.size = size
+        self.keep_alive = keep_alive
+        """Whether the connection may serve another request (the rest will be drained)."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The value of header `name` (lower-case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body; `BodyTooLarge` as soon as it is known to exceed `limit` bytes.
+
+    A Content-Length over the limit is refused before any of the body is read; a chunked
+    body is kept only up to the limit, and the rest discarded up to `DRAIN_LIMIT`.
+    """
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise BodyTooLarge(int(length), keep_alive=int(length) <= DRAIN_LIMIT)
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ConnectionResetError("client disconnected")
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(chunk)
+        if size > limit:
+            if not more or size > DRAIN_LIMIT:
+                raise BodyTooLarge(size, keep_alive=not more)
+        elif chunk:
+            chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def respond(
+    send: Send, status: int, body: bytes = b"", headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a complete response: JSON when there is a body."""
+    response_headers: Headers = list(headers)
+    if body:
+        response_headers.append((b"content-type", JSON_CONTENT_TYPE))
+    if status != 204:
+        response_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_too_large(send: Send, exc: BodyTooLarge, limit: int) -> None:
+    """Answer 413 with the JSON-RPC error for an oversized message, without reading on."""
+    headers: Headers = [] if exc.keep_alive else [(b"connection", b"close")]
+    await respond(send, 413, dumps(too_large_response(exc.size, limit)), headers)

@@ -1,0 +1,236 @@
+"""The HTTP worker: each POST becomes a `Delivery`, and settling it answers the request.
+
+HTTP has no broker to hold what a worker can't start yet, so the server holds it: a request
+that finds every slot taken waits, first come first served, for at most its deadline; when
+`backlog` requests already wait it is refused at once with 503 and Retry-After. A refused
+request was never handed to the service, so retrying it is safe.
+
+HTTP has no redelivery either: `delivery_count` is always 1, the reply address is the open
+connection (`can_reply` is always true), and dead-lettering logs the request and answers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .._exceptions import TransportError
+from .._protocol import ErrorCode
+from ._http_asgi import (
+    BodyTooLarge,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond,
+    respond_too_large,
+)
+from ._http_server import EmbeddedServer, bind
+from ._http_wire import (
+    DEADLINE_HEADER,
+    RETRY_AFTER_SECONDS,
+    ServerAddress,
+    decode_deadline,
+    error_body,
+    not_run_body,
+)
+from .base import Delivery, WorkerOptions, WorkerTransport
+
+logger = logging.getLogger("micromessaging.transport")
+
+Answer = tuple[int, bytes, Headers]
+_RETRY: Headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+_CLOSE = (b"connection", b"close")
+
+
+class Admission:
+    """At most `limit` requests handed over at once; up to `backlog` more wait, in order."""
+
+    def __init__(self, limit: int, backlog: int) -> None:
+        self.limit = limit
+        self.backlog = backlog
+        self.used = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    async def enter(self, deadline: float | None) -> str | None:
+        """Take a slot: None once taken, else why not ("busy", "expired" or "stopping")."""
+        if self.used < self.limit and not self._waiting:
+            self.used += 1
+            return None
+        if len(self._waiting) >= self.backlog:
+            return "busy"
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        entered = False
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.time()):
+                await waiter
+            entered = True
+            return None
+        except TimeoutError:
+            return "expired"
+        except TransportError:
+            return "stopping"
+        finally:
+            if waiter in self._waiting:
+                self._waiting.remove(waiter)
+            elif (
+                not entered
+                and waiter.done()
+                and not waiter.cancelled()
+                and waiter.exception() is None
+            ):
+                self.leave()  # a slot came as time ran out or the task was cancelled: pass it on
+
+    def leave(self) -> None:
+        """Give a slot back: to the first request waiting, else to the pool."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes on; `used` stays
+                return
+        self.used -= 1
+
+    def refuse_waiting(self) -> None:
+        """Fail every waiting request (the worker is stopping)."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(TransportError("worker stopping"))
+
+
+class HttpDelivery(Delivery):
+    """One POST handed to the worker; settling it sends the HTTP response."""
+
+    def __init__(self, transport: HttpWorkerTransport, body: bytes, deadline: float | None):
+        self._transport = transport
+        self.body = body
+        self.deadline = deadline
+        self._answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+
+    @property
+    def can_reply(self) -> bool:
+        return True
+
+    async def complete(self, reply: bytes | None) -> None:
+        if reply is not None:
+            self._settle((200, reply, []))
+        elif self.deadline is not None and time.time() >= self.deadline:
+            # Skipped or cancelled because the caller gave up; tell it, should it still listen.
+            self._settle((504, error_body(ErrorCode.DEADLINE_EXCEEDED), []))
+        else:
+            self._settle((204, b"", []))
+
+    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
+        logger.warning("dead letter from HTTP %s: %s: %r", self._transport.path, reason, self.body)
+        if reply is None:
+            self._settle((500, error_body(ErrorCode.INTERNAL_ERROR, message=reason), []))
+        else:
+            self._settle((200, reply, []))
+
+    def give_back(self) -> None:
+        """Answer 503: the worker stopped before settling this request (which may have run)."""
+        detail = "the worker stopped before answering; the call may have run"
+        body = error_body(ErrorCode.SERVER_ERROR, "Service unavailable", message=detail)
+        self._settle((503, body, [*_RETRY, _CLOSE]))
+
+    def _settle(self, answer: Answer) -> None:
+        if self._answer.done():
+            logger.warning("a delivery was settled twice; the second answer is dropped")
+            return
+        self._answer.set_result(answer)
+        self._transport.settled(self)
+
+
+class HttpWorkerTransport(WorkerTransport):
+    """Serves one queue as ``POST /<queue>`` (and ``POST /``) on an embedded uvicorn."""
+
+    def __init__(self, url: str, options: WorkerOptions) -> None:
+        self.address = ServerAddress.from_url(url)
+        self.queue = options.queue
+        self.max_message_size = options.max_message_size
+        self.path = f"{self.address.prefix}/{options.queue}"
+        self._paths = {self.path, self.address.prefix or "/", f"{self.address.prefix}/"}
+        self._admission = Admission(options.concurrency, self.address.backlog)
+        self._unsettled: set[HttpDelivery] = set()
+        self._deliver: Callable[[Delivery], None] | None = None
+        self._server: EmbeddedServer | None = None
+
+    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+        sock = bind(self.address.host, self.address.port)
+        server = EmbeddedServer(
+            self.app, sock, certfile=self.address.certfile, keyfile=self.address.keyfile
+        )
+        self._deliver = deliver
+        await server.start()
+        self._server = server
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI application: one request, one delivery, one response."""
+        if scope["type"] != "http":
+            return
+        if scope["path"] not in self._paths:
+            detail = f"no queue at {scope['path']!r}: POST to {self.path!r}"
+            await respond(send, 404, error_body(ErrorCode.INVALID_REQUEST, message=detail))
+            return
+        if scope["method"] != "POST":
+            detail = f"{scope['method']} is not allowed: POST a JSON-RPC request"
+            body = error_body(ErrorCode.INVALID_REQUEST, message=detail)
+            await respond(send, 405, body, [(b"allow", b"POST")])
+            return
+        try:
+            body = await read_body(scope, receive, self.max_message_size)
+        except BodyTooLarge as exc:
+            await respond_too_large(send, exc, self.max_message_size)
+            return
+        except ConnectionResetError:
+            return
+        deadline = decode_deadline(header(scope, DEADLINE_HEADER))
+        status, reply, headers = await self._handle(body, deadline)
+        await respond(send, status, reply, headers)
+
+    async def _handle(self, body: bytes, deadline: float | None) -> Answer:
+        refused = "stopping" if self._deliver is None else await self._admission.enter(deadline)
+        if refused is None and self._deliver is None:
+            self._admission.leave()  # stopped while this request waited
+            refused = "stopping"
+        if refused == "expired":
+            return 504, error_body(ErrorCode.DEADLINE_EXCEEDED), []
+        if refused == "busy":
+            detail = f"the worker is busy: {self._admission.backlog} requests wait already"
+            return 503, not_run_body(detail), list(_RETRY)
+        if refused is not None or self._deliver is None:
+            return 503, not_run_body("the worker is stopping"), [*_RETRY, _CLOSE]
+        delivery = HttpDelivery(self, body, deadline)
+        self._unsettled.add(delivery)
+        self._deliver(delivery)
+        return await delivery._answer
+
+    def settled(self, delivery: HttpDelivery) -> None:
+        """Free the slot a delivery held."""
+        if delivery in self._unsettled:
+            self._unsettled.discard(delivery)
+            self._admission.leave()
+
+    async def stop_receiving(self) -> None:
+        self._deliver = None
+        self._admission.refuse_waiting()
+        if self._server is not None:
+            self._server.stop_accepting()
+
+    async def aclose(self) -> None:
+        await self.stop_receiving()
+        for delivery in list(self._unsettled):
+            delivery.give_back()
+        server, self._server = self._server, None
+        if server is not None:
+            await server.stop()
+
+    def describe(self) -> str:
+        address = self.address
+        return f"{address.scheme}://{address.host}:{address.port} POST {self.path}"

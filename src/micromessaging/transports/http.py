@@ -1,0 +1,150 @@
+"""http:// and https:// - JSON-RPC over plain HTTP POST, the seed's third transport.
+
+A worker serves its queue as ``POST /<queue>`` (the seed's ``/calc``) and ``POST /`` on an
+embedded uvicorn; a client POSTs to ``<base URL>/<queue>`` over a pool of kept-alive
+connections (_http_pool.py), so any number of calls are in flight at once, one per
+connection. The body is the JSON-RPC request as is, so the seed's Net::HTTP client and
+Sinatra server interoperate unchanged; the deadline travels in the ``X-MM-Deadline`` header.
+docs/wire-http.md has the whole wire, status codes included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from urllib.parse import quote, urlsplit
+
+import orjson
+
+from .._exceptions import CallTimeout, ProtocolError, TransportError
+from ._http_pool import ConnectionPool
+from ._http_wire import CLIENT_KEEP_ALIVE_SECONDS, ClientSettings, encode_deadline
+from ._http_worker import HttpDelivery, HttpWorkerTransport
+from .base import ClientTransport, WorkerOptions
+
+SEND_TIMEOUT = 30.0
+"""How long `send` (a notification, which has no deadline of its own) waits for its 204."""
+
+
+def _jsonrpc_error(content: bytes) -> str | None:
+    """The error message a JSON-RPC error body carries, or None when it is not one."""
+    try:
+        decoded = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    first = decoded[0] if isinstance(decoded, list) and decoded else decoded
+    if not isinstance(first, dict) or first.get("jsonrpc") != "2.0":
+        return None
+    error = first.get("error")
+    return str(error.get("message")) if isinstance(error, dict) else ""
+
+
+class HttpClientTransport(ClientTransport):
+    """POSTs each message to ``<base URL>/<queue>`` over pooled, kept-alive connections."""
+
+    def __init__(self, url: str) -> None:
+        self.settings = settings = ClientSettings.from_url(url)
+        parts = urlsplit(settings.base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path
+        host_header = parts.netloc.encode()
+        extra = b""
+        if settings.token:
+            extra = b"authorization: Bearer " + settings.token.encode() + b"\r\n"
+        # Everything but the path, length and deadline is the same for every request.
+        self._head = (
+            b"host: " + host_header + b"\r\ncontent-type: application/json\r\n"
+            b"accept: application/json\r\n" + extra
+        )
+        self._paths: dict[str, bytes] = {}
+        self._pool: ConnectionPool | None = None
+        self._closed = False
+
+    async def connect(self) -> None:
+        """Set up the connection pool; connections open as the first calls need them."""
+        if self._closed:
+            raise TransportError("HTTP client is closed")
+        if self._pool is None:
+            context: ssl.SSLContext | None = self.settings.ssl_context() if self._https else None
+            self._pool = ConnectionPool(
+                self._host,
+                self._port,
+                size=self.settings.max_connections,
+                ssl_context=context,
+                keep_alive=CLIENT_KEEP_ALIVE_SECONDS,
+            )
+
+    def _path(self, queue: str) -> bytes:
+        path = self._paths.get(queue)
+        if path is None:
+            path = self._paths[queue] = f"{self._prefix}/{quote(queue, safe='')}".encode()
+        return path
+
+    def _where(self, queue: str) -> str:
+        return f"{self.settings.base_url}/{queue}"
+
+    async def _post(self, queue: str, body: bytes, deadline: float | None) -> tuple[int, bytes]:
+        pool = self._pool
+        if pool is None:
+            raise TransportError("HTTP client is closed" if self._closed else "not connected")
+        request = [b"POST ", self._path(queue), b" HTTP/1.1\r\n", self._head]
+        if deadline is None:
+            timeout = SEND_TIMEOUT
+        else:
+            timeout = deadline - time.time()
+            if timeout <= 0:
+                raise CallTimeout("the deadline passed before the request was sent")
+            request += [b"x-mm-deadline: ", encode_deadline(deadline), b"\r\n"]
+        request += [b"content-length: %d\r\n\r\n" % len(body), body]
+        try:
+            async with asyncio.timeout(timeout):
+                status, _, content = await pool.request(b"".join(request))
+        except TimeoutError:
+            raise CallTimeout(f"no reply from {self._where(queue)} before the deadline") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"POST {self._where(queue)} failed: {exc!r}") from exc
+        return status, content
+
+    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+        status, content = await self._post(queue, body, deadline)
+        if 200 <= status < 300:
+            if not content:
+                raise ProtocolError(f"{self._where(queue)} answered {status} with no reply")
+            return content
+        if _jsonrpc_error(content) is not None:
+            return content  # so that the caller gets the RemoteError it carries
+        raise TransportError(f"{self._where(queue)} answered HTTP {status}: {content[:200]!r}")
+
+    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+        status, content = await self._post(queue, body, deadline)
+        if status >= 300:
+            detail = _jsonrpc_error(content) or repr(content[:200])
+            raise TransportError(f"{self._where(queue)} answered HTTP {status}: {detail}")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+def client_transport(url: str) -> HttpClientTransport:
+    """A client POSTing to the server at `url` (``http[s]://[:TOKEN@]HOST[:PORT][/PREFIX]``)."""
+    return HttpClientTransport(url)
+
+
+def worker_transport(url: str, options: WorkerOptions) -> HttpWorkerTransport:
+    """A worker serving `options.queue` over HTTP on `url`'s host and port (else ``$PORT``)."""
+    return HttpWorkerTransport(url, options)
+
+
+__all__ = [
+    "HttpClientTransport",
+    "HttpDelivery",
+    "HttpWorkerTransport",
+    "client_transport",
+    "worker_transport",
+]
