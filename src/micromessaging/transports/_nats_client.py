@@ -1,0 +1,221 @@
+"""The caller's end over NATS: one wildcard reply subscription, many calls in flight.
+
+Each request's reply subject is ``<inbox prefix>.<client id>.<correlation id>``, all caught
+by one subscription to ``<inbox prefix>.<client id>.>``; pending calls wait in a
+`ReplyRouter`. In core mode the client also keeps each call's body until it is answered,
+so a request nobody took (no responders) or a worker handed back (`Bounce`) is sent again:
+core NATS stores nothing, the caller is the only place a request can be kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import secrets
+import time
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from .._exceptions import CallTimeout, TransportError
+from . import _nats_wire as wire
+from ._nats_conn import NATS_ERRORS, close_connection, open_connection, where
+from ._nats_streams import ensure_work_stream
+from .base import ClientTransport, ReplyRouter, connection_lost
+
+logger = logging.getLogger("micromessaging.transport.nats")
+
+RETRY_FIRST = 0.005
+RETRY_MAX = 0.2
+"""Resending a bounced request backs off from 5 ms to 200 ms (jittered) until its deadline."""
+
+
+@dataclass(slots=True)
+class _Call:
+    queue: str
+    body: bytes
+    deadline: float
+    future: asyncio.Future[bytes]
+    delivery_count: int = 1
+    attempts: int = 0
+
+
+class NatsClientTransport(ClientTransport):
+    """Sends requests to NATS subjects; replies come back through one wildcard inbox."""
+
+    def __init__(self, url: str) -> None:
+        self._settings = wire.parse_url(url)
+        self._router = ReplyRouter()
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._inbox = ""
+        self._calls: dict[str, _Call] = {}
+        self._streams: set[str] = set()
+        self._resends: set[asyncio.Task[None]] = set()
+        self._queues: set[str] = set()
+
+    async def connect(self) -> None:
+        nc = await open_connection(
+            self._settings, "micromessaging-client", on_disconnect=self._disconnected
+        )
+        self._inbox = f"{self._settings.inbox_prefix}.{secrets.token_hex(11)}."
+        try:
+            await nc.subscribe(self._inbox + ">", cb=self._arrived)
+            await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
+        except NATS_ERRORS as exc:
+            await close_connection(nc)
+            raise TransportError(f"can't subscribe to replies on NATS: {exc!r}") from exc
+        self._nc = nc
+        if self._settings.jetstream:
+            self._js = nc.jetstream()
+
+    def _live(self, queue: str) -> NATS:
+        if self._nc is None or self._nc.is_closed:
+            raise TransportError("the NATS client is closed")
+        if queue not in self._queues:
+            self._queues.add(wire.check_queue(queue))
+        return self._nc
+
+    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+        self._live(queue)
+        correlation_id, future = self._router.expect(deadline)
+        call = _Call(queue, body, deadline, future)
+        self._calls[correlation_id] = call
+        try:
+            await self._publish(correlation_id, call)
+            return await future
+        finally:
+            self._router.forget(correlation_id)
+            self._calls.pop(correlation_id, None)
+
+    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+        nc = self._live(queue)
+        headers = wire.deadline_header(deadline) or None
+        self._check_size(nc, body, headers)
+        if self._js is not None:
+            await self._stream_publish(queue, body, headers or {}, deadline)
+            return
+        try:
+            await nc.publish(queue, body, headers=headers)
+        except NATS_ERRORS as exc:
+            raise TransportError(f"can't publish to NATS subject {queue!r}: {exc!r}") from exc
+
+    async def _publish(self, correlation_id: str, call: _Call) -> None:
+        nc = self._live(call.queue)
+        headers = wire.deadline_header(call.deadline)
+        if self._js is not None:
+            headers[wire.REPLY_TO] = self._inbox + correlation_id
+            self._check_size(nc, call.body, headers)
+            await self._stream_publish(call.queue, call.body, headers, call.deadline)
+            return
+        if call.delivery_count > 1:
+            headers[wire.DELIVERY_COUNT] = str(call.delivery_count)
+        self._check_size(nc, call.body, headers)
+        try:
+            await nc.publish(
+                call.queue, call.body, reply=self._inbox + correlation_id, headers=headers
+            )
+        except NATS_ERRORS as exc:
+            raise TransportError(f"can't publish to NATS subject {call.queue!r}: {exc!r}") from exc
+
+    async def _stream_publish(
+        self, queue: str, body: bytes, headers: dict[str, str], deadline: float | None
+    ) -> None:
+        assert self._js is not None
+        timeout = wire.remaining(deadline) if deadline else self._settings.connect_timeout
+        try:
+            if queue not in self._streams:
+                await ensure_work_stream(self._js, queue)
+                self._streams.add(queue)
+            await self._js.publish(queue, body, timeout=timeout, headers=headers)
+        except nats.errors.TimeoutError as exc:
+            raise CallTimeout("JetStream did not store the request before the deadline") from exc
+        except NATS_ERRORS as exc:
+            self._streams.discard(queue)  # perhaps deleted: check again next time
+            raise TransportError(f"JetStream refused a message for {queue!r}: {exc!r}") from exc
+
+    def _check_size(self, nc: NATS, body: bytes, headers: dict[str, str] | None) -> None:
+        size = wire.encoded_size(body, headers)
+        if size > nc.max_payload:
+            # Sent anyway, the server would close the connection (and fail every other call).
+            raise TransportError(
+                f"a message of {size} bytes exceeds the NATS server's max_payload of "
+                f"{nc.max_payload} bytes"
+            )
+
+    async def _arrived(self, msg: Msg) -> None:
+        correlation_id = msg.subject[len(self._inbox) :]
+        headers = msg.headers
+        if headers and not msg.data:
+            if headers.get(wire.NATS_STATUS) == wire.NO_RESPONDERS:
+                self._resend_later(correlation_id, 0)  # no worker subscribed (yet)
+                return
+            status = headers.get(wire.STATUS)
+            if status == wire.Bounce.BUSY:
+                self._resend_later(correlation_id, 0)
+                return
+            if status == wire.Bounce.REQUEUE:
+                self._resend_later(correlation_id, 1)
+                return
+            if status == wire.Bounce.TOO_LARGE:
+                self._fail(
+                    correlation_id,
+                    TransportError("the reply exceeded the NATS server's max_payload"),
+                )
+                return
+        self._router.resolve(correlation_id, msg.data)
+
+    def _fail(self, correlation_id: str, exc: Exception) -> None:
+        call = self._calls.get(correlation_id)
+        if call is not None and not call.future.done():
+            call.future.set_exception(exc)
+
+    def _resend_later(self, correlation_id: str, extra_deliveries: int) -> None:
+        call = self._calls.get(correlation_id)
+        if call is None or call.future.done() or self._js is not None:
+            return
+        call.delivery_count += extra_deliveries
+        call.attempts += 1
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** min(call.attempts, 10))
+        delay *= random.uniform(0.5, 1.5)
+        if time.time() + delay >= call.deadline:
+            return  # the router fails it with CallTimeout at its deadline
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self._resend, correlation_id)
+
+    def _resend(self, correlation_id: str) -> None:
+        call = self._calls.get(correlation_id)
+        if call is None or call.future.done():
+            return
+        task = asyncio.create_task(self._publish_again(correlation_id, call))
+        self._resends.add(task)
+        task.add_done_callback(self._resends.discard)
+
+    async def _publish_again(self, correlation_id: str, call: _Call) -> None:
+        try:
+            await self._publish(correlation_id, call)
+        except TransportError as exc:
+            self._fail(correlation_id, exc)
+
+    async def _disconnected(self) -> None:
+        # Replies published while we are away are lost (nobody holds our subscription):
+        # fail the calls in flight now rather than let each wait for its deadline.
+        if self._router:
+            logger.warning("NATS connection lost; failing %d calls in flight", len(self._router))
+        self._router.fail_all(connection_lost(f"NATS at {where(self._settings)}"))
+
+    async def aclose(self) -> None:
+        nc, self._nc = self._nc, None
+        self._router.fail_all(TransportError("client closed"))
+        for task in list(self._resends):
+            task.cancel()
+        if nc is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await nc.flush(timeout=1)
+            await close_connection(nc)

@@ -1,0 +1,232 @@
+"""The worker's end over JetStream: a shared durable pull consumer, acknowledged after replying.
+
+Requests wait in the queue's work-queue stream until a worker acknowledges them. Each
+worker pulls only as many as it has free slots, so the rest stay in the stream for the
+others. A worker acknowledges a request after publishing its reply; while a call runs it
+tells the server every third of ``ack_wait`` that it is still working, so only a worker
+that died (or lost its connection) lets ``ack_wait`` pass, after which the server hands the
+request to another worker with its delivery count raised. On close, requests handed over
+and not settled, and those that arrived after `stop_receiving`, are negatively
+acknowledged once our open pull requests have ended: redelivered at once, to another.
+
+nats-py's own ``fetch`` waits for a whole batch before returning any message, so this
+module speaks the pull protocol itself: one pull request for the free slots, each message
+handed over the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import orjson
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from .._exceptions import TransportError
+from . import _nats_wire as wire
+from ._nats_conn import NATS_ERRORS, where
+from ._nats_streams import ensure_consumer, ensure_dead_letter_stream, ensure_work_stream
+from ._nats_worker import NatsDelivery, NatsWorkerBase
+from .base import Delivery, WorkerOptions
+
+logger = logging.getLogger("micromessaging.transport.nats")
+
+PULL_EXPIRES = 2.0
+"""How long one pull request waits at the server for messages; a new one follows at once."""
+PULL_GRACE = 1.0
+"""A pull whose end the server did not report is forgotten this long after it expired."""
+ACK = b"+ACK"
+NAK = b"-NAK"
+IN_PROGRESS = b"+WPI"
+_ENDED = {"408", "409"}  # status of a pull request that ended (expired, or refused)
+
+
+class _Pull:
+    """One pull request: when we stop expecting its messages, and how many are still due."""
+
+    __slots__ = ("due", "until")
+
+    def __init__(self, due: int, until: float) -> None:
+        self.due = due
+        self.until = until
+
+
+class NatsJetStreamWorkerTransport(NatsWorkerBase):
+    """Takes requests from the queue's JetStream stream through a shared pull consumer."""
+
+    def __init__(self, url: str, options: WorkerOptions) -> None:
+        super().__init__(url, options)
+        self._js: JetStreamContext | None = None
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._pulls: deque[_Pull] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._returned: list[NatsDelivery] = []
+        self._batch = max(1, options.concurrency // 4)
+        self._pull_subject = (
+            f"$JS.API.CONSUMER.MSG.NEXT.{wire.stream_name(self.queue)}.{wire.CONSUMER_NAME}"
+        )
+
+    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+        nc = await self._connect()
+        js = self._js = nc.jetstream(timeout=self._settings.connect_timeout * 2)
+        try:
+            await ensure_work_stream(js, self.queue)
+            await ensure_dead_letter_stream(js, self.queue)
+            await ensure_consumer(js, self.queue, self._settings.ack_wait)
+            self._inbox = nc.new_inbox()
+            self._sub = await nc.subscribe(self._inbox, cb=self._arrived)
+        except NATS_ERRORS as exc:
+            await self._disconnect()
+            raise TransportError(f"can't set up JetStream for {self.queue!r}: {exc!r}") from exc
+        self._deliver = deliver
+        self._tasks = [
+            asyncio.create_task(self._pull_loop()),
+            asyncio.create_task(self._keep_alive()),
+        ]
+
+    async def _reconnected(self) -> None:
+        # Pull requests die with the connection: ask again.
+        await super()._reconnected()
+        self._pulls.clear()
+        self._wake.set()
+
+    async def _pull_loop(self) -> None:
+        while self._deliver is not None:
+            self._wake.clear()  # before looking: a wake-up from here on is not missed
+            now = time.monotonic()
+            while self._pulls and self._pulls[0].until <= now:
+                self._pulls.popleft()
+            wanted = self._slots.free - sum(pull.due for pull in self._pulls)
+            nc = self._nc
+            # Under load, ask in batches rather than one pull per freed slot: each pull
+            # request costs the server as much as a message.
+            enough = not self._pulls or wanted >= self._batch
+            if wanted > 0 and enough and nc is not None and nc.is_connected:
+                request = {"batch": wanted, "expires": int(PULL_EXPIRES * 1e9)}
+                try:
+                    await nc.publish(self._pull_subject, orjson.dumps(request), reply=self._inbox)
+                    self._pulls.append(_Pull(wanted, now + PULL_EXPIRES + PULL_GRACE))
+                except NATS_ERRORS as exc:
+                    logger.debug("pull request failed: %r", exc)
+            wait = self._pulls[0].until - now if self._pulls else 0.5
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.01))
+
+    async def _arrived(self, msg: Msg) -> None:
+        headers = msg.headers
+        if not msg.reply or not msg.reply.startswith("$JS.ACK."):
+            status = headers.get(wire.NATS_STATUS) if headers else None
+            if status in _ENDED and self._pulls:
+                self._pulls.popleft()
+                self._wake.set()
+            return
+        if self._pulls:
+            self._pulls[0].due -= 1
+            if self._pulls[0].due <= 0:
+                self._pulls.popleft()
+        reply_to = headers.get(wire.REPLY_TO) if headers else None
+        delivery = NatsDelivery(self, msg, reply_to, msg.metadata.num_delivered)
+        if self._deliver is None:
+            # Stopping: given back once our pulls have ended (see `_outlive_pulls`).
+            self._returned.append(delivery)
+            return
+        if self._slots.free <= 0:
+            # A late message of a pull we had given up on: back to the stream.
+            await self._signal(delivery, NAK)
+            return
+        self._hand_over(delivery)
+
+    async def _signal(self, delivery: NatsDelivery, signal: bytes) -> None:
+        nc = self._connection()
+        try:
+            await nc.publish(delivery.msg.reply, signal)
+        except NATS_ERRORS as exc:
+            raise TransportError(f"can't acknowledge on NATS: {exc!r}") from exc
+
+    async def _acknowledge(self, delivery: NatsDelivery) -> None:
+        await self._signal(delivery, ACK)
+
+    def _slot_freed(self) -> None:
+        self._wake.set()
+
+    async def _keep_alive(self) -> None:
+        """Tell the server, every third of ack_wait, which requests are still being worked on."""
+        while True:
+            await asyncio.sleep(self._settings.ack_wait / 3)
+            for delivery in list(self._unsettled):
+                with contextlib.suppress(TransportError):
+                    await self._signal(delivery, IN_PROGRESS)
+
+    async def keep_dead_letter(self, delivery: NatsDelivery, reason: str) -> None:
+        """Store the request in the queue's dead-letter stream, with the reason."""
+        assert self._js is not None
+        headers = {
+            wire.REASON: reason,
+            wire.DELIVERY_COUNT: str(delivery.delivery_count),
+            **wire.deadline_header(delivery.deadline),
+        }
+        if delivery.reply_to:
+            headers[wire.REPLY_TO] = delivery.reply_to
+        try:
+            await self._js.publish(
+                wire.dead_letter_subject(self.queue), delivery.body, headers=headers
+            )
+        except NATS_ERRORS as exc:
+            raise TransportError(f"can't store a dead letter in JetStream: {exc!r}") from exc
+
+    async def stop_receiving(self) -> None:
+        # Messages of pulls still open at the server keep coming for up to PULL_EXPIRES:
+        # `_arrived` keeps them, and `aclose` gives them back.
+        self._deliver = None
+        self._wake.set()
+        if self._tasks:
+            self._tasks[0].cancel()
+
+    async def aclose(self) -> None:
+        await self.stop_receiving()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._nc is not None and (self._unsettled or self._returned):
+            await self._outlive_pulls()
+            for delivery in [*self._unsettled, *self._returned]:
+                with contextlib.suppress(TransportError):
+                    await self._signal(delivery, NAK)
+        sub, self._sub = self._sub, None
+        if sub is not None and self._nc is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await sub.unsubscribe()
+        self._unsettled.clear()
+        self._returned.clear()
+        await self._disconnect()
+
+    async def _outlive_pulls(self) -> None:
+        """Wait until the server has ended our pull requests (they expire within seconds).
+
+        A request NAKed while one of our pulls is open would be delivered straight back to
+        it, and a redelivery to a pull nobody listens to any more loses count of deliveries
+        (nats-server 2.9): the next worker would see it as delivered once.
+        """
+        deadline = time.monotonic() + PULL_EXPIRES + PULL_GRACE
+        while self._pulls and time.monotonic() < deadline:
+            self._wake.clear()
+            if self._pulls[0].until <= time.monotonic():
+                self._pulls.popleft()  # its end was never reported: expired by now
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
+
+    def describe(self) -> str:
+        return (
+            f"NATS JetStream stream {wire.stream_name(self.queue)} at {where(self._settings)}, "
+            f"ack after reply, redelivery after {self._settings.ack_wait:g}s"
+        )

@@ -1,0 +1,202 @@
+"""The NATS wire format, without I/O: URL options, subject and stream names, headers.
+
+docs/wire-nats.md describes the same thing for implementers in other languages; keep them
+in step.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from .._exceptions import ConfigurationError
+
+DEADLINE = "Mm-Deadline"
+"""Integer milliseconds since the Unix epoch after which the caller no longer waits."""
+DELIVERY_COUNT = "Mm-Delivery-Count"
+"""Core mode: how many times the request has been handed to a worker (absent: 1)."""
+REPLY_TO = "Mm-Reply-To"
+"""JetStream mode: the reply subject (the NATS reply field carries JetStream's own acks)."""
+STATUS = "Mm-Status"
+"""On an empty-bodied message to a reply subject: why it carries no reply (see `Bounce`)."""
+REASON = "Mm-Reason"
+"""On a dead letter: why the worker gave up on the request."""
+NATS_STATUS = "Status"
+"""The header nats-py fills from the server's inline status line (503: no responders)."""
+NO_RESPONDERS = "503"
+
+
+class Bounce:
+    """Values of `STATUS`: the worker did not answer, and says what the caller should do."""
+
+    BUSY = "busy"
+    """Not run: the worker was full or stopping. Send it again (to any worker), same count."""
+    REQUEUE = "requeue"
+    """Handed to a worker that stopped before settling it: send it again, count + 1."""
+    TOO_LARGE = "too-large"
+    """The reply was larger than the server's max_payload: it can't be delivered."""
+
+
+DEAD_LETTER_PREFIX = "mm.dead."
+DEFAULT_INBOX_PREFIX = "_INBOX"
+DEFAULT_ACK_WAIT = 10.0
+CONSUMER_NAME = "mm-workers"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True, slots=True)
+class NatsSettings:
+    """What a nats:// or tls:// URL asks for."""
+
+    servers: tuple[str, ...]
+    jetstream: bool = False
+    ack_wait: float = DEFAULT_ACK_WAIT
+    inbox_prefix: str = DEFAULT_INBOX_PREFIX
+    tls: ssl.SSLContext | None = None
+    reconnect_wait: float = 0.5
+    connect_timeout: float = 2.0
+    backlog: int | None = None
+    """Core-mode workers: requests held beyond the concurrency before bouncing (None: 1024)."""
+
+
+def _flag(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigurationError(f"NATS URL option {name}={value!r} is not a yes or no")
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ConfigurationError(f"NATS URL option {name}={value!r} is not a positive number")
+    return seconds
+
+
+def _count(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise ConfigurationError(f"NATS URL option {name}={value!r} is not a whole number")
+    return int(value)
+
+
+def parse_url(url: str) -> NatsSettings:
+    """Settings from ``nats://[user:pass@]host[:port][,host2:port2...][?option=value...]``.
+
+    Options: ``jetstream`` (durable mode), ``ack_wait`` (seconds, JetStream), ``inbox_prefix``,
+    ``tls_insecure`` (accept any certificate), ``reconnect_wait``, ``connect_timeout`` and
+    ``backlog`` (core-mode workers).
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("nats", "tls"):
+        raise ConfigurationError(f"not a NATS URL: {url!r}")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    known = {
+        "jetstream",
+        "ack_wait",
+        "inbox_prefix",
+        "tls_insecure",
+        "reconnect_wait",
+        "connect_timeout",
+        "backlog",
+    }
+    unknown = set(options) - known
+    if unknown:
+        raise ConfigurationError(f"unknown NATS URL options: {', '.join(sorted(unknown))}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    prefix = f"{userinfo}@" if userinfo else ""
+    # Several servers of one cluster: nats://a:4222,b:4222 (credentials apply to each).
+    servers = tuple(
+        urlunsplit((scheme, prefix + host, "", "", "")) for host in hosts.split(",") if host
+    ) or (urlunsplit((scheme, prefix + "127.0.0.1:4222", "", "", "")),)
+    tls: ssl.SSLContext | None = None
+    if scheme == "tls":
+        tls = ssl.create_default_context()
+        if _flag("tls_insecure", options.get("tls_insecure", "0")):
+            tls.check_hostname = False
+            tls.verify_mode = ssl.CERT_NONE
+    inbox_prefix = options.get("inbox_prefix", DEFAULT_INBOX_PREFIX)
+    if not inbox_prefix or any(c in inbox_prefix for c in " *>\t\r\n"):
+        raise ConfigurationError(f"bad NATS inbox_prefix {inbox_prefix!r}")
+    return NatsSettings(
+        servers=servers,
+        jetstream=_flag("jetstream", options.get("jetstream", "0")),
+        ack_wait=_seconds("ack_wait", options.get("ack_wait", str(DEFAULT_ACK_WAIT))),
+        inbox_prefix=inbox_prefix,
+        tls=tls,
+        reconnect_wait=_seconds("reconnect_wait", options.get("reconnect_wait", "0.5")),
+        connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", "2")),
+        backlog=_count("backlog", options["backlog"]) if "backlog" in options else None,
+    )
+
+
+def check_queue(queue: str) -> str:
+    """`queue` when it is a valid NATS subject without wildcards, else `ConfigurationError`."""
+    tokens = queue.split(".")
+    if not queue or any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
+        raise ConfigurationError(f"{queue!r} can't be a NATS subject (no spaces or wildcards)")
+    return queue
+
+
+def dead_letter_subject(queue: str) -> str:
+    """Where a queue's dead letters are published."""
+    return DEAD_LETTER_PREFIX + queue
+
+
+def stream_name(queue: str) -> str:
+    """The JetStream work-queue stream holding a queue's requests."""
+    return "MM_" + _STREAM_UNSAFE.sub("_", queue)
+
+
+def dead_letter_stream_name(queue: str) -> str:
+    """The JetStream stream keeping a queue's dead letters."""
+    return "MM_DEAD_" + _STREAM_UNSAFE.sub("_", queue)
+
+
+def deadline_header(deadline: float | None) -> dict[str, str]:
+    """The headers carrying `deadline` (epoch seconds)."""
+    return {} if deadline is None else {DEADLINE: str(int(deadline * 1000))}
+
+
+def read_deadline(headers: Mapping[str, str] | None) -> float | None:
+    """The deadline a message carries, in epoch seconds; None when absent or unreadable."""
+    raw = headers.get(DEADLINE) if headers else None
+    if raw is None:
+        return None
+    try:
+        return int(raw) / 1000
+    except ValueError:
+        return None
+
+
+def read_count(headers: Mapping[str, str] | None) -> int:
+    """The core-mode delivery count a message carries (1 when absent or unreadable)."""
+    raw = headers.get(DELIVERY_COUNT) if headers else None
+    try:
+        return max(1, int(raw)) if raw is not None else 1
+    except ValueError:
+        return 1
+
+
+def encoded_size(body: bytes, headers: Mapping[str, str] | None) -> int:
+    """How many bytes the server counts against max_payload: headers block plus body."""
+    if not headers:
+        return len(body)
+    # "NATS/1.0\r\n", one "key: value\r\n" per header, then "\r\n" (as nats-py writes them).
+    return len(body) + 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def remaining(deadline: float) -> float:
+    """Seconds until `deadline` (epoch seconds), never below a millisecond."""
+    return max(deadline - time.time(), 0.001)

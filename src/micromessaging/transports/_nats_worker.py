@@ -1,0 +1,230 @@
+"""The worker's end over core NATS: a queue-group subscription, bounded by the concurrency.
+
+Core NATS pushes every message of a queue group to one member chosen by the server, whether
+or not that member is busy, and keeps nothing. So the transport holds at most
+``concurrency`` unsettled deliveries plus a backlog (1024 unless the URL's ``backlog``
+says otherwise), and bounces anything
+beyond (an empty reply with ``Mm-Status: busy``): the caller sends it again, and the server
+may pick a worker with room. On stop the backlog is bounced the same way, so a draining
+worker hands its waiting requests to the others; on close, requests handed over and never
+settled are bounced with ``requeue`` (sent again with the delivery count raised).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .._exceptions import TransportError
+from . import _nats_wire as wire
+from ._nats_conn import NATS_ERRORS, close_connection, open_connection, where
+from .base import Delivery, Slots, WorkerOptions, WorkerTransport
+
+logger = logging.getLogger("micromessaging.transport.nats")
+
+DRAIN_TIMEOUT = 2.0
+DEFAULT_BACKLOG = 1024
+"""Requests a core worker holds beyond its concurrency before bouncing more (URL: backlog)."""
+
+
+class NatsDelivery(Delivery):
+    """A request handed to a NATS worker."""
+
+    def __init__(
+        self,
+        transport: NatsWorkerBase,
+        msg: Msg,
+        reply_to: str | None,
+        delivery_count: int,
+    ) -> None:
+        self._transport = transport
+        self.msg = msg
+        self.reply_to = reply_to
+        self.body = msg.data
+        self.deadline = wire.read_deadline(msg.headers)
+        self.delivery_count = delivery_count
+
+    @property
+    def can_reply(self) -> bool:
+        return bool(self.reply_to)
+
+    async def complete(self, reply: bytes | None) -> None:
+        await self._transport.settle(self, reply)
+
+    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
+        try:
+            await self._transport.keep_dead_letter(self, reason)
+        except BaseException:
+            self._transport.release(self)
+            raise
+        await self.complete(reply)
+
+
+class NatsWorkerBase(WorkerTransport):
+    """What the core and JetStream workers share: connection, replies, slots."""
+
+    def __init__(self, url: str, options: WorkerOptions) -> None:
+        self._settings = wire.parse_url(url)
+        self.queue = wire.check_queue(options.queue)
+        self._options = options
+        self._nc: NATS | None = None
+        self._deliver: Callable[[Delivery], None] | None = None
+        self._slots = Slots(options.concurrency)
+        self._unsettled: set[NatsDelivery] = set()
+
+    def _connection(self) -> NATS:
+        if self._nc is None:
+            raise TransportError("the NATS worker is not connected")
+        return self._nc
+
+    async def _connect(self) -> NATS:
+        self._nc = await open_connection(
+            self._settings,
+            f"micromessaging-worker {self.queue}",
+            on_reconnect=self._reconnected,
+        )
+        return self._nc
+
+    async def _reconnected(self) -> None:
+        logger.info("worker of %r reconnected to NATS", self.queue)
+
+    def _hand_over(self, delivery: NatsDelivery) -> None:
+        assert self._deliver is not None
+        self._slots.take()
+        self._unsettled.add(delivery)
+        self._deliver(delivery)
+
+    async def publish_reply(self, delivery: NatsDelivery, reply: bytes | None) -> None:
+        """Send `reply` to the delivery's reply subject (when it has one)."""
+        if reply is None or not delivery.reply_to:
+            return
+        nc = self._connection()
+        headers: dict[str, str] | None = None
+        if len(reply) > nc.max_payload:
+            logger.warning(
+                "a reply of %d bytes exceeds the server's max_payload (%d): caller told",
+                len(reply),
+                nc.max_payload,
+            )
+            reply, headers = b"", {wire.STATUS: wire.Bounce.TOO_LARGE}
+        try:
+            await nc.publish(delivery.reply_to, reply, headers=headers)
+        except NATS_ERRORS as exc:
+            raise TransportError(f"can't publish a reply on NATS: {exc!r}") from exc
+
+    async def settle(self, delivery: NatsDelivery, reply: bytes | None) -> None:
+        """Publish the reply and acknowledge (JetStream), then free the delivery's slot."""
+        try:
+            await self.publish_reply(delivery, reply)
+            await self._acknowledge(delivery)
+        finally:
+            self.release(delivery)
+
+    async def _acknowledge(self, delivery: NatsDelivery) -> None:
+        """Core NATS has nothing to acknowledge."""
+
+    def release(self, delivery: NatsDelivery) -> None:
+        """Forget a settled delivery and free its slot."""
+        if delivery in self._unsettled:
+            self._unsettled.discard(delivery)
+            self._slots.release()
+            self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """A slot is free: take more work."""
+
+    async def keep_dead_letter(self, delivery: NatsDelivery, reason: str) -> None:
+        """Publish the request on the queue's dead-letter subject, with the reason."""
+        nc = self._connection()
+        headers = {
+            wire.REASON: reason,
+            wire.DELIVERY_COUNT: str(delivery.delivery_count),
+            **wire.deadline_header(delivery.deadline),
+        }
+        try:
+            await nc.publish(wire.dead_letter_subject(self.queue), delivery.body, headers=headers)
+        except NATS_ERRORS as exc:
+            raise TransportError(f"can't publish a dead letter on NATS: {exc!r}") from exc
+
+    async def _disconnect(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(*NATS_ERRORS):
+                await nc.flush(timeout=1)
+            await close_connection(nc)
+
+
+class NatsWorkerTransport(NatsWorkerBase):
+    """Takes requests from a core NATS queue group named after the queue."""
+
+    def __init__(self, url: str, options: WorkerOptions) -> None:
+        super().__init__(url, options)
+        self._backlog: deque[NatsDelivery] = deque()
+        backlog = self._settings.backlog
+        self._backlog_limit = DEFAULT_BACKLOG if backlog is None else backlog
+        self._sub: Subscription | None = None
+        self.dropped = 0
+
+    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+        nc = await self._connect()
+        self._deliver = deliver
+        try:
+            self._sub = await nc.subscribe(self.queue, queue=self.queue, cb=self._arrived)
+            await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
+        except NATS_ERRORS as exc:
+            await self._disconnect()
+            raise TransportError(f"can't subscribe to {self.queue!r} on NATS: {exc!r}") from exc
+
+    async def _arrived(self, msg: Msg) -> None:
+        delivery = NatsDelivery(self, msg, msg.reply or None, wire.read_count(msg.headers))
+        if self._deliver is None:
+            await self._bounce(delivery, wire.Bounce.BUSY)
+        elif self._slots.free > 0:
+            self._hand_over(delivery)
+        elif len(self._backlog) < self._backlog_limit:
+            self._backlog.append(delivery)
+        else:
+            await self._bounce(delivery, wire.Bounce.BUSY)
+
+    def _slot_freed(self) -> None:
+        while self._backlog and self._deliver is not None and self._slots.free > 0:
+            self._hand_over(self._backlog.popleft())
+
+    async def _bounce(self, delivery: NatsDelivery, status: str) -> None:
+        if not delivery.reply_to:
+            # A notification has nowhere to go back to: core NATS is at most once.
+            self.dropped += 1
+            logger.warning("dropped a notification on %r: worker full or stopping", self.queue)
+            return
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._connection().publish(delivery.reply_to, b"", headers={wire.STATUS: status})
+
+    async def stop_receiving(self) -> None:
+        self._deliver = None
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            # Drain: the server stops sending, and what it already sent comes through
+            # `_arrived`, which now bounces it back to its caller.
+            with contextlib.suppress(*NATS_ERRORS):
+                await asyncio.wait_for(sub.drain(), DRAIN_TIMEOUT)  # type: ignore[no-untyped-call]
+        while self._backlog:
+            await self._bounce(self._backlog.popleft(), wire.Bounce.BUSY)
+
+    async def aclose(self) -> None:
+        await self.stop_receiving()
+        if self._nc is not None:
+            for delivery in list(self._unsettled):
+                await self._bounce(delivery, wire.Bounce.REQUEUE)
+        self._unsettled.clear()
+        await self._disconnect()
+
+    def describe(self) -> str:
+        return f"NATS queue group {self.queue!r} at {where(self._settings)}, at most once"

@@ -1,0 +1,558 @@
+"""nats:// joins the transport contract, in core mode and in JetStream mode; NATS specifics.
+
+These talk to the NATS server (with JetStream) on 127.0.0.1:4222, or the one
+MICROMESSAGING_NATS_URL names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+import pytest
+
+from micromessaging import AsyncClient, CallTimeout, ErrorCode, RemoteError, TransportError, Worker
+from micromessaging.transports import nats as nats_transport
+from micromessaging.transports import worker_transport
+from micromessaging.transports._nats_wire import (
+    DEAD_LETTER_PREFIX,
+    DEADLINE,
+    DELIVERY_COUNT,
+    REPLY_TO,
+    check_queue,
+    dead_letter_stream_name,
+    parse_url,
+    stream_name,
+)
+from micromessaging.transports.base import WorkerOptions
+
+from .contract import Probe, TransportContract, eventually
+
+NATS_URL = os.environ.get("MICROMESSAGING_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 1):
+            return True
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _reachable(NATS_URL), reason=f"no NATS server at {NATS_URL} (nats-server -js)"
+)
+
+
+def with_options(url: str, **options: object) -> str:
+    """`url` with query options added."""
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+async def raw_connection(url: str) -> nats.NATS:
+    """A plain nats-py connection: no micromessaging code on this side."""
+    parts = urlsplit(url)
+    return await nats.connect(f"nats://{parts.netloc}")
+
+
+async def delete_streams(url: str, queue: str) -> None:
+    """Remove the JetStream streams a queue's traffic created."""
+    nc = await raw_connection(url)
+    try:
+        js = nc.jetstream()
+        for name in (stream_name(queue), dead_letter_stream_name(queue)):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+class Overlap:
+    """A service that records how many of its calls ran at once."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.calls = 0
+
+    async def hold(self, seconds: float, tag: object = None) -> object:
+        self.calls += 1
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.running -= 1
+        return tag
+
+    def big(self, size: int) -> str:
+        return "x" * size
+
+    def add(self, a: float, b: float) -> float:
+        return a + b
+
+
+class TestNatsContract(TransportContract):
+    """Core NATS: request/reply with a queue group."""
+
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return NATS_URL
+
+    @pytest.fixture(autouse=True)
+    async def dead_letter_spy(self, queue: str) -> AsyncIterator[list[bytes]]:
+        # Core NATS keeps nothing: dead letters are seen only by who listens when they pass.
+        nc = await raw_connection(NATS_URL)
+        self._dead: list[bytes] = []
+        sub = await nc.subscribe(DEAD_LETTER_PREFIX + queue, cb=self._keep_dead)
+        await nc.flush()
+        yield self._dead
+        await sub.unsubscribe()
+        await nc.close()
+
+    async def _keep_dead(self, msg: nats.aio.msg.Msg) -> None:
+        self._dead.append(msg.data)
+
+    async def inject(
+        self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
+    ) -> bytes | None:
+        nc = await raw_connection(broker_url)
+        try:
+            headers = {DELIVERY_COUNT: str(delivery_count)} if delivery_count > 1 else None
+            msg = await nc.request(queue, body, timeout=wait, headers=headers)
+            return msg.data
+        except nats.errors.TimeoutError:
+            return None
+        finally:
+            await nc.close()
+
+    async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
+        await asyncio.sleep(0.1)
+        return list(self._dead)
+
+    async def leftovers(self, broker_url: str, queue: str) -> list[str]:
+        # The server holds no messages for core subjects; what could be left is interest: a
+        # worker still subscribed would answer this, where nobody must.
+        nc = await raw_connection(broker_url)
+        try:
+            await nc.request(queue, b"{}", timeout=1)
+            return [f"a subscriber still answers on {queue}"]
+        except nats.errors.NoRespondersError:
+            return []
+        finally:
+            await nc.close()
+
+    async def test_too_large_message_is_refused(self, worker: Worker, client: AsyncClient) -> None:
+        # The worker would answer -32002, but NATS can't carry 2 MB to it (max_payload 1 MB):
+        # the client refuses at once, rather than letting the server drop its connection.
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="max_payload"):
+            await client.echo("x" * (2 * 1024 * 1024))
+        assert time.monotonic() - started < 1
+        assert await client.add(1, 1) == 2
+
+
+class TestNatsJetStreamContract(TestNatsContract):
+    """JetStream: a work-queue stream per queue, acknowledged after the reply."""
+
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return with_options(NATS_URL, jetstream=1, ack_wait=5)
+
+    @pytest.fixture(autouse=True)
+    async def dead_letter_spy(self, queue: str) -> AsyncIterator[list[bytes]]:
+        yield []
+        await delete_streams(NATS_URL, queue)
+
+    async def inject(
+        self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
+    ) -> bytes | None:
+        if delivery_count > 1:
+            pytest.skip("JetStream counts deliveries itself (num_delivered): see test_nats.py")
+        nc = await raw_connection(broker_url)
+        try:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            await nc.jetstream().publish(queue, body, headers={REPLY_TO: inbox})
+            msg = await sub.next_msg(timeout=wait)
+            return msg.data
+        except nats.errors.TimeoutError:
+            return None
+        finally:
+            await nc.close()
+
+    async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
+        nc = await raw_connection(broker_url)
+        try:
+            js = nc.jetstream()
+            state = (await js.stream_info(dead_letter_stream_name(queue))).state
+            return [
+                (await js.get_msg(dead_letter_stream_name(queue), seq)).data or b""
+                for seq in range(state.first_seq, state.last_seq + 1)
+            ]
+        finally:
+            await nc.close()
+
+    async def leftovers(self, broker_url: str, queue: str) -> list[str]:
+        # The stream and its consumer are the queue itself; requests left in it are not.
+        nc = await raw_connection(broker_url)
+        try:
+            js = nc.jetstream()
+            left = []
+            state = (await js.stream_info(stream_name(queue))).state
+            if state.messages:
+                left.append(f"{state.messages} requests in {stream_name(queue)}")
+            consumer = await js.consumer_info(stream_name(queue), "mm-workers")
+            if consumer.num_ack_pending:
+                left.append(f"{consumer.num_ack_pending} unacknowledged requests")
+            return left
+        finally:
+            await nc.close()
+
+    async def test_delivery_limit_dead_letters_and_answers(self) -> None:
+        pytest.skip(
+            "JetStream's delivery count can't be forged by a test; "
+            "test_requeued_too_often_is_dead_lettered drives the real redelivery path"
+        )
+
+
+@pytest.fixture(params=["core", "jetstream"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "core":
+        return NATS_URL
+    return with_options(NATS_URL, jetstream=1, ack_wait=5)
+
+
+@pytest.fixture
+async def queue(url: str) -> AsyncIterator[str]:
+    name = f"mm-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    if "jetstream" in url:
+        await delete_streams(NATS_URL, name)
+
+
+# --- interoperability -------------------------------------------------------------------
+
+
+async def test_a_plain_nats_request_calls_our_worker() -> None:
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    async with Worker(Probe(), NATS_URL, queue):
+        nc = await raw_connection(NATS_URL)
+        try:
+            body = b'{"jsonrpc": "2.0", "id": "Ke43jnGeQsk2z9GYvFmrax", "method": "add", '
+            body += b'"params": [1, 5.1]}'
+            msg = await nc.request(queue, body, timeout=5)
+            assert orjson.loads(msg.data) == {
+                "jsonrpc": "2.0",
+                "result": 6.1,
+                "id": "Ke43jnGeQsk2z9GYvFmrax",
+            }
+            notification = b'{"jsonrpc": "2.0", "method": "record", "params": ["raw"]}'
+            await nc.publish(queue, notification)
+            calls = [nc.request(queue, orjson.dumps(_add(i)), timeout=5) for i in range(50)]
+            replies = [orjson.loads(m.data) for m in await asyncio.gather(*calls)]
+            assert [r["result"] for r in replies] == [i + 1 for i in range(50)]
+        finally:
+            await nc.close()
+
+
+def _add(i: int) -> dict[str, object]:
+    return {"jsonrpc": "2.0", "id": i, "method": "add", "params": [i, 1]}
+
+
+async def test_our_client_calls_a_plain_nats_responder() -> None:
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    nc = await raw_connection(NATS_URL)
+
+    async def respond(msg: nats.aio.msg.Msg) -> None:
+        request = orjson.loads(msg.data)
+        result = sum(request["params"])
+        await msg.respond(orjson.dumps({"jsonrpc": "2.0", "result": result, "id": request["id"]}))
+
+    await nc.subscribe(queue, queue="responders", cb=respond)
+    await nc.flush()
+    try:
+        async with AsyncClient(NATS_URL, queue, timeout=5) as client:
+            assert await client.add(1, 5.1) == 6.1
+    finally:
+        await nc.close()
+
+
+async def test_one_reply_subscription_for_many_calls(url: str, queue: str) -> None:
+    async with (
+        Worker(Probe(), url, queue, concurrency=64),
+        AsyncClient(url, queue, timeout=10) as client,
+    ):
+        await client.add(0, 0)
+        connection = client._transport._nc  # type: ignore[union-attr]
+        before = set(connection._subs)
+        assert await asyncio.gather(*(client.add(i, 1) for i in range(500))) == [
+            i + 1 for i in range(500)
+        ]
+        assert set(connection._subs) == before  # no subscription per call
+        # One wildcard inbox (plus, in JetStream mode, nats-py's own for the stream's acks).
+        assert len(before) == (2 if "jetstream" in url else 1)
+
+
+async def test_our_headers_travel_with_the_request(url: str, queue: str) -> None:
+    async with AsyncClient(url, queue, timeout=2) as client:
+        if "jetstream" in url:
+            pending = asyncio.create_task(client.add(1, 2))
+            await asyncio.sleep(0.3)  # no worker: the request waits in the stream
+            nc = await raw_connection(NATS_URL)
+            msg = await nc.jetstream().get_last_msg(stream_name(queue), queue)
+            await nc.close()
+            headers = msg.headers or {}
+            assert headers[REPLY_TO].startswith("_INBOX.")
+        else:
+            nc = await raw_connection(NATS_URL)
+            seen: asyncio.Future[nats.aio.msg.Msg] = asyncio.get_running_loop().create_future()
+            await nc.subscribe(queue, cb=functools.partial(_set, seen))
+            await nc.flush()
+            pending = asyncio.create_task(client.add(1, 2))
+            msg = await asyncio.wait_for(seen, 2)
+            await nc.close()
+            headers = msg.headers or {}
+            assert msg.reply.startswith("_INBOX.")
+        assert abs(int(headers[DEADLINE]) / 1000 - (time.time() + 2)) < 1
+        assert orjson.loads(msg.data)["method"] == "add"  # the body is the JSON-RPC, unchanged
+        with pytest.raises(CallTimeout):
+            await pending
+
+
+async def _set(future: asyncio.Future[nats.aio.msg.Msg], msg: nats.aio.msg.Msg) -> None:
+    if not future.done():
+        future.set_result(msg)
+
+
+# --- flow control and redelivery --------------------------------------------------------
+
+
+async def test_worker_holds_no_more_than_its_concurrency(url: str, queue: str) -> None:
+    service = Overlap()
+    tight = with_options(url, backlog=0) if "jetstream" not in url else url
+    async with (
+        Worker(service, tight, queue, concurrency=2),
+        AsyncClient(url, queue, timeout=15) as client,
+    ):
+        tags = await asyncio.gather(*(client.hold(0.1, i) for i in range(12)))
+    assert tags == list(range(12))
+    assert service.most == 2
+    assert service.calls == 12  # bounced requests were sent again, and ran once each
+
+
+async def test_a_request_waits_for_a_worker_to_subscribe(url: str, queue: str) -> None:
+    async with AsyncClient(url, queue, timeout=10) as client:
+        call = asyncio.create_task(client.add(2, 3))
+        await asyncio.sleep(0.5)  # core: no responders, sent again; JetStream: stored
+        assert not call.done()
+        async with Worker(Probe(), url, queue):
+            assert await asyncio.wait_for(call, 5) == 5
+
+
+async def test_stopping_worker_hands_its_backlog_to_another(queue: str, url: str) -> None:
+    first, second = Overlap(), Overlap()
+    async with AsyncClient(url, queue, timeout=15) as client:
+        worker = Worker(first, url, queue, concurrency=1)
+        running = asyncio.create_task(worker.run())
+        await worker.started()
+        calls = [asyncio.create_task(client.hold(0.3, i)) for i in range(6)]
+        await eventually(lambda: first.calls == 1)
+        async with Worker(second, url, queue, concurrency=6):
+            worker.stop()
+            assert await asyncio.gather(*calls) == list(range(6))
+            await asyncio.wait_for(running, 5)
+    assert first.calls + second.calls == 6
+    assert second.calls >= 4
+
+
+async def test_requeued_too_often_is_dead_lettered(url: str, queue: str) -> None:
+    # A worker stops while a call runs past its grace: the request goes back (core: the
+    # caller sends it again, count + 1; JetStream: NAK, redelivered). The next worker allows
+    # one delivery only, so it dead-letters the request and answers the caller with an error.
+    spy = await raw_connection(NATS_URL)
+    dead: list[bytes] = []
+    await spy.subscribe(DEAD_LETTER_PREFIX + queue, cb=functools.partial(_keep, dead))
+    await spy.flush()
+    try:
+        first, second = Overlap(), Overlap()
+        async with AsyncClient(url, queue, timeout=15) as client:
+            worker = Worker(first, url, queue, grace=0.2)
+            running = asyncio.create_task(worker.run())
+            await worker.started()
+            call = asyncio.create_task(client.hold(5, "poison"))
+            await eventually(lambda: first.calls == 1)
+            worker.stop()
+            await asyncio.wait_for(running, 5)
+            async with Worker(second, url, queue, max_deliveries=1) as other:
+                with pytest.raises(RemoteError) as caught:
+                    await asyncio.wait_for(call, 10)
+                assert caught.value.code == ErrorCode.DELIVERY_LIMIT
+                assert other.stats.dead_lettered == 1
+                assert await client.add(1, 1) == 2
+        assert second.calls == 0
+        await eventually(lambda: len(dead) == 1)
+        assert orjson.loads(dead[0])["params"] == [5, "poison"]
+    finally:
+        await spy.close()
+
+
+async def _keep(into: list[bytes], msg: nats.aio.msg.Msg) -> None:
+    into.append(msg.data)
+
+
+async def test_long_call_is_not_redelivered_while_its_worker_lives() -> None:
+    url = with_options(NATS_URL, jetstream=1, ack_wait=1)
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    service = Overlap()
+    try:
+        async with (
+            Worker(service, url, queue),
+            Worker(service, url, queue),
+            AsyncClient(url, queue, timeout=10) as client,
+        ):
+            assert await client.hold(2.5, "once") == "once"
+            await asyncio.sleep(1.5)
+        assert service.calls == 1  # in-progress signals kept the request from going elsewhere
+    finally:
+        await delete_streams(NATS_URL, queue)
+
+
+async def test_stored_request_past_its_deadline_is_skipped() -> None:
+    url = with_options(NATS_URL, jetstream=1)
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    service = Overlap()
+    try:
+        async with AsyncClient(url, queue, timeout=0.3) as client:
+            with pytest.raises(CallTimeout):
+                await client.hold(0, "too late")  # stored: no worker yet
+        async with Worker(service, url, queue) as worker:
+            await eventually(lambda: worker.stats.expired == 1)
+        assert service.calls == 0
+        nc = await raw_connection(NATS_URL)
+        state = (await nc.jetstream().stream_info(stream_name(queue))).state
+        await nc.close()
+        assert state.messages == 0  # acknowledged, not left for the next worker
+    finally:
+        await delete_streams(NATS_URL, queue)
+
+
+# --- size -------------------------------------------------------------------------------
+
+
+async def test_reply_too_large_for_nats_fails_fast(url: str, queue: str) -> None:
+    async with (
+        Worker(Overlap(), url, queue, max_message_size=4 * 1024 * 1024),
+        AsyncClient(url, queue, timeout=10) as client,
+    ):
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="max_payload"):
+            await client.big(1_100_000)
+        assert time.monotonic() - started < 2
+        assert len(await client.big(900_000)) == 900_000
+        assert await client.add(1, 1) == 2
+
+
+# --- connections and URLs ---------------------------------------------------------------
+
+
+async def test_unreachable_server_fails_fast() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="can't connect"):
+        async with AsyncClient(f"nats://127.0.0.1:{port}", "calc", timeout=1):
+            pass
+    assert time.monotonic() - started < 3
+
+
+async def test_closed_client_fails_its_calls(url: str, queue: str) -> None:
+    client = AsyncClient(url, queue, timeout=10)
+    await client._connect()
+    pending = asyncio.create_task(client.add(1, 1))
+    await asyncio.sleep(0.1)
+    await client.aclose()
+    with pytest.raises(TransportError):
+        await pending
+
+
+async def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    from tests.fault.test_nats_faults import NATS_SERVER, NatsServer
+
+    if not (shutil.which(NATS_SERVER) and shutil.which("openssl")):
+        pytest.skip("needs nats-server and openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True)
+    server = NatsServer(tmp_path / "js", "--tls", "--tlscert", str(cert), "--tlskey", str(key))
+    server.start()
+    try:
+        url = f"tls://127.0.0.1:{server.port}?tls_insecure=1"
+        queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+        async with Worker(Probe(), url, queue), AsyncClient(url, queue, timeout=5) as client:
+            assert await client.add(1, 5.1) == 6.1
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="can't connect") as caught:
+            async with AsyncClient(f"tls://127.0.0.1:{server.port}?connect_timeout=0.5", queue):
+                pass  # the certificate is self-signed: refused unless tls_insecure=1
+        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+        assert time.monotonic() - started < 3  # bounded by 3 x connect_timeout
+    finally:
+        server.stop()
+
+
+def test_url_options() -> None:
+    settings = parse_url("nats://u:p@a:4222,b:4223?jetstream=yes&ack_wait=2.5&backlog=7")
+    assert settings.servers == ("nats://u:p@a:4222", "nats://u:p@b:4223")
+    assert settings.jetstream and settings.ack_wait == 2.5 and settings.backlog == 7
+    assert parse_url("nats://").servers == ("nats://127.0.0.1:4222",)
+    assert parse_url("nats://h").jetstream is False
+    tls = parse_url("tls://h:4222?tls_insecure=1").tls
+    assert tls is not None and tls.check_hostname is False
+    assert parse_url("tls://h:4222").tls is not None
+    for bad in (
+        "nats://h?nope=1",
+        "nats://h?jetstream=maybe",
+        "nats://h?ack_wait=0",
+        "nats://h?backlog=-1",
+        "nats://h?inbox_prefix=a*b",
+    ):
+        with pytest.raises(ValueError):  # noqa: PT011 - ConfigurationError is a ValueError
+            parse_url(bad)
+
+
+def test_queue_names_must_be_plain_subjects() -> None:
+    assert check_queue("billing.invoices") == "billing.invoices"
+    for bad in ("", "a.*", "a.>", "a b", "a..b"):
+        with pytest.raises(ValueError):  # noqa: PT011
+            check_queue(bad)
+    assert stream_name("billing.invoices") == "MM_billing_invoices"
+
+
+def test_worker_mode_follows_the_url() -> None:
+    options = WorkerOptions(queue="calc")
+    core = worker_transport("nats://h", options)
+    durable = worker_transport("nats://h?jetstream=1", options)
+    assert isinstance(core, nats_transport.NatsWorkerTransport)
+    assert isinstance(durable, nats_transport.NatsJetStreamWorkerTransport)
+    assert "at most once" in core.describe()
+    assert "redelivery" in durable.describe()
