@@ -2,8 +2,9 @@
 
 Broker faults run on a RabbitMQ node of this module's own (its own node name, ports, data
 and log directories, no plugins), started once for the module and always stopped: the
-shared broker on 5672 is never restarted or told to close connections. Worker faults (kill
--9, SIGTERM, a request that crashes its worker) use the shared broker and worker
+shared broker on 5672 is never restarted or told to close connections. The node also
+listens for amqps:// (a self-signed certificate), to show TLS end to end. Worker faults
+(kill -9, SIGTERM, a request that crashes its worker) use the shared broker and worker
 subprocesses (``python -m micromessaging worker``) serving `FaultService` below.
 """
 
@@ -22,11 +23,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pytest
 
-from micromessaging import AsyncClient, CallTimeout, ErrorCode, RemoteError, TransportError, Worker
+from micromessaging import (
+    AsyncClient,
+    CallTimeout,
+    Client,
+    ConfigurationError,
+    ErrorCode,
+    RemoteError,
+    TransportError,
+    Worker,
+)
 from tests.transports.contract import Probe, eventually
 from tests.transports.test_amqp import BROKER, delete_queues, drain_queue, queue_state
 
@@ -65,12 +76,25 @@ def listening(port: int) -> bool:
 class RabbitNode:
     """A RabbitMQ node on 127.0.0.1 with its own name, ports and directories."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, certificate: tuple[Path, Path] | None = None) -> None:
         self.port, self.dist_port = free_port(), free_port()
         self.name = f"rabbit-test-{os.getpid()}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         self.base = base
-        (base / "rabbitmq.conf").write_text("log.console = false\n")
+        config = "log.console = false\n"
+        self.tls_port: int | None = None
+        if certificate is not None:  # also listen for amqps://, without asking for client certs
+            cert, key = certificate
+            self.tls_port = free_port()
+            config += (
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {cert}\n"
+                f"ssl_options.certfile = {cert}\n"
+                f"ssl_options.keyfile = {key}\n"
+                "ssl_options.verify = verify_none\n"
+                "ssl_options.fail_if_no_peer_cert = false\n"
+            )
+        (base / "rabbitmq.conf").write_text(config)
         (base / "rabbitmq-env.conf").write_text("")
         (base / "enabled_plugins").write_text("[].\n")
         self.env = {
@@ -104,7 +128,8 @@ class RabbitNode:
 
     def wait_listening(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
-        while not listening(self.port):
+        ports = [port for port in (self.port, self.tls_port) if port is not None]
+        while not all(listening(port) for port in ports):
             if self.process is not None and self.process.poll() is not None:
                 output = (self.base / "server.out").read_text()[-2000:]
                 raise RuntimeError(f"the test's RabbitMQ node exited: {output}")
@@ -144,9 +169,26 @@ class RabbitNode:
             self.process.wait()
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key, made with openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    rabbit = RabbitNode(tmp_path_factory.mktemp("rabbitmq"))
+    base = tmp_path_factory.mktemp("rabbitmq")
+    rabbit = RabbitNode(base, self_signed_certificate(base))
     try:
         rabbit.start()
         yield rabbit
@@ -266,6 +308,45 @@ async def test_vhost_user_and_password_from_the_url(node: RabbitNode, queue: str
     caller = f"amqp://mm-caller:secret@127.0.0.1:{node.port}/{vhost}"
     async with Worker(Probe(), url, queue), AsyncClient(caller, queue) as client:
         assert await client.add(2, 3) == 5
+
+
+# --- amqps:// ----------------------------------------------------------------------------------
+
+
+def sync_add(url: str, queue: str) -> object:
+    with Client(url, queue, timeout=5) as client:
+        return client.add(1, 5.1)
+
+
+async def round_trips(node: RabbitNode, url: str, queue: str) -> None:
+    async with Worker(Probe(), url, queue), AsyncClient(url, queue, timeout=5) as client:
+        assert await client.add(1, 5.1) == 6.1
+        assert await asyncio.to_thread(sync_add, url, queue) == 6.1
+        # Both ends really are on TLS connections (a closing one of an earlier test may not be).
+        lines = (await asyncio.to_thread(node.ctl, "list_connections", "ssl")).split()
+        assert lines.count("true") >= 2
+
+
+async def serve(url: str, queue: str) -> None:
+    async with Worker(Probe(), url, queue):
+        pass
+
+
+async def test_amqps_with_a_self_signed_certificate(node: RabbitNode, queue: str) -> None:
+    tls = f"amqps://guest:guest@127.0.0.1:{node.tls_port}/"
+    cafile = quote(str(node.base / "cert.pem"), safe="")
+    await asyncio.wait_for(round_trips(node, f"{tls}?cafile={cafile}", queue), 30)
+    await asyncio.wait_for(round_trips(node, f"{tls}?no_verify_ssl=true", queue), 30)
+    # Without the CA file (or with no_verify_ssl=false) the certificate is refused, at once.
+    started = time.monotonic()
+    for url in (tls, f"{tls}?no_verify_ssl=false"):
+        with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+            await asyncio.wait_for(round_trips(node, url, queue), 15)
+    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+        await asyncio.wait_for(serve(tls, queue), 15)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ConfigurationError, match="no_verify_ssl must be true or false"):
+        await asyncio.wait_for(serve(f"{tls}?no_verify_ssl=", queue), 15)
 
 
 # --- worker faults (shared broker, worker subprocesses) -------------------------------------

@@ -72,6 +72,12 @@ def parse_url(url: str) -> AmqpSettings:
         durable, arguments = True, {"x-queue-type": "quorum"}
     else:
         durable, arguments = durable_text in _TRUE, {}
+    if "no_verify_ssl" in query:
+        # aiormq verifies certificates only when this is exactly "0": "false" turned it off.
+        no_verify = query["no_verify_ssl"].lower()
+        if no_verify not in _TRUE | _FALSE:
+            raise ConfigurationError(f"no_verify_ssl must be true or false, not {no_verify!r}")
+        query["no_verify_ssl"] = "1" if no_verify in _TRUE else "0"
     query.setdefault("reconnect_interval", RECONNECT_INTERVAL)
     connect_url = urlunsplit(parts._replace(query=urlencode(query)))
     return AmqpSettings(connect_url, queue_type, durable, arguments)

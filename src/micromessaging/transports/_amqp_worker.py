@@ -100,6 +100,7 @@ class AmqpWorkerTransport(WorkerTransport):
         self._dead_queue_declared = False
         self._resuming: asyncio.Task[None] | None = None
         self.recounted = 0
+        self._recounting: set[asyncio.Future[bool]] = set()
 
     async def start(self, deliver: Callable[[Delivery], None]) -> None:
         self._deliver = deliver
@@ -159,12 +160,20 @@ class AmqpWorkerTransport(WorkerTransport):
         headers = message.header.properties.headers
         deadline = deadline_of(headers)
         count, recount = delivery_count_of(headers, frame.redelivered)
-        if (
-            recount
-            and (deadline is None or deadline > time.time())
-            and await self._recount(channel, frame.delivery_tag, message, count)
-        ):
-            return
+        if recount and (deadline is None or deadline > time.time()):
+            recounting = asyncio.ensure_future(
+                self._recount(channel, frame.delivery_tag, message, count)
+            )
+            self._recounting.add(recounting)
+            try:
+                if await recounting:
+                    return
+            finally:
+                self._recounting.discard(recounting)
+        if self._recounting:
+            # The broker may hand us a recounted copy before it confirms the copy: don't run
+            # it until the original is acknowledged, or a crash could leave both to run again.
+            await asyncio.wait(set(self._recounting))
         delivery = AmqpDelivery(self, channel, frame.delivery_tag, message, count, deadline)
         self._unsettled.add(delivery)
         self._deliver(delivery)
