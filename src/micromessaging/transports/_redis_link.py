@@ -1,0 +1,114 @@
+"""A dedicated Redis connection for a loop on the hot path, without per-command overhead.
+
+redis-py's client wraps every command in pooling, retries, observability hooks and a timeout
+task. The few loops that carry every message (pushing requests, reading replies, taking and
+settling messages) each send one command at a time, so each owns one raw connection made by
+redis-py (so TLS, AUTH, ACL user and database work as configured) and talks to it directly:
+one write, one read, a cheap `asyncio.timeout` around both. A broken link is dropped and
+made again on the next command; the loop that owns it decides how long to back off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+
+DEFAULT_COMMAND_TIMEOUT = 5.0
+
+
+def pack(args: tuple[Any, ...]) -> list[bytes]:
+    """One command in RESP (bytes, str and int arguments), without copying the large ones."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is not bytes:
+            arg = arg.encode() if type(arg) is str else str(arg).encode()
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return parts
+
+
+class Script:
+    """A Lua script run by its SHA1, loaded on the first NOSCRIPT (a new or restarted Redis)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+class Link:
+    """One connection, one command at a time; reconnects lazily after a failure."""
+
+    def __init__(self, pool: aioredis.ConnectionPool, *, block: float = 0.0) -> None:
+        self._pool = pool
+        kwargs = pool.connection_kwargs
+        self._timeout = (kwargs.get("socket_timeout") or DEFAULT_COMMAND_TIMEOUT) + block
+        self._connection: Any = None
+
+    async def _connect(self) -> Any:
+        connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        # Our asyncio.timeout bounds each exchange; redis-py's own would add a task per write.
+        connection.socket_timeout = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.connect()
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        self._connection = connection
+        return connection
+
+    async def command(self, *args: Any) -> Any:
+        """Send one command and return its raw reply; `ResponseError` for an error reply."""
+        connection = self._connection or await self._connect()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await connection.send_packed_command(pack(args), False)
+                return await connection.read_response()
+        except ResponseError:
+            raise  # the command failed, the connection is fine
+        except BaseException:
+            # A timeout, a broken socket or a cancellation mid-exchange: the reply may still
+            # come, so this connection can't be trusted with the next command.
+            self.drop()
+            raise
+
+    async def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send several commands in one write; their replies, error replies included."""
+        connection = self._connection or await self._connect()
+        replies: list[Any] = []
+        try:
+            async with asyncio.timeout(self._timeout):
+                packed = [part for command in commands for part in pack(command)]
+                await connection.send_packed_command(packed, False)
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+        except BaseException:
+            self.drop()
+            raise
+        return replies
+
+    async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
+        """Run a Lua script: EVALSHA, and EVAL when Redis doesn't know it yet."""
+        try:
+            return await self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            pass
+        return await self.command("EVAL", script.source, len(keys), *keys, *args)
+
+    def drop(self) -> None:
+        """Close the connection; the next command makes a new one."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection._close()  # synchronous: safe even while being cancelled
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.disconnect(nowait=True)

@@ -1,0 +1,163 @@
+"""Who is alive on a queue: a worker's registration and heartbeat, and recovery of the dead.
+
+Each worker registers its id in ``mm:<queue>:workers`` and keeps ``mm:<queue>:heartbeat:<id>``
+alive with a TTL (refreshed three times per TTL). Every live worker looks, at start and
+twice per TTL, for registered workers whose heartbeat has expired and moves their processing
+lists back to the consume end of the queue, counting a delivery (one Lua script each, so
+two live workers can't both do it). A killed worker's messages are therefore back in the
+queue at most 1.5 x TTL after its death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+
+from . import _redis_scripts as scripts
+from . import _redis_wire as wire
+from ._redis_conn import CONNECTION_ERRORS
+
+logger = logging.getLogger("micromessaging.transport.redis")
+
+
+class Liveness:
+    """One worker's registration, heartbeat, recovery duty and final give-back."""
+
+    def __init__(
+        self, redis_client: aioredis.Redis, queue: str, worker_id: str, heartbeat: float
+    ) -> None:
+        self.queue = queue
+        self.worker_id = worker_id
+        self.heartbeat = heartbeat
+        self._redis = redis_client
+        self._workers = wire.workers_key(queue)
+        self._beat_script = redis_client.register_script(scripts.BEAT)
+        self._give_back_script = redis_client.register_script(
+            scripts.with_header_limit(scripts.GIVE_BACK, wire.HEADER_LIMIT)
+        )
+        self._recover_script = redis_client.register_script(
+            scripts.with_header_limit(scripts.RECOVER, wire.HEADER_LIMIT)
+        )
+        self._chores: list[asyncio.Task[None]] = []
+        self._started = False
+
+    async def start(self) -> None:
+        """Register, recover what dead workers left, then keep both up in the background."""
+        await self.beat()
+        await self.recover_orphans()
+        self._started = True
+        self._chores = [
+            asyncio.create_task(self._every(self.heartbeat / 3, self.beat)),
+            asyncio.create_task(self._every(self.heartbeat / 2, self.recover_dead)),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the heartbeat and recovery chores (the registration stays until give-back)."""
+        for task in self._chores:
+            task.cancel()
+        await asyncio.gather(*self._chores, return_exceptions=True)
+        self._chores = []
+
+    async def _every(self, period: float, chore: Callable[[], Awaitable[None]]) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await chore()
+            except CONNECTION_ERRORS as exc:
+                if not failing:
+                    logger.warning("%r: Redis unreachable: %s", self.queue, exc)
+                failing = True
+                continue
+            failing = False
+
+    async def beat(self) -> None:
+        """Refresh the heartbeat and registration; warn when we had been taken for dead."""
+        dropped = await self._beat_script(
+            keys=[wire.heartbeat_key(self.queue, self.worker_id), self._workers],
+            args=[int(self.heartbeat * 1000), self.worker_id, int(time.time())],
+        )
+        if dropped and self._started:
+            logger.warning(
+                "worker %s registered again: Redis lost its registration, or it missed its "
+                "heartbeats and its messages went to other workers (they may run twice)",
+                self.worker_id,
+            )
+
+    async def recover_dead(self) -> None:
+        """Give back the messages of registered workers whose heartbeat has expired."""
+        members = await self._redis.smembers(self._workers)
+        ids = [m.decode() if isinstance(m, bytes) else m for m in members]
+        others = [worker_id for worker_id in ids if worker_id != self.worker_id]
+        if not others:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for worker_id in others:
+                pipe.exists(wire.heartbeat_key(self.queue, worker_id))
+            alive = await pipe.execute()
+        for worker_id, exists in zip(others, alive, strict=True):
+            if not exists:
+                await self.recover(worker_id)
+
+    async def recover_orphans(self) -> None:
+        """Also recover processing lists whose worker is no longer registered (at start)."""
+        await self.recover_dead()
+        prefix = wire.processing_key(self.queue, "")
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+        async for key in self._redis.scan_iter(match=pattern, count=500):
+            name = key.decode() if isinstance(key, bytes) else key
+            worker_id = name[len(prefix) :]
+            if worker_id != self.worker_id:
+                await self.recover(worker_id)
+
+    async def recover(self, worker_id: str) -> None:
+        """Move a worker's messages back to the queue, unless its heartbeat is alive."""
+        moved = await self._recover_script(
+            keys=[
+                wire.processing_key(self.queue, worker_id),
+                self.queue,
+                wire.heartbeat_key(self.queue, worker_id),
+                self._workers,
+            ],
+            args=[worker_id],
+        )
+        if moved and moved > 0:
+            logger.warning(
+                "worker %s on %r stopped its heartbeat; gave its %d messages to live workers",
+                worker_id,
+                self.queue,
+                moved,
+            )
+
+    async def give_back(self, handed: list[bytes]) -> bool:
+        """Return our processing list to the queue and deregister; False when Redis is gone.
+
+        `handed` are the messages the worker was given and did not settle: they may have
+        run, so they count a delivery; the others were never started and don't.
+        """
+        try:
+            count = await self._give_back_script(
+                keys=[
+                    wire.processing_key(self.queue, self.worker_id),
+                    self.queue,
+                    wire.heartbeat_key(self.queue, self.worker_id),
+                    self._workers,
+                ],
+                args=[self.worker_id, *handed],
+            )
+        except CONNECTION_ERRORS as exc:
+            logger.warning(
+                "could not give back the messages of worker %s (%s); live workers will "
+                "recover them once its heartbeat expires",
+                self.worker_id,
+                exc,
+            )
+            return False
+        if count:
+            logger.info("gave back %d unsettled messages to %r", count, self.queue)
+        return True

@@ -1,0 +1,104 @@
+"""The Lua scripts that make multi-key steps atomic: settle and take, give back, recover.
+
+Each runs as one round trip and cannot interleave with another worker's step, which is
+what keeps a message from being both given back and settled, or recovered twice.
+"""
+
+from __future__ import annotations
+
+# Rewrites an item's header to count one more delivery; a seed-form item is wrapped in a
+# header without reply_to ("reply the seed way"). Mirrors _redis_wire.split_envelope.
+_BUMP = """
+local function bump(item)
+  local head = string.sub(item, 1, {limit})
+  local lf = string.find(head, '\\n', 1, true)
+  if string.sub(item, 1, 1) == '{' and lf and lf < #item then
+    local ok, header = pcall(cjson.decode, string.sub(item, 1, lf - 1))
+    if ok and type(header) == 'table' and header['mm'] ~= nil then
+      header['n'] = (tonumber(header['n']) or 1) + 1
+      return cjson.encode(header) .. string.sub(item, lf)
+    end
+  end
+  return '{"mm":1,"n":2}\\n' .. item
+end
+"""
+
+SETTLE = """
+-- Settle the messages finished since the last run, then take up to as many new ones as
+-- the worker has room for (moving them to its processing list), in one round trip.
+-- KEYS: processing list, queue, then one reply list per settled message.
+-- ARGV: reply TTL, how many to take, then per message: the item, its reply ('' for none).
+-- Returns {errors, taken}: per message 0 or the error its reply push met; the taken items.
+local ttl = ARGV[1]
+local errors = {}
+for i = 3, #KEYS do
+  local item, reply = ARGV[2 * i - 3], ARGV[2 * i - 2]
+  errors[i - 2] = 0
+  if reply ~= '' then
+    local pushed = redis.pcall('RPUSH', KEYS[i], reply)
+    if type(pushed) == 'table' and pushed.err then
+      errors[i - 2] = pushed.err
+    else
+      redis.call('EXPIRE', KEYS[i], ttl)
+    end
+  end
+  redis.call('LREM', KEYS[1], -1, item)
+end
+local taken = {}
+for i = 1, tonumber(ARGV[2]) do
+  local item = redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')
+  if not item then break end
+  taken[i] = item
+end
+return {errors, taken}
+"""
+
+GIVE_BACK = (
+    _BUMP.replace("{limit}", "%(limit)d")
+    + """
+-- A worker stopping: its unsettled items go back to the consume end of the queue, oldest
+-- last pushed so it is taken first. Items it handed over (ARGV[2..]) count a delivery.
+-- KEYS: processing list, queue, heartbeat, workers set. ARGV: worker id, handed-over items.
+local handed = {}
+for i = 2, #ARGV do handed[ARGV[i]] = (handed[ARGV[i]] or 0) + 1 end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, #items do
+  local item = items[i]
+  if (handed[item] or 0) > 0 then
+    handed[item] = handed[item] - 1
+    item = bump(item)
+  end
+  redis.call('RPUSH', KEYS[2], item)
+end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+return #items
+"""
+)
+
+RECOVER = (
+    _BUMP.replace("{limit}", "%(limit)d")
+    + """
+-- A dead worker's items (its heartbeat has expired) go back to the consume end of the
+-- queue, each counting one more delivery. Atomic, so two live workers can't both do it.
+-- KEYS: processing list, queue, heartbeat, workers set. ARGV: worker id.
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = 1, #items do redis.call('RPUSH', KEYS[2], bump(items[i])) end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+return #items
+"""
+)
+
+BEAT = """
+-- KEYS: heartbeat, workers set. ARGV: TTL in ms, worker id, timestamp.
+-- Returns 1 when the worker had been dropped from the set (recovered as dead) meanwhile.
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[1])
+return redis.call('SADD', KEYS[2], ARGV[2])
+"""
+
+
+def with_header_limit(script: str, limit: int) -> str:
+    """`script` with the envelope header limit filled in."""
+    return script % {"limit": limit}

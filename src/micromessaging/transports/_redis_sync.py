@@ -1,0 +1,382 @@
+"""The blocking Redis client transport: the calling thread does its own I/O.
+
+The envelope wire, like `RedisClientTransport`, but with no event loop thread to hand each
+call to and back (two thread wake-ups per call): the caller LPUSHes its request itself (with
+those of the threads that call meanwhile, in one LPUSH), and then one of the waiting callers,
+whichever comes first (the "reader"), drains the client's one reply list with BLMPOP and hands
+each reply to its caller; when the reader's own reply has come it passes the role on to
+another waiting caller. A lone caller is always the reader, so a call costs what the seed's
+LPUSH + BRPOP costs. `RedisSeedSyncClientTransport` is ``?wire=seed``: the seed's own client
+loop, a pooled connection per call in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ResponseError
+from redis.retry import Retry
+
+from .._exceptions import CallTimeout, ConfigurationError, TransportError
+from . import _redis_wire as wire
+from ._redis_conn import (
+    CONNECTION_ERRORS,
+    DEFAULT_SOCKET_TIMEOUT,
+    REPLY_BLOCK_SECONDS,
+    RedisSettings,
+    transport_error,
+)
+from .base import SyncClientTransport
+
+logger = logging.getLogger("micromessaging.transport.redis")
+
+SEED_MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 16
+"""Pushes are short, so this many connections serve any number of calling threads."""
+REPLY_BATCH = 512
+
+
+class _Waiter:
+    """One call waiting for its reply."""
+
+    __slots__ = ("error", "reply", "wake")
+
+    def __init__(self) -> None:
+        self.reply: bytes | None = None
+        self.error: BaseException | None = None
+        self.wake = threading.Event()
+
+
+class RedisSyncClientTransport(SyncClientTransport):
+    """Calls from any number of threads over a few connections and one reply list."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self.client_id = secrets.token_hex(8)
+        self.reply_list = wire.reply_key(self.client_id)
+        self._prefix = wire.request_prefix(self.reply_list)
+        self._cids = map(f"{secrets.token_hex(6)}.{{}}".format, itertools.count(1))
+        self._lock = threading.Lock()
+        self._pending: dict[str, _Waiter] = {}
+        self._reading = False
+        self._outbox: list[tuple[str, bytes, _Waiter]] = []
+        self._pushing = False
+        self._closed = False
+        self._redis: redis.Redis | None = None
+        self._reader: redis.Redis | None = None
+
+    def connect(self) -> None:
+        name = f"mm:client:{self.client_id}"
+        retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), 2)
+        try:
+            pool = redis.BlockingConnectionPool.from_url(
+                self._settings.url, max_connections=MAX_CONNECTIONS, client_name=name, retry=retry
+            )
+            reader_pool = redis.ConnectionPool.from_url(
+                self._settings.url, client_name=name, retry=Retry(ExponentialWithJitterBackoff(), 0)
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Redis URL {self._settings.display}: {exc}") from exc
+        for option in ("socket_timeout", "socket_connect_timeout"):
+            for each in (pool, reader_pool):
+                if each.connection_kwargs.get(option) is None:
+                    each.connection_kwargs[option] = DEFAULT_SOCKET_TIMEOUT
+        timeout = reader_pool.connection_kwargs["socket_timeout"]
+        reader_pool.connection_kwargs["socket_timeout"] = timeout + REPLY_BLOCK_SECONDS
+        self._redis = redis.Redis(connection_pool=pool)
+        try:
+            self._redis.ping()
+            # Connects at once; the connection is the reader's alone.
+            self._reader = redis.Redis(connection_pool=reader_pool, single_connection_client=True)
+        except CONNECTION_ERRORS as exc:
+            reader_pool.disconnect()
+            self.close()
+            raise transport_error(f"cannot reach Redis at {self._settings.display}", exc) from exc
+
+    def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+        redis_client = self._redis
+        if self._closed or redis_client is None:
+            raise TransportError("the Redis client is closed")
+        cid = next(self._cids)
+        waiter = _Waiter()
+        message = wire.encode_request_fast(self._prefix, cid, deadline, body)
+        with self._lock:
+            self._pending[cid] = waiter
+            lone = len(self._pending) == 1 and not self._reading and not self._pushing
+            if lone:  # both roles are ours: push and first read go out in one round trip
+                self._reading = self._pushing = True
+        try:
+            if lone:
+                self._push_and_read(redis_client, queue, message, waiter, deadline)
+            else:
+                self._push(redis_client, queue, message, waiter)
+            return self._wait(waiter, deadline)
+        finally:
+            with self._lock:
+                self._pending.pop(cid, None)
+                self._pass_reading_on()
+
+    def _push(self, redis_client: redis.Redis, queue: str, message: bytes, waiter: _Waiter) -> None:
+        """LPUSH `message`, together with those of the threads that call meanwhile.
+
+        The first caller to find no push in progress sends everything that waits, round
+        after round, until nothing does; the others only queue theirs and go on to wait for
+        their replies (a failed push reaches them as their waiter's error). A lone caller
+        sends its own at once, so this costs it nothing.
+        """
+        with self._lock:
+            self._outbox.append((queue, message, waiter))
+            if self._pushing:
+                return
+            self._pushing = True
+        self._send_outbox(redis_client)
+
+    def _send_outbox(self, redis_client: redis.Redis) -> None:
+        """As the pusher: send what waits, round after round, until nothing does."""
+        while True:
+            with self._lock:
+                batch, self._outbox = self._outbox, []
+                if not batch:
+                    self._pushing = False
+                    return
+            try:
+                if len(batch) == 1:
+                    redis_client.lpush(batch[0][0], batch[0][1])
+                else:
+                    by_queue: dict[str, list[bytes]] = {}
+                    for name, item, _ in batch:
+                        by_queue.setdefault(name, []).append(item)
+                    if len(by_queue) == 1:
+                        [(name, items)] = by_queue.items()
+                        redis_client.lpush(name, *items)
+                    else:
+                        with redis_client.pipeline(transaction=False) as pipe:
+                            for name, items in by_queue.items():
+                                pipe.lpush(name, *items)
+                            pipe.execute()
+            except BaseException as exc:
+                broken = isinstance(exc, CONNECTION_ERRORS)
+                error = transport_error(f"sending to Redis at {self._settings.display}", exc)
+                with self._lock:
+                    if not broken:  # interrupted: nobody is left to send what waits
+                        batch += self._outbox
+                        self._outbox = []
+                        self._pushing = False
+                    for _, _, failed in batch:
+                        failed.error = error
+                        failed.wake.set()
+                if not broken:
+                    raise
+
+    def _push_and_read(
+        self,
+        redis_client: redis.Redis,
+        queue: str,
+        message: bytes,
+        waiter: _Waiter,
+        deadline: float,
+    ) -> None:
+        """A lone caller's LPUSH and first BLMPOP, written together: the seed's two round
+        trips in one. Then the pusher's and the reader's roles go back as usual."""
+        assert self._reader is not None
+        try:
+            block = round(max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001), 3)
+            connection: Any = self._reader.connection
+            blmpop = ("BLMPOP", block, 1, self.reply_list, "LEFT", "COUNT", REPLY_BATCH)
+            replies: list[Any] = []
+            try:
+                try:
+                    # Straight to the connection: a redis-py pipeline costs more than it saves.
+                    connection.send_packed_command(
+                        connection.pack_commands([("LPUSH", queue, message), blmpop])
+                    )
+                finally:
+                    # The pusher's role goes back now, not after the reply: what other
+                    # callers queued meanwhile must not wait for it.
+                    self._send_outbox(redis_client)
+                for _ in range(2):
+                    try:
+                        replies.append(connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+            except CONNECTION_ERRORS as exc:
+                connection.disconnect()
+                self._fail_all(transport_error(f"calling over {self._settings.display}", exc))
+                return
+            pushed, got = replies
+            if isinstance(pushed, Exception):
+                waiter.error = transport_error(f"sending to {self._settings.display}", pushed)
+            elif isinstance(got, Exception):
+                self._fail_all(transport_error(f"reading from {self._settings.display}", got))
+            elif got:
+                self._hand_out(got[1])
+        finally:
+            with self._lock:
+                self._reading = False
+                self._pass_reading_on()
+
+    def _hand_out(self, messages: list[bytes]) -> None:
+        """Give each reply to the call waiting for it."""
+        with self._lock:
+            for message in messages:
+                cid, reply = wire.decode_reply(message)
+                other = self._pending.get(cid) if cid is not None else None
+                if other is not None and other.reply is None:
+                    other.reply = reply
+                    other.wake.set()
+
+    def _wait(self, waiter: _Waiter, deadline: float) -> bytes:
+        while True:
+            if waiter.reply is not None:
+                return waiter.reply
+            if waiter.error is not None:
+                raise waiter.error
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise CallTimeout("no reply before the deadline")
+            with self._lock:
+                reader = not self._reading and waiter.reply is None and waiter.error is None
+                if reader:
+                    self._reading = True
+            if reader:
+                try:
+                    self._read_until(waiter, deadline)
+                finally:
+                    with self._lock:
+                        self._reading = False
+            else:
+                waiter.wake.wait(remaining)
+                waiter.wake.clear()
+
+    def _read_until(self, waiter: _Waiter, deadline: float) -> None:
+        """Hand out replies until ours has come or our deadline has passed."""
+        assert self._reader is not None
+        while waiter.reply is None and waiter.error is None:
+            block = min(deadline - time.time(), REPLY_BLOCK_SECONDS)
+            if block <= 0.001:
+                return
+            try:
+                got: Any = self._reader.blmpop(
+                    round(block, 3), 1, self.reply_list, direction="LEFT", count=REPLY_BATCH
+                )
+            except CONNECTION_ERRORS as exc:
+                self._fail_all(
+                    transport_error(f"reading replies from {self._settings.display}", exc)
+                )
+                return
+            if got:
+                self._hand_out(got[1])
+
+    def _pass_reading_on(self) -> None:
+        """With the lock held: when nobody reads replies, wake a waiting caller to do it."""
+        if self._reading:
+            return
+        # A caller whose reply has come is about to return: wake one still waiting.
+        for waiter in self._pending.values():
+            if waiter.reply is None and waiter.error is None:
+                waiter.wake.set()
+                return
+
+    def _fail_all(self, error: TransportError) -> None:
+        with self._lock:
+            for waiter in self._pending.values():
+                if waiter.reply is None:
+                    waiter.error = error
+                    waiter.wake.set()
+
+    def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+        if self._closed or self._redis is None:
+            raise TransportError("the Redis client is closed")
+        message = body if deadline is None else wire.encode_request(body, None, None, deadline)
+        try:
+            self._redis.lpush(queue, message)
+        except CONNECTION_ERRORS as exc:
+            raise transport_error(f"sending to Redis at {self._settings.display}", exc) from exc
+
+    def close(self) -> None:
+        self._closed = True
+        self._fail_all(TransportError("client closed"))
+        redis_client, reader = self._redis, self._reader
+        self._redis = self._reader = None
+        if redis_client is not None:
+            try:
+                redis_client.delete(self.reply_list)  # replies nobody will read
+            except CONNECTION_ERRORS as exc:
+                logger.debug("could not delete reply list %s: %s", self.reply_list, exc)
+            redis_client.close()
+            redis_client.connection_pool.disconnect()
+        if reader is not None:
+            reader.close()
+            reader.connection_pool.disconnect()
+
+
+class RedisSeedSyncClientTransport(SyncClientTransport):
+    """``?wire=seed`` for blocking callers: the seed's LPUSH + BRPOP, on the calling thread."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._settings = settings
+        self._redis: redis.Redis | None = None
+
+    def connect(self) -> None:
+        try:
+            pool = redis.BlockingConnectionPool.from_url(
+                self._settings.url,
+                max_connections=SEED_MAX_CONNECTIONS,
+                timeout=None,
+                client_name=f"mm:seed-client:{secrets.token_hex(4)}",
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"bad Redis URL {self._settings.display}: {exc}") from exc
+        # A BRPOP holds its read open until the call's deadline (plus a little slack).
+        pool.connection_kwargs["socket_timeout"] = None
+        if pool.connection_kwargs.get("socket_connect_timeout") is None:
+            pool.connection_kwargs["socket_connect_timeout"] = DEFAULT_SOCKET_TIMEOUT
+        self._redis = redis.Redis(connection_pool=pool)
+        try:
+            self._redis.ping()
+        except CONNECTION_ERRORS as exc:
+            self.close()
+            raise transport_error(f"cannot reach Redis at {self._settings.display}", exc) from exc
+
+    def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+        redis_client = self._redis
+        if redis_client is None:
+            raise TransportError("the Redis client is closed")
+        reply_list = wire.seed_reply_list(body)
+        if reply_list is None:
+            raise TransportError("wire=seed sends only requests with a string or integer id")
+        try:
+            redis_client.lpush(queue, body)
+            remaining = deadline - time.time()
+            got: Any = None
+            if remaining > 0.001:
+                got = redis_client.brpop([reply_list], timeout=round(remaining, 3))
+        except CONNECTION_ERRORS as exc:
+            if self._redis is None:
+                raise TransportError("client closed") from exc
+            raise transport_error(f"calling over Redis at {self._settings.display}", exc) from exc
+        if got is None:
+            raise CallTimeout("no reply before the deadline")
+        reply: bytes = got[1]
+        return reply
+
+    def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+        if self._redis is None:
+            raise TransportError("the Redis client is closed")
+        try:
+            self._redis.lpush(queue, body)
+        except CONNECTION_ERRORS as exc:
+            raise transport_error(f"sending to Redis at {self._settings.display}", exc) from exc
+
+    def close(self) -> None:
+        redis_client, self._redis = self._redis, None
+        if redis_client is not None:
+            redis_client.close()
+            redis_client.connection_pool.disconnect()

@@ -1,0 +1,246 @@
+"""The Redis wire format as pure functions: key names, envelopes, reply addresses.
+
+Two forms share one request list. The seed form is a bare JSON-RPC message whose reply goes
+to the list named by its id. The envelope form, written when both ends are ours, is one line
+of compact JSON (the header), one LF byte, then the body. docs/wire-redis.md is the contract;
+this module is its only implementation, so the worker, the client and the tests agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+
+import orjson
+
+VERSION = 1
+HEADER_LIMIT = 4096
+"""How far into a message the LF ending an envelope header is looked for."""
+REPLY_PREFIX = "mm:reply:"
+REPLY_TTL = 30
+"""Seconds a reply list lives after its last reply: the seed's EXPIRE, so nothing leaks."""
+REPLY_LIST_LIMIT = 512
+"""The longest reply list name accepted from a message."""
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def dead_letter_key(queue: str) -> str:
+    """The list holding the records of `queue`'s dead letters."""
+    return f"{queue}:dead"
+
+
+def workers_key(queue: str) -> str:
+    """The set of ids of the workers registered on `queue`."""
+    return f"mm:{queue}:workers"
+
+
+def processing_key(queue: str, worker_id: str) -> str:
+    """The list of messages one worker has taken from `queue` and not settled."""
+    return f"mm:{queue}:processing:{worker_id}"
+
+
+def heartbeat_key(queue: str, worker_id: str) -> str:
+    """The key whose presence says a worker on `queue` is alive."""
+    return f"mm:{queue}:heartbeat:{worker_id}"
+
+
+def reply_key(client_id: str) -> str:
+    """The one list all of a client's replies go to."""
+    return f"{REPLY_PREFIX}{client_id}"
+
+
+# --- envelopes -------------------------------------------------------------------------------
+
+
+def split_envelope(message: bytes) -> tuple[dict[str, object] | None, bytes]:
+    """The header (None for the seed form) and the body of a message taken from a queue.
+
+    A message is an envelope when its first line, within `HEADER_LIMIT` bytes, is a JSON
+    object with an "mm" key and more bytes follow the LF. A bare JSON-RPC message can't be
+    mistaken for one: JSON text never holds a raw LF inside a string, so a first line that is
+    a whole object can only be followed by whitespace in a single JSON document.
+    """
+    if message[:1] != b"{":
+        return None, message
+    end = message.find(b"\n", 0, HEADER_LIMIT)
+    if end < 0 or end == len(message) - 1:
+        return None, message
+    try:
+        header = orjson.loads(message[:end])
+    except orjson.JSONDecodeError:
+        return None, message
+    if type(header) is not dict or "mm" not in header:
+        return None, message
+    return header, message[end + 1 :]
+
+
+def encode_request(
+    body: bytes, reply_to: str | None, cid: str | None, deadline: float | None
+) -> bytes:
+    """An envelope around `body`; `deadline` is in seconds since the epoch."""
+    header: dict[str, object] = {"mm": VERSION}
+    if reply_to is not None:
+        header["reply_to"] = reply_to
+    if cid is not None:
+        header["cid"] = cid
+    if deadline is not None:
+        header["deadline"] = int(deadline * 1000)
+    return orjson.dumps(header) + b"\n" + body
+
+
+def request_prefix(reply_to: str) -> bytes:
+    """The constant start of every request header one client sends (a hot path)."""
+    return orjson.dumps({"mm": VERSION, "reply_to": reply_to})[:-1] + b',"cid":"'
+
+
+def encode_request_fast(prefix: bytes, cid: str, deadline: float, body: bytes) -> bytes:
+    """`encode_request` for ids we made ourselves (no character needs escaping)."""
+    return b'%s%s","deadline":%d}\n%s' % (prefix, cid.encode(), int(deadline * 1000), body)
+
+
+def encode_reply(cid: object, body: bytes) -> bytes:
+    """The reply envelope carrying `body` back to the caller that sent `cid`."""
+    return orjson.dumps({"mm": VERSION, "cid": cid}) + b"\n" + body
+
+
+def decode_reply(message: bytes) -> tuple[str | None, bytes]:
+    """The correlation id and body of a reply envelope; (None, message) when it is none."""
+    header, body = split_envelope(message)
+    if header is None:
+        return None, message
+    cid = header.get("cid")
+    return (cid if isinstance(cid, str) else None), body
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What a worker reads from a request header."""
+
+    has_reply_to: bool
+    """Whether the header has a reply_to field at all (absent: reply the seed way)."""
+    reply_to: str | None
+    """The list the reply goes to; None when the header names no usable one."""
+    refusal: str | None
+    """Why the header's reply_to can't be used, when it can't."""
+    cid: object
+    deadline: float | None
+    count: int
+
+
+def read_header(header: dict[str, object], queue: str) -> Envelope:
+    """Check a request header; `ValueError` naming the problem when it is malformed."""
+    version = header.get("mm")
+    if version != VERSION or type(version) is not int:
+        raise ValueError(f"unsupported envelope version {version!r}")
+    deadline = header.get("deadline")
+    if deadline is not None:
+        if type(deadline) is not int and type(deadline) is not float:
+            raise ValueError(f"deadline must be milliseconds since the epoch, not {deadline!r}")
+        deadline = deadline / 1000
+    count = header.get("n", 1)
+    if type(count) is not int or count < 1:
+        raise ValueError(f"n must be a positive integer, not {count!r}")
+    reply_to = header.get("reply_to")
+    if (
+        type(reply_to) is str
+        and reply_to.startswith(REPLY_PREFIX)
+        and len(REPLY_PREFIX) < len(reply_to) <= REPLY_LIST_LIMIT
+        and reply_to != queue
+    ):  # the usual case, checked quickly
+        return Envelope(True, reply_to, None, header.get("cid"), deadline, count)
+    if "reply_to" not in header:
+        return Envelope(False, None, None, header.get("cid"), deadline, count)
+    refusal = envelope_reply_refusal(reply_to, queue)
+    usable = reply_to if refusal is None else None
+    return Envelope(True, usable, refusal, header.get("cid"), deadline, count)  # type: ignore[arg-type]
+
+
+# --- reply addresses -------------------------------------------------------------------------
+
+
+def seed_reply_list(body: bytes) -> str | None:
+    """The list a seed-form message's reply goes to: the name its id spells.
+
+    This is the one place the transport reads a JSON-RPC body, because the seed's wire
+    format puts the reply address there. A batch replies to the list of its first id.
+    None when the body is not JSON or carries no string or integer id.
+    """
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is list:
+        obj = next((item for item in obj if type(item) is dict and "id" in item), None)
+    if type(obj) is not dict:
+        return None
+    id_ = obj.get("id")
+    if type(id_) is str:
+        return id_
+    if type(id_) is int:
+        return str(id_)  # what the seed's Ruby server names the list, too
+    return None
+
+
+def seed_reply_refusal(name: str, queue: str) -> str | None:
+    """Why a seed-form reply must not go to list `name`, or None when it may.
+
+    Replies must never land on a request queue: a response there is an invalid request,
+    whose error reply would go to the same id again, for ever. Our own keys (mm:) and
+    dead-letter lists are refused too.
+    """
+    if not name:
+        return "the reply list name (the request id) is empty"
+    if len(name) > REPLY_LIST_LIMIT:
+        return f"the reply list name is longer than {REPLY_LIST_LIMIT} characters"
+    if name == queue:
+        return f"the reply list {name!r} is the request queue itself"
+    if name.startswith("mm:"):
+        return f"the reply list {name[:80]!r} is in micromessaging's own mm: key space"
+    if name.endswith(":dead"):
+        return f"the reply list {name[:80]!r} is a dead-letter list"
+    return None
+
+
+def envelope_reply_refusal(reply_to: object, queue: str) -> str | None:
+    """Why an envelope's reply_to can't be used, or None when it can."""
+    if not isinstance(reply_to, str) or not reply_to:
+        return f"reply_to must be a non-empty string, not {reply_to!r}"
+    if not reply_to.startswith(REPLY_PREFIX) or len(reply_to) == len(REPLY_PREFIX):
+        return f"reply_to {reply_to[:80]!r} is not a reply list ({REPLY_PREFIX}...)"
+    if len(reply_to) > REPLY_LIST_LIMIT:
+        return f"reply_to is longer than {REPLY_LIST_LIMIT} characters"
+    if reply_to == queue:
+        return "reply_to is the request queue itself"
+    return None
+
+
+# --- dead letters ----------------------------------------------------------------------------
+
+
+def dead_letter_record(
+    queue: str, worker_id: str, reason: str, header: dict[str, object] | None, body: bytes
+) -> bytes:
+    """The JSON record pushed onto the dead-letter list for one message."""
+    record: dict[str, object] = {
+        "queue": queue,
+        "reason": reason,
+        "worker": worker_id,
+        "at": int(time.time() * 1000),
+        "header": header,
+    }
+    try:
+        record["body"] = body.decode()
+    except UnicodeDecodeError:
+        record["body_base64"] = base64.b64encode(body).decode()
+    return orjson.dumps(record)
+
+
+def dead_letter_body(record: bytes) -> bytes:
+    """The original body kept in a dead-letter record."""
+    obj = orjson.loads(record)
+    if "body" in obj:
+        return str(obj["body"]).encode()
+    return base64.b64decode(obj["body_base64"])

@@ -1,0 +1,127 @@
+"""The seed's Ruby Redis programs against ours, in both directions, run with `ruby`.
+
+tests/interop/seed/redis_*.rb are the blog post's programs, transcribed (each file lists its
+deviations at the top). They connect to $REDIS_URL (the shared Redis on 127.0.0.1) and take
+the queue name from $QUEUE, so that every test has its own queue. Ruby with the redis gem is
+needed (.ci/run installs Debian's ruby-redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from micromessaging import AsyncClient, Client
+from micromessaging.examples.calculator import Calculator
+
+from ..transports.test_redis import REDIS_URL, delete_queue, serving
+
+SEED = os.path.join(os.path.dirname(__file__), "seed")
+SEED_URL = REDIS_URL + "?wire=seed"
+
+
+def _ruby_has_redis() -> bool:
+    if shutil.which("ruby") is None:
+        return False
+    check = subprocess.run(
+        ["ruby", "-e", "require 'redis'"], capture_output=True, timeout=30, check=False
+    )
+    return check.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _ruby_has_redis(), reason="ruby with the redis gem is missing")
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[str]:
+    name = f"mm-seed-{uuid.uuid4().hex[:12]}"
+    yield name
+    await asyncio.wait_for(delete_queue(REDIS_URL, name), 10)
+
+
+async def ruby(program: str, queue: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        "ruby",
+        os.path.join(SEED, program),
+        env={**os.environ, "QUEUE": queue, "REDIS_URL": REDIS_URL},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finished(process: asyncio.subprocess.Process, timeout: float = 30) -> str:
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("the Ruby program did not finish") from None
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.kill()
+    await asyncio.wait_for(process.wait(), 10)
+
+
+@pytest.mark.parametrize("program", ["redis_client.rb", "redis_method_missing_client.rb"])
+async def test_seed_clients_get_answers_from_our_worker_process(program: str, queue: str) -> None:
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "micromessaging", "worker",
+        "micromessaging.examples.calculator:Calculator",
+        "--broker", REDIS_URL, "--queue", queue,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        # The seed's clients need no worker up first: the request waits in the list.
+        assert await finished(await ruby(program, queue)) == "1+5.1=6.1\n"
+        assert await finished(await ruby(program, queue)) == "1+5.1=6.1\n"
+    finally:
+        if worker.returncode is None:
+            worker.terminate()
+        try:
+            _, err = await asyncio.wait_for(worker.communicate(), 30)
+        finally:
+            await stop(worker)
+    assert worker.returncode == 0, err.decode()
+
+
+async def test_seed_client_first_then_our_in_process_worker(queue: str) -> None:
+    client = await ruby("redis_client.rb", queue)
+    try:
+        async with serving(Calculator(), REDIS_URL, queue):
+            assert await finished(client) == "1+5.1=6.1\n"
+    finally:
+        await stop(client)
+
+
+async def test_our_clients_get_answers_from_the_seed_server(queue: str) -> None:
+    server = await ruby("redis_server.rb", queue)
+    try:
+        assert server.stdout is not None
+        assert await asyncio.wait_for(server.stdout.readline(), 30) == b"ready\n"
+        async with AsyncClient(SEED_URL, queue, timeout=10) as calc:
+            assert await calc.add(1, 5.1) == 6.1
+            assert await calc.subtract(42, 23) == 19
+            # Many calls in flight: each BRPOPs the list its own id names.
+            results = await asyncio.gather(*(calc.add(i, 0.5) for i in range(100)))
+            assert results == [i + 0.5 for i in range(100)]
+
+        def blocking() -> list[float]:
+            with Client(SEED_URL, queue, timeout=10) as calc:
+                return [calc.add(2, 3), calc.subtract(10, 4)]
+
+        assert await asyncio.to_thread(blocking) == [5, 6]
+        assert server.returncode is None  # still serving
+    finally:
+        await stop(server)
