@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import orjson
@@ -171,16 +172,17 @@ request_like = st.dictionaries(
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(json_values, request_like, st.lists(request_like, max_size=5)))
-async def test_any_json_gets_a_valid_answer(value: object) -> None:
-    reply = await Dispatcher(spec_service()).handle(dumps(value))
+def test_any_json_gets_a_valid_answer(value: object) -> None:
+    # Sync tests driving their own loop: hypothesis and pytest-asyncio don't share one.
+    reply = asyncio.run(Dispatcher(spec_service()).handle(dumps(value)))
     if reply is not None:
         _assert_valid_replies(reply)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=500))
-async def test_any_bytes_get_a_valid_answer(data: bytes) -> None:
-    reply = await Dispatcher(spec_service()).handle(data)
+def test_any_bytes_get_a_valid_answer(data: bytes) -> None:
+    reply = asyncio.run(Dispatcher(spec_service()).handle(data))
     if reply is not None:
         _assert_valid_replies(reply)
 
