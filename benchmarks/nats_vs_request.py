@@ -149,7 +149,7 @@ async def measure(url: str, calls: int, rounds: int, width: int) -> dict[str, li
 
 
 async def delete_streams(url: str, queue: str) -> None:
-    from micromessaging.transports._nats_wire import dead_letter_stream_name, stream_name
+    from micromessaging.transports.nats.wire import dead_letter_stream_name, stream_name
 
     nc = await nats.connect(url.split("?")[0])
     for name in (stream_name(queue), dead_letter_stream_name(queue)):

@@ -26,7 +26,6 @@ import pytest
 from click.testing import CliRunner
 
 from micromessaging import AsyncClient, ErrorCode, RemoteError, Worker
-from micromessaging._gateway_auth import Authenticator, hash_token, parse_tokens
 from micromessaging.cli import main
 from micromessaging.gateway import (
     FORBIDDEN,
@@ -35,7 +34,8 @@ from micromessaging.gateway import (
     GatewaySettings,
     app_from_environment,
 )
-from micromessaging.transports._http_server import EmbeddedServer, bind
+from micromessaging.gateway.auth import Authenticator, hash_token, parse_tokens
+from micromessaging.transports.http.server import EmbeddedServer, bind
 
 from .transports.contract import Probe, eventually
 

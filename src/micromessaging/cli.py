@@ -466,6 +466,6 @@ def demo() -> None:
 
 # --- gateway ---------------------------------------------------------------------------------
 
-from ._gateway_cli import gateway  # noqa: E402 (its own module: it runs its own HTTP server)
+from .gateway.command import gateway  # noqa: E402 (its own module: it runs its own HTTP server)
 
 main.add_command(gateway)

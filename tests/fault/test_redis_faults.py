@@ -27,8 +27,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from micromessaging import AsyncClient, CallTimeout, Client, ErrorCode, RemoteError, TransportError
-from micromessaging.transports import _redis_wire as wire
 from micromessaging.transports.redis import RedisSettings
+from micromessaging.transports.redis import wire as wire
 from tests.transports.contract import eventually
 from tests.transports.test_redis import (
     REDIS_URL,

@@ -31,9 +31,10 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import WorkerOptions
-from micromessaging.transports._amqp_frames import encode_ack, encode_nack, encode_publish
-from micromessaging.transports._amqp_link import Link
-from micromessaging.transports._amqp_options import (
+from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport
+from micromessaging.transports.amqp.connection import Link
+from micromessaging.transports.amqp.frames import encode_ack, encode_nack, encode_publish
+from micromessaging.transports.amqp.wire import (
     DEAD_REASON,
     DELIVERIES,
     deadline_header,
@@ -42,7 +43,6 @@ from micromessaging.transports._amqp_options import (
     expiration_for,
     parse_url,
 )
-from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport
 
 from .contract import Probe, TransportContract, eventually
 

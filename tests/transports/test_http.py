@@ -31,7 +31,7 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import WorkerOptions, client_transport, worker_transport
-from micromessaging.transports._http_wire import decode_deadline, encode_deadline
+from micromessaging.transports.http.wire import decode_deadline, encode_deadline
 
 from .contract import Probe, TransportContract, eventually
 

@@ -28,7 +28,8 @@ import pytest
 from micromessaging import AsyncClient, CallTimeout, ErrorCode, RemoteError, TransportError, Worker
 from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
-from micromessaging.transports._nats_wire import (
+from micromessaging.transports.base import WorkerOptions
+from micromessaging.transports.nats.wire import (
     DEAD_LETTER_PREFIX,
     DEADLINE,
     DELIVERY_COUNT,
@@ -38,7 +39,6 @@ from micromessaging.transports._nats_wire import (
     parse_url,
     stream_name,
 )
-from micromessaging.transports.base import WorkerOptions
 
 from .contract import Probe, TransportContract, eventually
 

@@ -34,8 +34,8 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import WorkerOptions, client_transport, worker_transport
-from micromessaging.transports import _redis_wire as wire
 from micromessaging.transports.redis import RedisSettings
+from micromessaging.transports.redis import wire as wire
 
 from .contract import Probe, TransportContract, eventually
 

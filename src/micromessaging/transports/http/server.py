@@ -20,9 +20,9 @@ from collections.abc import Generator
 
 import uvicorn
 
-from .._exceptions import TransportError
-from ._http_asgi import ASGIApp
-from ._http_wire import KEEP_ALIVE_SECONDS
+from ..._asgi import ASGIApp
+from ..._exceptions import TransportError
+from .wire import KEEP_ALIVE_SECONDS
 
 logger = logging.getLogger("micromessaging.transport")
 

@@ -24,12 +24,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ._exceptions import CallTimeout, TransportError
-from ._gateway_auth import Authenticator, Grant, parse_tokens
-from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, ErrorCode
-from ._settings import mask_password
-from .transports import ClientTransport, client_transport
-from .transports._http_asgi import (
+from .._asgi import (
     BodyTooLarge,
     Headers,
     Receive,
@@ -40,8 +35,13 @@ from .transports._http_asgi import (
     respond,
     respond_too_large,
 )
-from .transports._http_wire import DEADLINE_HEADER, RETRY_AFTER_SECONDS, decode_deadline
-from .transports._http_wire import error_body as _error_body
+from .._exceptions import CallTimeout, TransportError
+from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, ErrorCode
+from .._settings import mask_password
+from ..transports import ClientTransport, client_transport
+from ..transports.http.wire import DEADLINE_HEADER, RETRY_AFTER_SECONDS, decode_deadline
+from ..transports.http.wire import error_body as _error_body
+from .auth import Authenticator, Grant, parse_tokens
 
 logger = logging.getLogger("micromessaging.gateway")
 

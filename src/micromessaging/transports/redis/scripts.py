@@ -7,7 +7,7 @@ what keeps a message from being both given back and settled, or recovered twice.
 from __future__ import annotations
 
 # Rewrites an item's header to count one more delivery; a seed-form item is wrapped in a
-# header without reply_to ("reply the seed way"). Mirrors _redis_wire.split_envelope.
+# header without reply_to ("reply the seed way"). Mirrors wire.split_envelope.
 _BUMP = """
 local function bump(item)
   local head = string.sub(item, 1, {limit})

@@ -24,16 +24,16 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from .._exceptions import CallTimeout, ConfigurationError, TransportError
-from . import _redis_wire as wire
-from ._redis_conn import (
+from ..._exceptions import CallTimeout, ConfigurationError, TransportError
+from ..base import SyncClientTransport
+from . import wire
+from .connection import (
     CONNECTION_ERRORS,
     DEFAULT_SOCKET_TIMEOUT,
     REPLY_BLOCK_SECONDS,
     RedisSettings,
     transport_error,
 )
-from .base import SyncClientTransport
 
 logger = logging.getLogger("micromessaging.transport.redis")
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from .._protocol import dumps, too_large_response
-from ._http_wire import JSON_CONTENT_TYPE
+from ._protocol import dumps, too_large_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -18,6 +17,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+JSON_CONTENT_TYPE = b"application/json"
 
 DRAIN_LIMIT = 16 * 1024 * 1024
 """Past this many announced bytes a refused body is not drained: the connection is closed.

@@ -20,10 +20,11 @@ import time
 from aiormq import Channel
 from aiormq.abc import DeliveredMessage
 
-from .._exceptions import ConfigurationError, TransportError
-from ._amqp_frames import HeaderValue, encode_publish
-from ._amqp_link import CONNECT_TIMEOUT, Link, describe
-from ._amqp_options import (
+from ..._exceptions import ConfigurationError, TransportError
+from ..base import ClientTransport, ReplyRouter, connection_lost
+from .connection import CONNECT_TIMEOUT, Link, describe
+from .frames import HeaderValue, encode_publish
+from .wire import (
     DEADLINE,
     DIRECT_REPLY_TO,
     JSON_CONTENT_TYPE,
@@ -31,7 +32,6 @@ from ._amqp_options import (
     expiration_for,
     parse_url,
 )
-from .base import ClientTransport, ReplyRouter, connection_lost
 
 
 class AmqpClientTransport(ClientTransport):

@@ -11,11 +11,11 @@ import sys
 
 import click
 
-from ._exceptions import ConfigurationError
-from ._gateway_auth import ALL_METHODS, hash_token, load_tokens, new_token
-from ._protocol import DEFAULT_MAX_MESSAGE_SIZE
-from ._settings import resolve_broker
-from .gateway import SETTINGS_VARIABLE, GatewaySettings, describe
+from .._exceptions import ConfigurationError
+from .._protocol import DEFAULT_MAX_MESSAGE_SIZE
+from .._settings import resolve_broker
+from . import SETTINGS_VARIABLE, GatewaySettings, describe
+from .auth import ALL_METHODS, hash_token, load_tokens, new_token
 
 TOKENS_VARIABLE = "MICROMESSAGING_GATEWAY_TOKENS"
 

@@ -23,10 +23,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .._exceptions import TransportError
-from . import _nats_wire as wire
-from ._nats_conn import NATS_ERRORS, close_connection, open_connection, where
-from .base import Delivery, Slots, WorkerOptions, WorkerTransport
+from ..._exceptions import TransportError
+from ..base import Delivery, Slots, WorkerOptions, WorkerTransport
+from . import wire
+from .connection import NATS_ERRORS, close_connection, open_connection, where
 
 logger = logging.getLogger("micromessaging.transport.nats")
 

@@ -11,9 +11,9 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from .._exceptions import TransportError
-from .._settings import mask_password
-from ._nats_wire import NatsSettings
+from ..._exceptions import TransportError
+from ..._settings import mask_password
+from .wire import NatsSettings
 
 logger = logging.getLogger("micromessaging.transport.nats")
 

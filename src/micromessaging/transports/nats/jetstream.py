@@ -28,12 +28,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
-from .._exceptions import TransportError
-from . import _nats_wire as wire
-from ._nats_conn import NATS_ERRORS, where
-from ._nats_streams import ensure_consumer, ensure_dead_letter_stream, ensure_work_stream
-from ._nats_worker import NatsDelivery, NatsWorkerBase
-from .base import Delivery, WorkerOptions
+from ..._exceptions import TransportError
+from ..base import Delivery, WorkerOptions
+from . import wire
+from .connection import NATS_ERRORS, where
+from .streams import ensure_consumer, ensure_dead_letter_stream, ensure_work_stream
+from .worker import NatsDelivery, NatsWorkerBase
 
 logger = logging.getLogger("micromessaging.transport.nats")
 

@@ -25,8 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._exceptions import ConfigurationError, TransportError
-from .._settings import mask_password
+from ..._exceptions import ConfigurationError, TransportError
+from ..._settings import mask_password
 
 logger = logging.getLogger("micromessaging.transport.redis")
 

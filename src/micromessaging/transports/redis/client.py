@@ -19,9 +19,10 @@ import time
 
 import redis.asyncio as aioredis
 
-from .._exceptions import CallTimeout, TransportError
-from . import _redis_wire as wire
-from ._redis_conn import (
+from ..._exceptions import CallTimeout, TransportError
+from ..base import ClientTransport, ReplyRouter, connection_lost
+from . import wire
+from .connection import (
     CONNECTION_ERRORS,
     LINK_ERRORS,
     REPLY_BLOCK_SECONDS,
@@ -31,8 +32,7 @@ from ._redis_conn import (
     close_client,
     transport_error,
 )
-from ._redis_link import Link
-from .base import ClientTransport, ReplyRouter, connection_lost
+from .link import Link
 
 logger = logging.getLogger("micromessaging.transport.redis")
 

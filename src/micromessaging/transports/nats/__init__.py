@@ -13,11 +13,11 @@ is delivered again after ``ack_wait`` seconds. The wire format is in docs/wire-n
 
 from __future__ import annotations
 
-from ._nats_client import NatsClientTransport
-from ._nats_jetstream import NatsJetStreamWorkerTransport
-from ._nats_wire import parse_url
-from ._nats_worker import NatsWorkerBase, NatsWorkerTransport
-from .base import WorkerOptions
+from ..base import WorkerOptions
+from .client import NatsClientTransport
+from .jetstream import NatsJetStreamWorkerTransport
+from .wire import parse_url
+from .worker import NatsWorkerBase, NatsWorkerTransport
 
 
 def client_transport(url: str) -> NatsClientTransport:

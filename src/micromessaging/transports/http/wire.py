@@ -12,13 +12,12 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .._exceptions import ConfigurationError
-from .._protocol import ErrorCode, dumps, error_response
+from ..._exceptions import ConfigurationError
+from ..._protocol import ErrorCode, dumps, error_response
 
 DEADLINE_HEADER = b"x-mm-deadline"
 """When the caller stops waiting, in milliseconds since the epoch (an integer)."""
 
-JSON_CONTENT_TYPE = b"application/json"
 RETRY_AFTER_SECONDS = 1
 
 DEFAULT_BACKLOG = 1024

@@ -29,10 +29,11 @@ from aiormq import Channel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from .._exceptions import TransportError
-from ._amqp_frames import encode_ack, encode_nack, encode_publish
-from ._amqp_link import Link, describe
-from ._amqp_options import (
+from ..._exceptions import TransportError
+from ..base import Delivery, WorkerOptions, WorkerTransport
+from .connection import Link, describe
+from .frames import encode_ack, encode_nack, encode_publish
+from .wire import (
     DEAD_REASON,
     DELIVERIES,
     JSON_CONTENT_TYPE,
@@ -41,7 +42,6 @@ from ._amqp_options import (
     expiration_for,
     parse_url,
 )
-from .base import Delivery, WorkerOptions, WorkerTransport
 
 logger = logging.getLogger("micromessaging.transport.amqp")
 

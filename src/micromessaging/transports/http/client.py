@@ -1,12 +1,4 @@
-"""http:// and https:// - JSON-RPC over plain HTTP POST, the seed's third transport.
-
-A worker serves its queue as ``POST /<queue>`` (the seed's ``/calc``) and ``POST /`` on an
-embedded uvicorn; a client POSTs to ``<base URL>/<queue>`` over a pool of kept-alive
-connections (_http_pool.py), so any number of calls are in flight at once, one per
-connection. The body is the JSON-RPC request as is, so the seed's Net::HTTP client and
-Sinatra server interoperate unchanged; the deadline travels in the ``X-MM-Deadline`` header.
-docs/wire-http.md has the whole wire, status codes included.
-"""
+"""The caller's end over HTTP: POST each message to ``<base URL>/<queue>`` on a kept-alive pool."""
 
 from __future__ import annotations
 
@@ -17,11 +9,10 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from .._exceptions import CallTimeout, ProtocolError, TransportError
-from ._http_pool import ConnectionPool
-from ._http_wire import CLIENT_KEEP_ALIVE_SECONDS, ClientSettings, encode_deadline
-from ._http_worker import HttpDelivery, HttpWorkerTransport
-from .base import ClientTransport, WorkerOptions
+from ..._exceptions import CallTimeout, ProtocolError, TransportError
+from ..base import ClientTransport
+from .pool import ConnectionPool
+from .wire import CLIENT_KEEP_ALIVE_SECONDS, ClientSettings, encode_deadline
 
 SEND_TIMEOUT = 30.0
 """How long `send` (a notification, which has no deadline of its own) waits for its 204."""
@@ -129,22 +120,3 @@ class HttpClientTransport(ClientTransport):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-
-
-def client_transport(url: str) -> HttpClientTransport:
-    """A client POSTing to the server at `url` (``http[s]://[:TOKEN@]HOST[:PORT][/PREFIX]``)."""
-    return HttpClientTransport(url)
-
-
-def worker_transport(url: str, options: WorkerOptions) -> HttpWorkerTransport:
-    """A worker serving `options.queue` over HTTP on `url`'s host and port (else ``$PORT``)."""
-    return HttpWorkerTransport(url, options)
-
-
-__all__ = [
-    "HttpClientTransport",
-    "HttpDelivery",
-    "HttpWorkerTransport",
-    "client_transport",
-    "worker_transport",
-]

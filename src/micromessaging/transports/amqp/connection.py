@@ -6,7 +6,7 @@ alone (a broker-side channel error), and what must happen on a new channel diffe
 client and worker, so the owner passes `on_open` (consume, declare) and `on_lost` (fail or
 forget what the dead channel carried), and the link runs them each time.
 
-The hot path writes pre-encoded frames (`_amqp_frames`) with `Link.write`: everything written
+The hot path writes pre-encoded frames (`frames`) with `Link.write`: everything written
 during one turn of the event loop leaves in a single socket write, which matters more than
 anything else here (a send is the most expensive step of a message).
 """
@@ -27,9 +27,9 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq import Channel
 from aiormq.abc import ChannelFrame
 
-from .._exceptions import TransportError
-from .._settings import mask_password
-from ._amqp_options import AmqpSettings
+from ..._exceptions import TransportError
+from ..._settings import mask_password
+from .wire import AmqpSettings
 
 logger = logging.getLogger("micromessaging.transport.amqp")
 

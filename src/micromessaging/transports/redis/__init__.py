@@ -13,11 +13,11 @@ worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s)
 
 from __future__ import annotations
 
-from ._redis_client import RedisClientTransport, RedisSeedClientTransport
-from ._redis_conn import RedisSettings
-from ._redis_sync import RedisSeedSyncClientTransport, RedisSyncClientTransport
-from ._redis_worker import RedisDelivery, RedisWorkerTransport
-from .base import ClientTransport, SyncClientTransport, WorkerOptions
+from ..base import ClientTransport, SyncClientTransport, WorkerOptions
+from .client import RedisClientTransport, RedisSeedClientTransport
+from .connection import RedisSettings
+from .sync_client import RedisSeedSyncClientTransport, RedisSyncClientTransport
+from .worker import RedisDelivery, RedisWorkerTransport
 
 
 def client_transport(url: str) -> ClientTransport:

@@ -11,7 +11,7 @@ import logging
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
-from . import _nats_wire as wire
+from . import wire
 
 logger = logging.getLogger("micromessaging.transport.nats")
 

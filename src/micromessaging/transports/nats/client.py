@@ -23,11 +23,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from .._exceptions import CallTimeout, TransportError
-from . import _nats_wire as wire
-from ._nats_conn import NATS_ERRORS, close_connection, open_connection, where
-from ._nats_streams import ensure_work_stream
-from .base import ClientTransport, ReplyRouter, connection_lost
+from ..._exceptions import CallTimeout, TransportError
+from ..base import ClientTransport, ReplyRouter, connection_lost
+from . import wire
+from .connection import NATS_ERRORS, close_connection, open_connection, where
+from .streams import ensure_work_stream
 
 logger = logging.getLogger("micromessaging.transport.nats")
 

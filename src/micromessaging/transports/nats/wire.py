@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from .._exceptions import ConfigurationError
+from ..._exceptions import ConfigurationError
 
 DEADLINE = "Mm-Deadline"
 """Integer milliseconds since the Unix epoch after which the caller no longer waits."""

@@ -18,9 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from . import _redis_scripts as scripts
-from . import _redis_wire as wire
-from ._redis_conn import CONNECTION_ERRORS
+from . import scripts, wire
+from .connection import CONNECTION_ERRORS
 
 logger = logging.getLogger("micromessaging.transport.redis")
 

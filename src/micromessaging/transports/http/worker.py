@@ -17,9 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .._exceptions import TransportError
-from .._protocol import ErrorCode
-from ._http_asgi import (
+from ..._asgi import (
     BodyTooLarge,
     Headers,
     Receive,
@@ -30,8 +28,11 @@ from ._http_asgi import (
     respond,
     respond_too_large,
 )
-from ._http_server import EmbeddedServer, bind
-from ._http_wire import (
+from ..._exceptions import TransportError
+from ..._protocol import ErrorCode
+from ..base import Delivery, WorkerOptions, WorkerTransport
+from .server import EmbeddedServer, bind
+from .wire import (
     DEADLINE_HEADER,
     RETRY_AFTER_SECONDS,
     ServerAddress,
@@ -39,7 +40,6 @@ from ._http_wire import (
     error_body,
     not_run_body,
 )
-from .base import Delivery, WorkerOptions, WorkerTransport
 
 logger = logging.getLogger("micromessaging.transport")
 

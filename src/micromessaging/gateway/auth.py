@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from ._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError
 
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 ALL_METHODS = "*"

@@ -2,7 +2,7 @@
 
 A worker moves each message it takes from the queue into its own processing list (BLMOVE,
 or a script taking a batch when there is a backlog), so nothing it holds is lost if it dies
-(see `_redis_liveness`). Settling is one script run for every message finished since the
+(see `liveness`). Settling is one script run for every message finished since the
 last one went out: push each reply, set its list's expiry, remove the message from the
 processing list.
 """
@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from . import _redis_scripts as scripts
-from . import _redis_wire as wire
-from ._redis_conn import (
+from ..base import Delivery, Slots, WorkerOptions, WorkerTransport
+from . import scripts, wire
+from .connection import (
     BLOCK_SECONDS,
     CONNECTION_ERRORS,
     LINK_ERRORS,
@@ -33,9 +33,8 @@ from ._redis_conn import (
     close_client,
     transport_error,
 )
-from ._redis_link import Link, Script
-from ._redis_liveness import Liveness
-from .base import Delivery, Slots, WorkerOptions, WorkerTransport
+from .link import Link, Script
+from .liveness import Liveness
 
 logger = logging.getLogger("micromessaging.transport.redis")
 

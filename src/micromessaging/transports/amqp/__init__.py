@@ -18,9 +18,9 @@ broker restart, but the seed's client can't declare them (PRECONDITION_FAILED).
 
 from __future__ import annotations
 
-from ._amqp_client import AmqpClientTransport
-from ._amqp_worker import AmqpDelivery, AmqpWorkerTransport
-from .base import WorkerOptions
+from ..base import WorkerOptions
+from .client import AmqpClientTransport
+from .worker import AmqpDelivery, AmqpWorkerTransport
 
 
 def client_transport(url: str) -> AmqpClientTransport:
