@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from ._protocol import dumps, too_large_response
+from ._protocol import ErrorCode, dumps, error_response, too_large_response
+from .transports._shared import decode_deadline
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -19,6 +20,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
 JSON_CONTENT_TYPE = b"application/json"
+
+DEADLINE_HEADER = b"x-mm-deadline"
+"""When the caller stops waiting, in milliseconds since the epoch (the shared deadline rule)."""
+RETRY_AFTER_SECONDS = 1
+RETRY_AFTER: Headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
 
 DRAIN_LIMIT = 16 * 1024 * 1024
 """Past this many announced bytes a refused body is not drained: the connection is closed.
@@ -37,6 +43,24 @@ class BodyTooLarge(Exception):
         self.size = size
         self.keep_alive = keep_alive
         """Whether the connection may serve another request (the rest will be drained)."""
+
+
+def error_body(code: int, title: str | None = None, **data: object) -> bytes:
+    """A JSON-RPC error response with a null id, for answers HTTP gives before any service.
+
+    `title` is the error's message (default: the code's standard one); `data` its data.
+    """
+    return dumps(error_response(None, code, title, dict(data) if data else None))
+
+
+def not_run_body(detail: str) -> bytes:
+    """The 503 body: the request was not handed to the service, so retrying it is safe."""
+    return error_body(ErrorCode.SERVER_ERROR, "Service unavailable", message=detail, retry=True)
+
+
+def request_deadline(scope: Scope) -> float | None:
+    """The deadline a request's ``X-MM-Deadline`` header names (None for none)."""
+    return decode_deadline(header(scope, DEADLINE_HEADER))
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -66,16 +66,25 @@ def loads(data: bytes | str) -> JSON:
 
 
 def dumps(value: JSON) -> bytes:
-    """Encode `value` as compact UTF-8 JSON; `TypeError` when it holds something JSON can't."""
+    """Encode `value` as compact UTF-8 JSON; `TypeError` when it holds something JSON can't.
+
+    Never raises anything else, whatever `value` holds (nesting deeper than the interpreter
+    can follow included), so that an answer can always be built around the failure.
+    """
     try:
         return orjson.dumps(value, option=_DUMPS_OPTIONS)
     except TypeError:
-        # orjson refuses integers beyond 64 bits and lone surrogates; the standard library
-        # writes both (the latter escaped), and still refuses what is not JSON at all.
+        # orjson refuses integers beyond 64 bits, lone surrogates and nesting deeper than
+        # 255; the standard library writes the first two (surrogates escaped) and refuses
+        # what is not JSON at all.
         try:
             return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-        except ValueError as exc:
+        except RecursionError:
+            raise TypeError("the value is nested too deeply to encode") from None
+        except (ValueError, TypeError) as exc:
             raise TypeError(str(exc)) from exc
+        except Exception as exc:  # a hostile __str__, __iter__...: still only a TypeError
+            raise TypeError(f"{type(exc).__name__} while encoding") from exc
 
 
 # --- objects ---------------------------------------------------------------------------------
@@ -220,6 +229,19 @@ def _encodable(response: dict[str, JSON]) -> dict[str, JSON]:
             data={"message": f"result is not JSON-serializable: {exc}"},
         )
     return response
+
+
+def internal_error_reply(incoming: Incoming, message: str) -> bytes | None:
+    """The reply when answering `incoming` failed unexpectedly: -32603 for each owed answer."""
+    data = {"message": message[:500]}
+    responses = [
+        error_response(item.id, ErrorCode.INTERNAL_ERROR, data=data)
+        if isinstance(item, Request)
+        else item
+        for item in incoming.items
+        if not (isinstance(item, Request) and item.is_notification)
+    ]
+    return encode_responses(responses, incoming.is_batch)
 
 
 # --- the client's side -----------------------------------------------------------------------

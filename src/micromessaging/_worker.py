@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from ._dispatch import Dispatcher
-from ._exceptions import ConfigurationError, MicromessagingError
+from ._exceptions import ConfigurationError, MicromessagingError, TransportError
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ErrorCode,
@@ -27,11 +27,12 @@ from ._protocol import (
     Request,
     encode_responses,
     error_response,
+    internal_error_reply,
     parse_incoming,
 )
 from ._service import Service
 from ._settings import mask_password, resolve_broker
-from .transports import WorkerOptions, worker_transport
+from .transports import Backoff, Refused, WorkerOptions, WorkerTransport, worker_transport
 from .transports.base import Delivery
 
 logger = logging.getLogger("micromessaging.worker")
@@ -64,6 +65,7 @@ class Worker:
         grace: float = 30.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         debug: bool = False,
+        wait_for_broker: float = 60.0,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -75,6 +77,7 @@ class Worker:
         self.grace = grace
         self.max_message_size = max_message_size
         self.debug = debug
+        self.wait_for_broker = wait_for_broker
         self.stats = WorkerStats()
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="micromessaging")
         self._dispatcher = Dispatcher(
@@ -98,8 +101,7 @@ class Worker:
             max_deliveries=self.max_deliveries,
             max_message_size=self.max_message_size,
         )
-        transport = worker_transport(self.broker, options)
-        await transport.start(self._deliver)
+        transport = await self._start(options)
         logger.info(
             "serving queue %r on %s [%s] (concurrency %d); methods: %s",
             self.queue,
@@ -120,54 +122,104 @@ class Worker:
             self._executor.shutdown(wait=False, cancel_futures=True)
             logger.info("stopped serving queue %r", self.queue)
 
+    async def _start(self, options: WorkerOptions) -> WorkerTransport:
+        """A started transport; while the broker can't be reached, try again with backoff.
+
+        A worker often starts before its broker (docker-compose, a Procfile): it keeps
+        trying for `wait_for_broker` seconds, saying so at every attempt, then gives up.
+        """
+        backoff = Backoff()
+        give_up = time.monotonic() + self.wait_for_broker
+        while True:
+            transport = worker_transport(self.broker, options)
+            try:
+                await transport.start(self._deliver)
+                if backoff.succeeded():
+                    logger.info("reached the broker at %s", mask_password(self.broker))
+                return transport
+            except TransportError as exc:
+                left = give_up - time.monotonic()
+                if isinstance(exc, Refused):
+                    raise  # reached, and refused: credentials or a certificate, not start order
+                if left <= 0:
+                    if self.wait_for_broker <= 0:
+                        raise
+                    raise TransportError(
+                        f"gave up reaching the broker after {self.wait_for_broker:g}s: {exc}"
+                    ) from exc
+                delay = min(backoff.failed() * 4, left)
+                logger.warning(
+                    "cannot reach the broker (attempt %d; trying again in %.1fs, for %.0fs "
+                    "more): %s", backoff.failures, delay, left, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
     def _deliver(self, delivery: Delivery) -> None:
         self._tasks.add(asyncio.create_task(self._process(delivery)))
 
     async def _process(self, delivery: Delivery) -> None:
+        """Settle `delivery` exactly once, whatever the service, the encoder or the broker do."""
         task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            deadline = delivery.deadline
-            if deadline is not None and time.time() >= deadline:
-                self.stats.expired += 1
-                logger.debug("skipped a request whose caller gave up")
-                await delivery.complete(None)
-                return
-            incoming = parse_incoming(delivery.body, self.max_message_size)
-            if delivery.delivery_count > self.max_deliveries:
-                await self._dead_letter(
-                    delivery,
-                    f"delivered {delivery.delivery_count} times (limit {self.max_deliveries})",
-                    _delivery_limit_reply(incoming, delivery.delivery_count),
-                )
-                return
-            if not delivery.can_reply and _owes_reply(incoming):
-                await self._dead_letter(delivery, "no reply address", None)
-                return
-            if deadline is not None:
-                self._deadlines[task] = deadline
-            try:
-                reply = await self._dispatcher.handle_incoming(incoming, deadline)
-            except asyncio.CancelledError:
-                if task not in self._expired:
-                    raise  # stopping: leave the message unsettled, to be delivered again
-                # The caller has given up: acknowledge, and owe nobody a reply.
-                task.uncancel()
-                self._expired.discard(task)
-                self.stats.expired += 1
-                reply = None
-            finally:
-                if deadline is not None:
-                    self._deadlines.pop(task, None)
-            await delivery.complete(reply)
-            self.stats.completed += 1
+            await self._settle(delivery, task)
         except MicromessagingError as exc:
-            # Unsettled, the message goes back to the queue and is delivered again.
+            # The transport gave up settling (the broker refused for good, or the link is
+            # gone): the message stays in the broker and is delivered again.
             self.stats.transport_errors += 1
             logger.warning("could not settle a message from %r: %s", self.queue, exc)
         except Exception:
-            logger.exception("processing a message from %r failed", self.queue)
+            # A transport's bug: its ledger has freed the slot all the same.
+            self.stats.transport_errors += 1
+            logger.exception("settling a message from %r failed", self.queue)
         finally:
             self._tasks.discard(task)
+
+    async def _settle(self, delivery: Delivery, task: asyncio.Task[None]) -> None:
+        deadline = delivery.deadline
+        if deadline is not None and time.time() >= deadline:
+            self.stats.expired += 1
+            logger.debug("skipped a request whose caller gave up")
+            await delivery.complete(None)
+            return
+        incoming = parse_incoming(delivery.body, self.max_message_size)
+        if delivery.delivery_count > self.max_deliveries:
+            await self._dead_letter(
+                delivery,
+                f"delivered {delivery.delivery_count} times (limit {self.max_deliveries})",
+                _delivery_limit_reply(incoming, delivery.delivery_count),
+            )
+            return
+        if not delivery.can_reply and _owes_reply(incoming):
+            await self._dead_letter(delivery, "no reply address", None)
+            return
+        reply = await self._answer(incoming, deadline, task)
+        await delivery.complete(reply)
+        self.stats.completed += 1
+
+    async def _answer(
+        self, incoming: Incoming, deadline: float | None, task: asyncio.Task[None]
+    ) -> bytes | None:
+        """The reply to `incoming`: never raises, but for the worker's own cancellation."""
+        if deadline is not None:
+            self._deadlines[task] = deadline
+        try:
+            return await self._dispatcher.handle_incoming(incoming, deadline)
+        except asyncio.CancelledError:
+            if task not in self._expired:
+                raise  # stopping: leave the message unsettled, to be delivered again
+            # The caller has given up: acknowledge, and owe nobody a reply.
+            task.uncancel()
+            self._expired.discard(task)
+            self.stats.expired += 1
+            return None
+        except Exception as exc:
+            # The dispatcher answers everything a service does; what escapes it (an encoder
+            # failing in an unforeseen way) still gets an answer, and the slot its freedom.
+            logger.exception("answering a message from %r failed", self.queue)
+            return internal_error_reply(incoming, f"the worker failed to answer: {_name(exc)}")
+        finally:
+            if deadline is not None:
+                self._deadlines.pop(task, None)
 
     async def _dead_letter(self, delivery: Delivery, reason: str, reply: bytes | None) -> None:
         self.stats.dead_lettered += 1
@@ -238,3 +290,7 @@ def _delivery_limit_reply(incoming: Incoming, count: int) -> bytes | None:
         if isinstance(item, Request) and not item.is_notification
     ]
     return encode_responses(responses, incoming.is_batch)
+
+
+def _name(exc: BaseException) -> str:
+    return type(exc).__name__

@@ -271,16 +271,19 @@ def test_minimal_publish_and_settle_frames() -> None:
 
 
 def test_delivery_counting_rules() -> None:
-    assert delivery_count_of(None, False) == (1, False)
-    assert delivery_count_of(None, True) == (2, True)  # classic: recount before running
-    assert delivery_count_of({DELIVERIES: 3}, False) == (3, False)
-    assert delivery_count_of({DELIVERIES: 3}, True) == (4, True)
-    assert delivery_count_of({"x-delivery-count": 2}, True) == (3, False)  # quorum counts
-    assert delivery_count_of({DELIVERIES: "lots"}, False) == (1, False)
+    classic = {"quorum": False}
+    assert delivery_count_of(None, False, **classic) == (1, False)
+    assert delivery_count_of(None, True, **classic) == (2, True)  # classic: recount first
+    assert delivery_count_of({DELIVERIES: 3}, False, **classic) == (3, False)
+    assert delivery_count_of({DELIVERIES: 3}, True, **classic) == (4, True)
+    assert delivery_count_of({"x-delivery-count": 2}, True, quorum=True) == (3, False)
+    # On a classic queue x-delivery-count is whatever its publisher wrote: not trusted.
+    assert delivery_count_of({"x-delivery-count": 0}, True, **classic) == (2, True)
+    assert delivery_count_of({DELIVERIES: "lots"}, False, **classic) == (1, False)
     assert deadline_of({"mm-deadline": 12500}) == 12.5
     assert deadline_of({"mm-deadline": deadline_header(1795845534.3413908)}) == 1795845534.341
     assert deadline_of({"mm-deadline": "soon"}) is None
-    assert deadline_of({"mm-deadline": 12.5}) is None  # milliseconds are an integer
+    assert deadline_of({"mm-deadline": 12.5}) == 0.0125  # float milliseconds, as every wire
     assert deadline_of({"mm-deadline": True}) is None
     assert deadline_of(None) is None
     assert expiration_for(10.0, 9.0) == "1000"
@@ -360,7 +363,7 @@ async def test_unreachable_broker_and_bad_credentials_are_transport_errors(
         assert "wrong-secret" not in str(caught.value), url
         assert time.monotonic() - started < 15, url
         with pytest.raises(TransportError):
-            async with Worker(Calculator(), url, queue_name):
+            async with Worker(Calculator(), url, queue_name, wait_for_broker=0):
                 pass
 
 

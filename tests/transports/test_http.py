@@ -31,7 +31,8 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import WorkerOptions, client_transport, worker_transport
-from micromessaging.transports.http.wire import decode_deadline, encode_deadline
+from micromessaging.transports._shared import decode_deadline
+from micromessaging.transports.http.wire import encode_deadline
 
 from .contract import Probe, TransportContract, eventually
 

@@ -20,11 +20,11 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import orjson
 
 from .._asgi import (
+    RETRY_AFTER,
     BodyTooLarge,
     Headers,
     Receive,
@@ -32,15 +32,15 @@ from .._asgi import (
     Send,
     header,
     read_body,
+    request_deadline,
     respond,
     respond_too_large,
 )
+from .._asgi import error_body as asgi_error_body
 from .._exceptions import CallTimeout, TransportError
 from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, ErrorCode
 from .._settings import mask_password
 from ..transports import ClientTransport, client_transport
-from ..transports.http.wire import DEADLINE_HEADER, RETRY_AFTER_SECONDS, decode_deadline
-from ..transports.http.wire import error_body as _error_body
 from .auth import Authenticator, Grant, parse_tokens
 
 logger = logging.getLogger("micromessaging.gateway")
@@ -55,10 +55,6 @@ FORBIDDEN = -32011
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 HEALTH_CHECK_TIMEOUT = 2.0
-
-# Default ports of the brokers' URL schemes, for the health check's TCP probe.
-_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671, "nats": 4222}
-_DEFAULT_PORTS |= {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -99,11 +95,11 @@ class GatewaySettings:
 
 def error_body(code: int, detail: str, title: str | None = None) -> bytes:
     """The JSON-RPC error (id null) a gateway refusal carries."""
-    return _error_body(code, title, message=detail)
+    return asgi_error_body(code, title, message=detail)
 
 
 def _retry_after() -> Headers:
-    return [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+    return list(RETRY_AFTER)
 
 
 class Gateway:
@@ -213,7 +209,7 @@ class Gateway:
         # What owes a reply: a request with an id, and anything invalid (it gets an error).
         owes_reply = any(not isinstance(i, dict) or "id" in i for i in items)
         deadline = time.time() + self.settings.timeout
-        caller_deadline = decode_deadline(header(scope, DEADLINE_HEADER))
+        caller_deadline = request_deadline(scope)
         if caller_deadline is not None:
             deadline = min(deadline, caller_deadline)
         try:
@@ -248,25 +244,15 @@ class Gateway:
             await respond(send, 503, body, _retry_after())
 
     async def check_broker(self) -> str | None:
-        """None when the broker is reachable, else what is wrong."""
+        """None when the broker answers a round trip now, else what is wrong."""
         try:
-            await asyncio.wait_for(self.transport(), HEALTH_CHECK_TIMEOUT)
-        except (TransportError, TimeoutError) as exc:
-            return f"cannot connect to the broker: {exc}"
-        parts = urlsplit(self.settings.broker)
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
-        if port is None or not parts.hostname:
-            return None  # in-process (memory://): reachable while we run
-        # The transport interface has no ping, so reachability is a fresh TCP connection.
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, port), HEALTH_CHECK_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            return f"broker {parts.hostname}:{port} unreachable: {exc!r}"
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+            async with asyncio.timeout(HEALTH_CHECK_TIMEOUT):
+                transport = await self.transport()
+                await transport.check()
+        except TransportError as exc:
+            return f"the broker does not answer: {exc}"
+        except TimeoutError:
+            return f"the broker did not answer within {HEALTH_CHECK_TIMEOUT:g}s"
         return None
 
 

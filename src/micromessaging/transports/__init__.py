@@ -14,6 +14,7 @@ from types import ModuleType
 from urllib.parse import urlsplit
 
 from .._exceptions import ConfigurationError
+from ._shared import Backoff, Refused
 from .base import ClientTransport, SyncClientTransport, WorkerOptions, WorkerTransport
 
 # scheme -> (module, extra that installs its library, or None when it needs none)
@@ -72,7 +73,9 @@ def worker_transport(url: str, options: WorkerOptions) -> WorkerTransport:
 
 __all__ = [
     "SCHEMES",
+    "Backoff",
     "ClientTransport",
+    "Refused",
     "SyncClientTransport",
     "WorkerOptions",
     "WorkerTransport",

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .._exceptions import TransportError
-from .base import ClientTransport, Delivery, ReplyRouter, WorkerOptions, WorkerTransport
+from ._shared import LedgerDelivery, ReplyRouter, WorkerTransportBase
+from .base import ClientTransport, WorkerOptions
 
 
 @dataclass(slots=True)
@@ -152,11 +153,11 @@ def broker(url: str = "memory://") -> MemoryBroker:
         return _brokers[name]
 
 
-class MemoryDelivery(Delivery):
+class MemoryDelivery(LedgerDelivery):
     """A message handed to a memory worker."""
 
     def __init__(self, transport: MemoryWorkerTransport, message: Message) -> None:
-        self._transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.message = message
         self.body = message.body
         self.deadline = message.deadline
@@ -166,63 +167,58 @@ class MemoryDelivery(Delivery):
     def can_reply(self) -> bool:
         return self.message.reply_to is not None
 
-    async def complete(self, reply: bytes | None) -> None:
-        if reply is not None and self.message.reply_to is not None:
-            self._transport.broker.reply(self.message.reply_to, self.message.correlation_id, reply)
-        self._transport.settled(self)
 
-    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
-        self._transport.broker.kill(self._transport.queue, self.message, reason)
-        await self.complete(reply)
-
-
-class MemoryWorkerTransport(WorkerTransport):
+class MemoryWorkerTransport(WorkerTransportBase[MemoryDelivery]):
     """Takes messages from one queue of an in-process broker."""
 
-    def __init__(self, url: str, options: WorkerOptions) -> None:
-        self.broker = broker(url)
-        self.queue = options.queue
-        self._limit = options.concurrency
-        self._url = url
-        self._unsettled: set[MemoryDelivery] = set()
-        self._consumer: _Consumer | None = None
-        self._deliver: Callable[[Delivery], None] | None = None
+    limit_slots = False  # the broker hands a consumer no more than its limit
 
-    async def start(self, deliver: Callable[[Delivery], None]) -> None:
-        self._deliver = deliver
-        self._consumer = _Consumer(self, self._limit)
+    def __init__(self, url: str, options: WorkerOptions) -> None:
+        super().__init__(options)
+        self.broker = broker(url)
+        self._consumer: _Consumer | None = None
+
+    async def _open(self) -> None:
+        self._consumer = _Consumer(self, self.options.concurrency)
         self.broker.attach(self.queue, self._consumer)
 
     def arrived(self, message: Message) -> None:
         """A message for this worker (on its loop)."""
-        if self._deliver is None or self._consumer is None:
-            self.broker.publish(self.queue, message, front=True)  # stopped meanwhile
+        if not self.receiving:
+            self._returned(message)  # stopped meanwhile
             return
-        delivery = MemoryDelivery(self, message)
-        self._unsettled.add(delivery)
-        self._deliver(delivery)
+        self.hand_over(MemoryDelivery(self, message))
 
-    def settled(self, delivery: MemoryDelivery) -> None:
-        """Forget a delivery the worker has settled, and take the next waiting message."""
-        if delivery in self._unsettled:
-            self._unsettled.discard(delivery)
-            if self._consumer is not None:
-                self.broker.settled(self.queue, self._consumer)
+    def _returned(self, message: Message) -> None:
+        self.broker.publish(self.queue, message, front=True)
+        if self._consumer is not None:
+            self.broker.settled(self.queue, self._consumer)
 
-    async def stop_receiving(self) -> None:
-        self._deliver = None
+    async def _complete(self, delivery: MemoryDelivery, reply: bytes | None) -> None:
+        message = delivery.message
+        if reply is not None and message.reply_to is not None:
+            self.broker.reply(message.reply_to, message.correlation_id, reply)
+
+    async def _bury(self, delivery: MemoryDelivery, reason: str, reply: bytes | None) -> None:
+        self.broker.kill(self.queue, delivery.message, reason)
+        await self._complete(delivery, reply)
+
+    def _slot_freed(self) -> None:
+        if self._consumer is not None:
+            self.broker.settled(self.queue, self._consumer)
+
+    async def _stop_taking(self) -> None:
         if self._consumer is not None:
             self.broker.detach(self.queue, self._consumer)
 
-    async def aclose(self) -> None:
-        await self.stop_receiving()
+    async def _give_back(self, deliveries: list[MemoryDelivery]) -> None:
+        # Handed over and not settled counts as delivered: its worker may have run it.
+        for delivery in deliveries:
+            delivery.message.delivery_count += 1
+            self.broker.publish(self.queue, delivery.message, front=True)
+
+    async def _disconnect(self) -> None:
         self._consumer = None
-        # What was handed over and not settled counts as delivered: its worker may have run it.
-        for delivery in self._unsettled:
-            message = delivery.message
-            message.delivery_count += 1
-            self.broker.publish(self.queue, message, front=True)
-        self._unsettled.clear()
 
     def describe(self) -> str:
         return "in-process broker"
@@ -256,6 +252,10 @@ class MemoryClientTransport(ClientTransport):
         if not self._open:
             raise TransportError("memory client is closed")
         self.broker.publish(queue, Message(body, deadline=deadline))
+
+    async def check(self) -> None:
+        if not self._open:
+            raise TransportError("memory client is closed")
 
     async def aclose(self) -> None:
         self._open = False

@@ -21,7 +21,8 @@ from aiormq import Channel
 from aiormq.abc import DeliveredMessage
 
 from ..._exceptions import ConfigurationError, TransportError
-from ..base import ClientTransport, ReplyRouter, connection_lost
+from .._shared import ReplyRouter, connection_lost
+from ..base import ClientTransport
 from .connection import CONNECT_TIMEOUT, Link, describe
 from .frames import HeaderValue, encode_publish
 from .wire import (
@@ -144,6 +145,14 @@ class AmqpClientTransport(ClientTransport):
         assert self._link is not None
         if not self._link.write(channel, data):
             raise connection_lost(self._link.where, self._link.last_error)
+
+    async def check(self) -> None:
+        link = self._link
+        if link is None:
+            raise TransportError(
+                "this AMQP client is " + ("closed" if self._closed else "not connected")
+            )
+        await link.ping()
 
     async def aclose(self) -> None:
         self._closed = True

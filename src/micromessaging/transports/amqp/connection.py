@@ -25,16 +25,21 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 from aiormq import Channel
-from aiormq.abc import ChannelFrame
 
 from ..._exceptions import TransportError
 from ..._settings import mask_password
+from .._shared import Backoff, Refused, looks_refused
+from . import compat
 from .wire import AmqpSettings
 
 logger = logging.getLogger("micromessaging.transport.amqp")
 
 CONNECT_TIMEOUT = 10.0
-REOPEN_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0)
+_REFUSALS = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,  # a vhost the user may not use
+)
 
 
 class Link:
@@ -67,7 +72,7 @@ class Link:
         self._batch: list[bytes] = []
         self._batch_channel: Channel | None = None
         self._flush_handle: asyncio.Handle | None = None
-        self._blocked: deque[tuple[Channel, ChannelFrame]] = deque()
+        self._blocked: deque[tuple[Channel, compat.Frames]] = deque()
         self._unblocker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -84,7 +89,9 @@ class Link:
             raise
         except Exception as exc:
             await self.aclose()
-            raise TransportError(f"cannot connect to {self.where}: {describe(exc)}") from exc
+            refused = isinstance(exc, _REFUSALS) or looks_refused(exc)
+            kind = Refused if refused else TransportError
+            raise kind(f"cannot connect to {self.where}: {describe(exc)}") from exc
         self._keeper = asyncio.create_task(self._keep())
 
     async def _open(self) -> None:
@@ -118,14 +125,13 @@ class Link:
 
     async def _keep(self) -> None:
         """Reopen the main channel each time it closes, for as long as the link lives."""
-        attempt = 0
+        backoff = Backoff()
         while not self._closing:
             if self.channel is not None:
                 await asyncio.wait([self.channel.closing])
-                attempt = 0
+                backoff.succeeded()
                 continue
-            await asyncio.sleep(REOPEN_DELAYS[min(attempt, len(REOPEN_DELAYS) - 1)])
-            attempt += 1
+            await asyncio.sleep(backoff.failed())
             try:
                 assert self.connection is not None
                 await self.connection.ready()
@@ -165,6 +171,16 @@ class Link:
                 self._side = cast(Channel, await wrapper.get_underlay_channel())
                 self._wrappers[self._side] = wrapper
             return self._side
+
+    async def ping(self) -> None:
+        """A round trip to the broker (basic.qos on the side channel); `TransportError` if none."""
+        try:
+            side = await self.side_channel()
+            await side.basic_qos(prefetch_count=0, timeout=CONNECT_TIMEOUT)
+        except TransportError:
+            raise
+        except Exception as exc:
+            raise TransportError(f"{self.where} does not answer: {describe(exc)}") from exc
 
     async def declare_queue(self, name: str) -> None:
         """Declare queue `name` as the settings say; one that exists with other arguments is used
@@ -208,13 +224,9 @@ class Link:
         channel = self._batch_channel
         if not batch or channel is None or channel.is_closed:
             return
-        item = ChannelFrame(payload=b"".join(batch), should_close=False)
-        if not self._blocked:
-            try:
-                channel.write_queue.put_nowait(item)
-                return
-            except asyncio.QueueFull:
-                pass
+        item = compat.frames(b"".join(batch))
+        if not self._blocked and compat.write_now(channel, item):
+            return
         # The writer is behind (a slow socket): keep the order, and wait for room.
         self._blocked.append((channel, item))
         if self._unblocker is None or self._unblocker.done():
@@ -225,9 +237,7 @@ class Link:
             channel, item = self._blocked[0]
             if not channel.is_closed:
                 # A dead connection's writer never makes room: give up with its channel.
-                put = asyncio.ensure_future(channel.write_queue.put(item))
-                await asyncio.wait([put, channel.closing], return_when=asyncio.FIRST_COMPLETED)
-                put.cancel()
+                await compat.write_when_room(channel, item)
             self._blocked.popleft()
 
     async def _close_channel(self, channel: Channel) -> None:
@@ -265,3 +275,20 @@ def describe(exc: BaseException | None) -> str:
     if exc is None:
         return "closed"
     return str(exc) or type(exc).__name__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an AMQP error means "try again": a channel or connection closed, a timeout.
+
+    The link reopens channels and the connection by itself, so the same step on a new
+    channel may succeed. A refusal that would repeat (access refused, no such queue, a
+    precondition) is not transient, and neither is a wrong password.
+    """
+    if isinstance(exc, aiormq.exceptions.AuthenticationError | TransportError):
+        return False
+    if isinstance(exc, aiormq.exceptions.ChannelClosed):
+        return type(exc) is aiormq.exceptions.ChannelClosed
+    return isinstance(
+        exc,
+        aiormq.exceptions.ChannelInvalidStateError | ConnectionError | TimeoutError,
+    )

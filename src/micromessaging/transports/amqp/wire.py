@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
+from .._shared import UrlOptions, decode_deadline, encode_deadline
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 """RabbitMQ's pseudo-queue for replies: no queue to declare, replies go to the channel."""
@@ -33,8 +34,8 @@ JSON_CONTENT_TYPE = "application/json"
 RECONNECT_INTERVAL = "1"
 """Seconds between reconnection attempts, unless the URL says otherwise (aio-pika's is 5)."""
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+OUR_OPTIONS = frozenset({"queue_type", "durable", "no_verify_ssl"})
+"""Taken out of the URL (aio-pika gets the rest; no_verify_ssl goes back as aiormq reads it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,25 +60,18 @@ def parse_url(url: str) -> AmqpSettings:
         raise ConfigurationError(f"not an AMQP URL: {parts.scheme}://")
     if not parts.hostname:
         raise ConfigurationError("an AMQP URL needs a host: amqp://user:password@host/vhost")
-    query: dict[str, str] = dict(parse_qsl(parts.query, keep_blank_values=True))
-    queue_type = query.pop("queue_type", "classic").lower()
-    if queue_type not in ("classic", "quorum"):
-        raise ConfigurationError(f"queue_type must be classic or quorum, not {queue_type!r}")
-    durable_text = query.pop("durable", "").lower()
-    if durable_text and durable_text not in _TRUE | _FALSE:
-        raise ConfigurationError(f"durable must be true or false, not {durable_text!r}")
+    ours, rest = UrlOptions.split(url, OUR_OPTIONS, what="AMQP")
+    queue_type = ours.choice("queue_type", "classic", ("classic", "quorum"))
     if queue_type == "quorum":
-        if durable_text in _FALSE:
+        if not ours.flag("durable", True):
             raise ConfigurationError("quorum queues are always durable: drop durable=false")
         durable, arguments = True, {"x-queue-type": "quorum"}
     else:
-        durable, arguments = durable_text in _TRUE, {}
-    if "no_verify_ssl" in query:
+        durable, arguments = ours.flag("durable", False), {}
+    query: dict[str, str] = dict(parse_qsl(urlsplit(rest).query, keep_blank_values=True))
+    if "no_verify_ssl" in ours:
         # aiormq verifies certificates only when this is exactly "0": "false" turned it off.
-        no_verify = query["no_verify_ssl"].lower()
-        if no_verify not in _TRUE | _FALSE:
-            raise ConfigurationError(f"no_verify_ssl must be true or false, not {no_verify!r}")
-        query["no_verify_ssl"] = "1" if no_verify in _TRUE else "0"
+        query["no_verify_ssl"] = "1" if ours.flag("no_verify_ssl", False) else "0"
     query.setdefault("reconnect_interval", RECONNECT_INTERVAL)
     connect_url = urlunsplit(parts._replace(query=urlencode(query)))
     return AmqpSettings(connect_url, queue_type, durable, arguments)
@@ -85,27 +79,28 @@ def parse_url(url: str) -> AmqpSettings:
 
 def deadline_header(deadline: float) -> int:
     """The `DEADLINE` header's value for a deadline in seconds since the epoch."""
-    return int(deadline * 1000)
+    return encode_deadline(deadline)
 
 
 def deadline_of(headers: Mapping[str, Any] | None) -> float | None:
-    """The deadline a message carries, in seconds since the epoch; None when it has none."""
-    value = headers.get(DEADLINE) if headers else None
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value / 1000
+    """The deadline a message carries, in seconds since the epoch (the shared rule)."""
+    return decode_deadline(headers.get(DEADLINE)) if headers else None
 
 
-def delivery_count_of(headers: Mapping[str, Any] | None, redelivered: bool) -> tuple[int, bool]:
+def delivery_count_of(
+    headers: Mapping[str, Any] | None, redelivered: bool, *, quorum: bool
+) -> tuple[int, bool]:
     """How many times this message has now been delivered, and whether it must be recounted.
 
-    Quorum queues count for us (``x-delivery-count``: returns to the queue so far). Classic
-    queues only flag a redelivery: such a message is republished with our count raised by
-    one and the original acknowledged, so the count survives any number of worker deaths.
+    Quorum queues count for us (``x-delivery-count``: returns to the queue so far); on any
+    other queue that header was written by whoever published the message, and is ignored:
+    a caller must not be able to forge a count. Classic queues only flag a redelivery: such a
+    message is republished with our count raised by one and the original acknowledged, so
+    the count survives any number of worker deaths.
     """
-    quorum = headers.get(QUORUM_DELIVERIES) if headers else None
-    if isinstance(quorum, int) and not isinstance(quorum, bool):
-        return quorum + 1, False
+    counted = headers.get(QUORUM_DELIVERIES) if headers and quorum else None
+    if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0:
+        return counted + 1, False
     ours = headers.get(DELIVERIES) if headers else None
     count = ours if isinstance(ours, int) and not isinstance(ours, bool) and ours > 0 else 1
     if redelivered:

@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from typing import cast
 
 from aiormq import Channel
@@ -30,8 +29,9 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._exceptions import TransportError
-from ..base import Delivery, WorkerOptions, WorkerTransport
-from .connection import Link, describe
+from .._shared import LedgerDelivery, WorkerTransportBase
+from ..base import WorkerOptions
+from .connection import Link, is_transient
 from .frames import encode_ack, encode_nack, encode_publish
 from .wire import (
     DEAD_REASON,
@@ -49,7 +49,7 @@ MAX_PREFETCH = 65535  # basic.qos takes a short
 CONFIRM_TIMEOUT = 10.0
 
 
-class AmqpDelivery(Delivery):
+class AmqpDelivery(LedgerDelivery):
     """A request taken from a RabbitMQ queue, acknowledged once settled."""
 
     def __init__(
@@ -61,7 +61,7 @@ class AmqpDelivery(Delivery):
         delivery_count: int,
         deadline: float | None,
     ) -> None:
-        self._transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.channel = channel
         self.tag = tag
         self.properties: Basic.Properties = message.header.properties
@@ -73,37 +73,28 @@ class AmqpDelivery(Delivery):
     def can_reply(self) -> bool:
         return bool(self.properties.reply_to)
 
-    async def complete(self, reply: bytes | None) -> None:
-        self._transport.settle(self, reply)
 
-    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
-        try:
-            await self._transport.bury(self, reason)
-        except Exception as exc:
-            self._transport.give_back(self)
-            raise TransportError(f"could not dead-letter a message: {describe(exc)}") from exc
-        self._transport.settle(self, reply)
-
-
-class AmqpWorkerTransport(WorkerTransport):
+class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
     """Takes requests from one RabbitMQ queue, at most `concurrency` unacknowledged."""
 
+    limit_slots = False  # the broker's prefetch count bounds what it hands over
+
     def __init__(self, url: str, options: WorkerOptions) -> None:
+        super().__init__(options)
         self.settings = parse_url(url)
-        self.queue = options.queue
         self.dead_queue = f"{options.queue}.dead"
         self.prefetch = min(options.concurrency, MAX_PREFETCH)
         self._link: Link | None = None
-        self._deliver: Callable[[Delivery], None] | None = None
-        self._unsettled: set[AmqpDelivery] = set()
         self._consumer: tuple[Channel, str] | None = None
         self._dead_queue_declared = False
         self._resuming: asyncio.Task[None] | None = None
         self.recounted = 0
         self._recounting: set[asyncio.Future[bool]] = set()
 
-    async def start(self, deliver: Callable[[Delivery], None]) -> None:
-        self._deliver = deliver
+    def _transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
+
+    async def _open(self) -> None:
         name = f"micromessaging worker {self.queue} {socket.gethostname()} pid {os.getpid()}"
         self._link = Link(self.settings, name, on_open=self._opened, on_lost=self._lost)
         await self._link.start()
@@ -114,7 +105,7 @@ class AmqpWorkerTransport(WorkerTransport):
         await self._link.declare_queue(self.queue)
         await channel.basic_qos(prefetch_count=self.prefetch)
         channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
-        if self._deliver is not None:
+        if self.receiving:
             await self._consume(channel)
 
     async def _consume(self, channel: Channel) -> None:
@@ -127,7 +118,7 @@ class AmqpWorkerTransport(WorkerTransport):
         if consumer is None or frame.consumer_tag != consumer[1]:
             return
         self._consumer = None
-        if self._deliver is not None:
+        if self.receiving:
             # The queue was deleted (or lost with a cluster node): declare it and go on.
             logger.warning("the broker cancelled the consumer of %r; consuming again", self.queue)
             self._resuming = asyncio.create_task(self._consume_again(consumer[0]))
@@ -136,7 +127,7 @@ class AmqpWorkerTransport(WorkerTransport):
         assert self._link is not None
         try:
             await self._link.declare_queue(self.queue)
-            if self._deliver is not None and not channel.is_closed:
+            if self.receiving and not channel.is_closed:
                 await self._consume(channel)
         except Exception as exc:
             logger.warning("consuming %r again failed (%s); reopening the channel", self.queue, exc)
@@ -154,12 +145,14 @@ class AmqpWorkerTransport(WorkerTransport):
         assert isinstance(frame, Basic.Deliver)
         assert frame.delivery_tag is not None
         assert self._link is not None
-        if self._deliver is None:  # stopped while this one was on its way
+        if not self.receiving:  # stopped while this one was on its way
             self._link.write(channel, encode_nack(channel.number, frame.delivery_tag))
             return
         headers = message.header.properties.headers
         deadline = deadline_of(headers)
-        count, recount = delivery_count_of(headers, frame.redelivered)
+        count, recount = delivery_count_of(
+            headers, frame.redelivered, quorum=self.settings.queue_type == "quorum"
+        )
         if recount and (deadline is None or deadline > time.time()):
             recounting = asyncio.ensure_future(
                 self._recount(channel, frame.delivery_tag, message, count)
@@ -174,9 +167,10 @@ class AmqpWorkerTransport(WorkerTransport):
             # The broker may hand us a recounted copy before it confirms the copy: don't run
             # it until the original is acknowledged, or a crash could leave both to run again.
             await asyncio.wait(set(self._recounting))
-        delivery = AmqpDelivery(self, channel, frame.delivery_tag, message, count, deadline)
-        self._unsettled.add(delivery)
-        self._deliver(delivery)
+        if not self.receiving:
+            self._link.write(channel, encode_nack(channel.number, frame.delivery_tag))
+            return
+        self.hand_over(AmqpDelivery(self, channel, frame.delivery_tag, message, count, deadline))
 
     async def _recount(
         self, channel: Channel, tag: int, message: DeliveredMessage, count: int
@@ -202,11 +196,8 @@ class AmqpWorkerTransport(WorkerTransport):
         self._link.write(channel, encode_ack(channel.number, tag))
         return True
 
-    def settle(self, delivery: AmqpDelivery, reply: bytes | None) -> None:
+    async def _complete(self, delivery: AmqpDelivery, reply: bytes | None) -> None:
         """Publish the reply, then acknowledge the request, in one write."""
-        if delivery not in self._unsettled:
-            return
-        self._unsettled.discard(delivery)
         assert self._link is not None
         channel = self._link.channel
         if channel is None:
@@ -230,16 +221,8 @@ class AmqpWorkerTransport(WorkerTransport):
                 "the channel this request came on was lost; the broker will deliver it again"
             )
 
-    def give_back(self, delivery: AmqpDelivery) -> None:
-        """Return a delivery to its queue unsettled (it counts as delivered once more)."""
-        if delivery in self._unsettled:
-            self._unsettled.discard(delivery)
-            if self._link is not None:
-                nack = encode_nack(delivery.channel.number, delivery.tag)
-                self._link.write(delivery.channel, nack)
-
-    async def bury(self, delivery: AmqpDelivery, reason: str) -> None:
-        """Copy a delivery into the dead-letter queue, confirmed."""
+    async def _bury(self, delivery: AmqpDelivery, reason: str, reply: bytes | None) -> None:
+        """Copy a delivery into the dead-letter queue, confirmed; then reply and acknowledge."""
         assert self._link is not None
         if not self._dead_queue_declared:
             await self._link.declare_queue(self.dead_queue)
@@ -256,18 +239,28 @@ class AmqpWorkerTransport(WorkerTransport):
         )
         if not isinstance(confirmation, Basic.Ack):
             raise TransportError(f"the broker refused the dead letter: {confirmation!r}")
+        await self._complete(delivery, reply)
 
-    async def stop_receiving(self) -> None:
-        self._deliver = None
+    def _strand(self, delivery: AmqpDelivery) -> bool:
+        # Unacknowledged, it would hold a prefetch slot until the channel closes: give it back.
+        self._nack(delivery)
+        return True
+
+    def _nack(self, delivery: AmqpDelivery) -> None:
+        if self._link is not None:
+            self._link.write(delivery.channel, encode_nack(delivery.channel.number, delivery.tag))
+
+    async def _stop_taking(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None and not consumer[0].is_closed:
             with contextlib.suppress(Exception):
                 await consumer[0].basic_cancel(consumer[1], timeout=5)
 
-    async def aclose(self) -> None:
-        await self.stop_receiving()
-        for delivery in list(self._unsettled):
-            self.give_back(delivery)
+    async def _give_back(self, deliveries: list[AmqpDelivery]) -> None:
+        for delivery in deliveries:
+            self._nack(delivery)
+
+    async def _disconnect(self) -> None:
         link, self._link = self._link, None
         if link is not None:
             await link.aclose()

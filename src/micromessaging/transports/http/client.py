@@ -14,6 +14,8 @@ from ..base import ClientTransport
 from .pool import ConnectionPool
 from .wire import CLIENT_KEEP_ALIVE_SECONDS, ClientSettings, encode_deadline
 
+CHECK_TIMEOUT = 5.0
+"""How long a health check waits for the server's answer."""
 SEND_TIMEOUT = 30.0
 """How long `send` (a notification, which has no deadline of its own) waits for its 204."""
 
@@ -66,6 +68,7 @@ class HttpClientTransport(ClientTransport):
                 size=self.settings.max_connections,
                 ssl_context=context,
                 keep_alive=CLIENT_KEEP_ALIVE_SECONDS,
+                max_body=self.settings.max_reply_size,
             )
 
     def _path(self, queue: str) -> bytes:
@@ -114,6 +117,19 @@ class HttpClientTransport(ClientTransport):
         if status >= 300:
             detail = _jsonrpc_error(content) or repr(content[:200])
             raise TransportError(f"{self._where(queue)} answered HTTP {status}: {detail}")
+
+    async def check(self) -> None:
+        pool = self._pool
+        if pool is None:
+            raise TransportError("HTTP client is closed" if self._closed else "not connected")
+        request = b"GET " + self._prefix.encode() + b"/healthz HTTP/1.1\r\n" + self._head + b"\r\n"
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                status, _, _ = await pool.request(request)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            raise TransportError(f"{self.settings.base_url} does not answer: {exc!r}") from exc
+        if status >= 500:
+            raise TransportError(f"{self.settings.base_url}/healthz answered HTTP {status}")
 
     async def aclose(self) -> None:
         self._closed = True

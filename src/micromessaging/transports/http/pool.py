@@ -19,18 +19,32 @@ import httptools
 
 Response = tuple[int, dict[bytes, bytes], bytes]
 
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+"""The largest response body a pool accepts unless told otherwise."""
+
+
+MAX_HEADER_BYTES = 64 * 1024
+"""The most bytes of response headers a connection reads before giving up on the server."""
+
+
+class ResponseTooLarge(ConnectionError):
+    """The server's response is larger than the client accepts."""
+
 
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection, parsing the response to the request in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_body: int) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = 0.0
+        self.max_body = max_body
         self._waiter: asyncio.Future[Response] | None = None
         self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
         self._body: list[bytes] = []
+        self._body_bytes = 0
         self._headers_done = False
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -59,18 +73,31 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks -------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._give_up(ResponseTooLarge(f"response headers over {MAX_HEADER_BYTES} bytes"))
+            return
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self.max_body:
+            self._give_up(ResponseTooLarge(f"a reply over {self.max_body} bytes (max_reply_size)"))
+            return
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         waiter = self._waiter
         if waiter is None or waiter.done():
             self.close()  # a response nobody asked for: this connection can't be trusted
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim response (100 Continue, 103 Early Hints): the answer follows.
+            self._reset()
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         if not self.parser.should_keep_alive():
@@ -83,12 +110,20 @@ class _Connection(asyncio.Protocol):
         """Send one complete request and wait for its response."""
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._headers, self._body, self._headers_done = {}, [], False
+        self._reset()
         self.transport.write(request)
         try:
             return await self._waiter
         finally:
             self._waiter = None
+
+    def _reset(self) -> None:
+        self._headers, self._body, self._headers_done = {}, [], False
+        self._header_bytes = self._body_bytes = 0
+
+    def _give_up(self, exc: Exception) -> None:
+        self._fail(exc)
+        self.close()
 
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -112,8 +147,10 @@ class ConnectionPool:
         size: int,
         ssl_context: ssl.SSLContext | None,
         keep_alive: float,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self.host = host
+        self.max_body = max_body
         self.port = port
         self.size = size
         self._ssl = ssl_context
@@ -178,7 +215,7 @@ class ConnectionPool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
-            _Connection,
+            lambda: _Connection(self.max_body),
             self.host,
             self.port,
             ssl=self._ssl,

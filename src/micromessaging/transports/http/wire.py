@@ -6,19 +6,14 @@ so that both ends read one definition (docs/wire-http.md describes it field by f
 
 from __future__ import annotations
 
-import math
 import os
 import ssl
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..._exceptions import ConfigurationError
-from ..._protocol import ErrorCode, dumps, error_response
-
-DEADLINE_HEADER = b"x-mm-deadline"
-"""When the caller stops waiting, in milliseconds since the epoch (an integer)."""
-
-RETRY_AFTER_SECONDS = 1
+from .._shared import UrlOptions
+from .._shared import encode_deadline as shared_encode_deadline
 
 DEFAULT_BACKLOG = 1024
 """Requests a worker lets wait for a free slot before it answers 503."""
@@ -31,53 +26,23 @@ KEEP_ALIVE_SECONDS = 30
 
 CLIENT_KEEP_ALIVE_SECONDS = 15.0
 
+DEFAULT_MAX_REPLY_SIZE = 64 * 1024 * 1024
+"""The largest reply body a client reads (URL: max_reply_size); a larger one fails the call."""
+
 
 def encode_deadline(deadline: float) -> bytes:
     """The deadline header's value for `deadline` (epoch seconds)."""
-    return str(int(deadline * 1000)).encode()
+    return b"%d" % shared_encode_deadline(deadline)
 
 
-def decode_deadline(value: bytes | None) -> float | None:
-    """The deadline (epoch seconds) a header value names; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        milliseconds = float(value)
-    except ValueError:
-        return None
-    if not math.isfinite(milliseconds) or milliseconds <= 0:
-        return None
-    return milliseconds / 1000
+URL_OPTIONS = frozenset(
+    {"backlog", "certfile", "keyfile", "cafile", "max_connections", "max_reply_size"}
+)
+"""Every option an http(s):// URL may carry (one set, so a URL serves client and worker)."""
 
 
-def error_body(code: int, title: str | None = None, **data: object) -> bytes:
-    """A JSON-RPC error response with a null id, for answers HTTP gives before any service.
-
-    `title` is the error's message (default: the code's standard one); `data` its data.
-    """
-    return dumps(error_response(None, code, title, dict(data) if data else None))
-
-
-def not_run_body(detail: str) -> bytes:
-    """The 503 body: the request was not handed to the service, so retrying it is safe."""
-    return error_body(ErrorCode.SERVER_ERROR, "Service unavailable", message=detail, retry=True)
-
-
-def _options(query: str) -> dict[str, str]:
-    return {name: values[-1] for name, values in parse_qs(query).items()}
-
-
-def _int_option(options: dict[str, str], name: str, default: int) -> int:
-    text = options.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigurationError(f"URL option {name}={text!r} is not an integer") from None
-    if value < 1:
-        raise ConfigurationError(f"URL option {name} must be at least 1")
-    return value
+def _options(url: str) -> UrlOptions:
+    return UrlOptions.split(url, URL_OPTIONS, what="HTTP", strict=True)[0]
 
 
 def _check_scheme(scheme: str, url: str) -> None:
@@ -111,7 +76,7 @@ class ServerAddress:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         _check_scheme(scheme, url)
-        options = _options(parts.query)
+        options = _options(url)
         try:
             port = parts.port
         except ValueError as exc:
@@ -123,14 +88,14 @@ class ServerAddress:
                     f"{url!r} names no port and $PORT is not set: add :PORT to the URL"
                 )
             port = int(env_port)
-        certfile, keyfile = options.get("certfile"), options.get("keyfile")
+        certfile, keyfile = options.text("certfile"), options.text("keyfile")
         if scheme == "https" and not certfile:
             raise ConfigurationError("an https:// worker needs ?certfile=PATH[&keyfile=PATH]")
         return cls(
             host=parts.hostname or "0.0.0.0",
             port=port,
             prefix=parts.path.rstrip("/"),
-            backlog=_int_option(options, "backlog", DEFAULT_BACKLOG),
+            backlog=options.count("backlog", DEFAULT_BACKLOG, minimum=1),
             certfile=certfile,
             keyfile=keyfile,
         )
@@ -145,6 +110,7 @@ class ClientSettings:
     token: str | None
     max_connections: int
     cafile: str | None
+    max_reply_size: int = 64 * 1024 * 1024
 
     @classmethod
     def from_url(cls, url: str) -> ClientSettings:
@@ -157,13 +123,14 @@ class ClientSettings:
         _check_scheme(scheme, url)
         if not parts.hostname:
             raise ConfigurationError(f"no host in {url!r}")
-        options = _options(parts.query)
+        options = _options(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]
         return cls(
             base_url=f"{scheme}://{netloc}{parts.path.rstrip('/')}",
             token=unquote(parts.password) if parts.password else None,
-            max_connections=_int_option(options, "max_connections", DEFAULT_MAX_CONNECTIONS),
-            cafile=options.get("cafile") or os.environ.get("SSL_CERT_FILE") or None,
+            max_connections=options.count("max_connections", DEFAULT_MAX_CONNECTIONS, minimum=1),
+            cafile=options.text("cafile") or os.environ.get("SSL_CERT_FILE") or None,
+            max_reply_size=options.count("max_reply_size", DEFAULT_MAX_REPLY_SIZE, minimum=1),
         )
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -15,37 +15,34 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 
 from ..._asgi import (
+    RETRY_AFTER,
     BodyTooLarge,
     Headers,
     Receive,
     Scope,
     Send,
-    header,
+    error_body,
+    not_run_body,
     read_body,
+    request_deadline,
     respond,
     respond_too_large,
 )
 from ..._exceptions import TransportError
 from ..._protocol import ErrorCode
-from ..base import Delivery, WorkerOptions, WorkerTransport
+from .._shared import LedgerDelivery, WorkerTransportBase
+from ..base import WorkerOptions
 from .server import EmbeddedServer, bind
-from .wire import (
-    DEADLINE_HEADER,
-    RETRY_AFTER_SECONDS,
-    ServerAddress,
-    decode_deadline,
-    error_body,
-    not_run_body,
-)
+from .wire import ServerAddress
 
 logger = logging.getLogger("micromessaging.transport")
 
 Answer = tuple[int, bytes, Headers]
-_RETRY: Headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
+_RETRY = RETRY_AFTER
 _CLOSE = (b"connection", b"close")
+HEALTHY = b'{"status":"ok"}'
 
 
 class Admission:
@@ -104,75 +101,54 @@ class Admission:
                 waiter.set_exception(TransportError("worker stopping"))
 
 
-class HttpDelivery(Delivery):
+class HttpDelivery(LedgerDelivery):
     """One POST handed to the worker; settling it sends the HTTP response."""
 
     def __init__(self, transport: HttpWorkerTransport, body: bytes, deadline: float | None):
-        self._transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.body = body
         self.deadline = deadline
-        self._answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
 
     @property
     def can_reply(self) -> bool:
         return True
 
-    async def complete(self, reply: bytes | None) -> None:
-        if reply is not None:
-            self._settle((200, reply, []))
-        elif self.deadline is not None and time.time() >= self.deadline:
-            # Skipped or cancelled because the caller gave up; tell it, should it still listen.
-            self._settle((504, error_body(ErrorCode.DEADLINE_EXCEEDED), []))
-        else:
-            self._settle((204, b"", []))
-
-    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
-        logger.warning("dead letter from HTTP %s: %s: %r", self._transport.path, reason, self.body)
-        if reply is None:
-            self._settle((500, error_body(ErrorCode.INTERNAL_ERROR, message=reason), []))
-        else:
-            self._settle((200, reply, []))
-
-    def give_back(self) -> None:
-        """Answer 503: the worker stopped before settling this request (which may have run)."""
-        detail = "the worker stopped before answering; the call may have run"
-        body = error_body(ErrorCode.SERVER_ERROR, "Service unavailable", message=detail)
-        self._settle((503, body, [*_RETRY, _CLOSE]))
-
-    def _settle(self, answer: Answer) -> None:
-        if self._answer.done():
-            logger.warning("a delivery was settled twice; the second answer is dropped")
-            return
-        self._answer.set_result(answer)
-        self._transport.settled(self)
+    def respond(self, answer: Answer) -> None:
+        """Send the HTTP response (once: the ledger settles each delivery once)."""
+        if not self.answer.done():
+            self.answer.set_result(answer)
 
 
-class HttpWorkerTransport(WorkerTransport):
+class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
     """Serves one queue as ``POST /<queue>`` (and ``POST /``) on an embedded uvicorn."""
 
+    limit_slots = False  # `Admission` bounds what is handed over, and keeps the waiting in order
+
     def __init__(self, url: str, options: WorkerOptions) -> None:
+        super().__init__(options)
         self.address = ServerAddress.from_url(url)
-        self.queue = options.queue
         self.max_message_size = options.max_message_size
         self.path = f"{self.address.prefix}/{options.queue}"
         self._paths = {self.path, self.address.prefix or "/", f"{self.address.prefix}/"}
+        self._health = f"{self.address.prefix}/healthz"
         self._admission = Admission(options.concurrency, self.address.backlog)
-        self._unsettled: set[HttpDelivery] = set()
-        self._deliver: Callable[[Delivery], None] | None = None
         self._server: EmbeddedServer | None = None
 
-    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+    async def _open(self) -> None:
         sock = bind(self.address.host, self.address.port)
         server = EmbeddedServer(
             self.app, sock, certfile=self.address.certfile, keyfile=self.address.keyfile
         )
-        self._deliver = deliver
         await server.start()
         self._server = server
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application: one request, one delivery, one response."""
         if scope["type"] != "http":
+            return
+        if scope["path"] == self._health and scope["method"] in ("GET", "HEAD"):
+            await respond(send, 200 if self.receiving else 503, HEALTHY if self.receiving else b"")
             return
         if scope["path"] not in self._paths:
             detail = f"no queue at {scope['path']!r}: POST to {self.path!r}"
@@ -190,13 +166,13 @@ class HttpWorkerTransport(WorkerTransport):
             return
         except ConnectionResetError:
             return
-        deadline = decode_deadline(header(scope, DEADLINE_HEADER))
+        deadline = request_deadline(scope)
         status, reply, headers = await self._handle(body, deadline)
         await respond(send, status, reply, headers)
 
     async def _handle(self, body: bytes, deadline: float | None) -> Answer:
-        refused = "stopping" if self._deliver is None else await self._admission.enter(deadline)
-        if refused is None and self._deliver is None:
+        refused = "stopping" if not self.receiving else await self._admission.enter(deadline)
+        if refused is None and not self.receiving:
             self._admission.leave()  # stopped while this request waited
             refused = "stopping"
         if refused == "expired":
@@ -204,29 +180,44 @@ class HttpWorkerTransport(WorkerTransport):
         if refused == "busy":
             detail = f"the worker is busy: {self._admission.backlog} requests wait already"
             return 503, not_run_body(detail), list(_RETRY)
-        if refused is not None or self._deliver is None:
+        if refused is not None:
             return 503, not_run_body("the worker is stopping"), [*_RETRY, _CLOSE]
         delivery = HttpDelivery(self, body, deadline)
-        self._unsettled.add(delivery)
-        self._deliver(delivery)
-        return await delivery._answer
+        self.hand_over(delivery)
+        return await delivery.answer
 
-    def settled(self, delivery: HttpDelivery) -> None:
-        """Free the slot a delivery held."""
-        if delivery in self._unsettled:
-            self._unsettled.discard(delivery)
-            self._admission.leave()
+    async def _complete(self, delivery: HttpDelivery, reply: bytes | None) -> None:
+        if reply is not None:
+            delivery.respond((200, reply, []))
+        elif delivery.deadline is not None and time.time() >= delivery.deadline:
+            # Skipped or cancelled because the caller gave up; tell it, should it still listen.
+            delivery.respond((504, error_body(ErrorCode.DEADLINE_EXCEEDED), []))
+        else:
+            delivery.respond((204, b"", []))
 
-    async def stop_receiving(self) -> None:
-        self._deliver = None
+    async def _bury(self, delivery: HttpDelivery, reason: str, reply: bytes | None) -> None:
+        logger.warning("dead letter from HTTP %s: %s: %r", self.path, reason, delivery.body[:200])
+        if reply is None:
+            delivery.respond((500, error_body(ErrorCode.INTERNAL_ERROR, message=reason), []))
+        else:
+            delivery.respond((200, reply, []))
+
+    def _slot_freed(self) -> None:
+        self._admission.leave()
+
+    async def _stop_taking(self) -> None:
         self._admission.refuse_waiting()
         if self._server is not None:
             self._server.stop_accepting()
 
-    async def aclose(self) -> None:
-        await self.stop_receiving()
-        for delivery in list(self._unsettled):
-            delivery.give_back()
+    async def _give_back(self, deliveries: list[HttpDelivery]) -> None:
+        # The worker stopped before settling these requests (which may have run): 503.
+        detail = "the worker stopped before answering; the call may have run"
+        body = error_body(ErrorCode.SERVER_ERROR, "Service unavailable", message=detail)
+        for delivery in deliveries:
+            delivery.respond((503, body, [*_RETRY, _CLOSE]))
+
+    async def _disconnect(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             await server.stop()

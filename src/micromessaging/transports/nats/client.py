@@ -24,7 +24,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from ..._exceptions import CallTimeout, TransportError
-from ..base import ClientTransport, ReplyRouter, connection_lost
+from .._shared import ReplyRouter, connection_lost
+from ..base import ClientTransport
 from . import wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .streams import ensure_work_stream
@@ -56,7 +57,7 @@ class NatsClientTransport(ClientTransport):
         self._js: JetStreamContext | None = None
         self._inbox = ""
         self._calls: dict[str, _Call] = {}
-        self._streams: set[str] = set()
+        self._streams: dict[str, asyncio.Future[None]] = {}
         self._resends: set[asyncio.Task[None]] = set()
         self._queues: set[str] = set()
 
@@ -130,15 +131,32 @@ class NatsClientTransport(ClientTransport):
         assert self._js is not None
         timeout = wire.remaining(deadline) if deadline else self._settings.connect_timeout
         try:
-            if queue not in self._streams:
-                await ensure_work_stream(self._js, queue)
-                self._streams.add(queue)
-            await self._js.publish(queue, body, timeout=timeout, headers=headers)
-        except nats.errors.TimeoutError as exc:
+            for attempt in (1, 2):
+                await self._stream_ready(queue, timeout)
+                try:
+                    await self._js.publish(queue, body, timeout=timeout, headers=headers)
+                    return
+                except nats.js.errors.NoStreamResponseError:
+                    # The stream was deleted since we set it up: set it up again, once.
+                    self._streams.pop(queue, None)
+                    if attempt == 2:
+                        raise
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CallTimeout("JetStream did not store the request before the deadline") from exc
         except NATS_ERRORS as exc:
-            self._streams.discard(queue)  # perhaps deleted: check again next time
+            self._streams.pop(queue, None)  # perhaps deleted: check again next time
             raise TransportError(f"JetStream refused a message for {queue!r}: {exc!r}") from exc
+
+    async def _stream_ready(self, queue: str, timeout: float) -> None:
+        """Set up `queue`'s stream once per client, however many calls wait for it."""
+        assert self._js is not None
+        ready = self._streams.get(queue)
+        if ready is None or (ready.done() and ready.exception() is not None):
+            ready = self._streams[queue] = asyncio.ensure_future(
+                ensure_work_stream(self._js, queue)
+            )
+            ready.add_done_callback(_retrieve)
+        await asyncio.wait_for(asyncio.shield(ready), timeout)
 
     def _check_size(self, nc: NATS, body: bytes, headers: dict[str, str] | None) -> None:
         size = wire.encoded_size(body, headers)
@@ -210,6 +228,17 @@ class NatsClientTransport(ClientTransport):
             logger.warning("NATS connection lost; failing %d calls in flight", len(self._router))
         self._router.fail_all(connection_lost(f"NATS at {where(self._settings)}"))
 
+    async def check(self) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            raise TransportError("the NATS client is closed")
+        try:
+            await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
+        except NATS_ERRORS as exc:
+            raise TransportError(
+                f"NATS at {where(self._settings)} does not answer: {exc!r}"
+            ) from exc
+
     async def aclose(self) -> None:
         nc, self._nc = self._nc, None
         self._router.fail_all(TransportError("client closed"))
@@ -219,3 +248,8 @@ class NatsClientTransport(ClientTransport):
             with contextlib.suppress(*NATS_ERRORS):
                 await nc.flush(timeout=1)
             await close_connection(nc)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so that an error nobody awaits is not logged

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from ..._exceptions import TransportError
 from ..._settings import mask_password
+from .._shared import Refused, looks_refused
 from .wire import NatsSettings
 
 logger = logging.getLogger("micromessaging.transport.nats")
@@ -68,7 +69,8 @@ async def open_connection(
         if isinstance(exc, asyncio.CancelledError):
             raise
         cause = seen[0] if seen else exc  # the reason, rather than nats-py's NoServersError
-        raise TransportError(f"can't connect to NATS at {where(settings)}: {cause!r}") from exc
+        kind = Refused if looks_refused(cause) else TransportError
+        raise kind(f"can't connect to NATS at {where(settings)}: {cause!r}") from exc
     # Once connected, a lost server is retried forever: calls fail or time out meanwhile.
     connection.options["max_reconnect_attempts"] = -1
     return connection

@@ -9,6 +9,11 @@ request to another worker with its delivery count raised. On close, requests han
 and not settled, and those that arrived after `stop_receiving`, are negatively
 acknowledged once our open pull requests have ended: redelivered at once, to another.
 
+When the consumer goes away (an operator deleted it, or the stream was deleted and made
+again), the server ends our open pulls with ``409 Consumer Deleted`` and answers later
+pulls with nothing at all; either sign makes the worker create what is missing again, with
+backoff, and pull on: it never goes silent.
+
 nats-py's own ``fetch`` waits for a whole batch before returning any message, so this
 module speaks the pull protocol itself: one pull request for the free slots, each message
 handed over the moment it arrives.
@@ -21,15 +26,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 
+import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from ..._exceptions import TransportError
-from ..base import Delivery, WorkerOptions
+from .._shared import Backoff
+from ..base import WorkerOptions
 from . import wire
 from .connection import NATS_ERRORS, where
 from .streams import ensure_consumer, ensure_dead_letter_stream, ensure_work_stream
@@ -45,6 +51,7 @@ ACK = b"+ACK"
 NAK = b"-NAK"
 IN_PROGRESS = b"+WPI"
 _ENDED = {"408", "409"}  # status of a pull request that ended (expired, or refused)
+_CONSUMER_GONE = "consumer deleted"
 
 
 class _Pull:
@@ -73,24 +80,33 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         self._pull_subject = (
             f"$JS.API.CONSUMER.MSG.NEXT.{wire.stream_name(self.queue)}.{wire.CONSUMER_NAME}"
         )
+        self._recovering: asyncio.Task[None] | None = None
+        self.recoveries = 0
+        """How many times the consumer (or stream) was found gone and made again."""
 
-    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+    def _transient(self, exc: BaseException) -> bool:
+        # An acknowledgement while reconnecting is sent once the connection is back.
+        return isinstance(exc, TransportError) and self._nc is not None and not self._nc.is_closed
+
+    async def _open(self) -> None:
         nc = await self._connect()
         js = self._js = nc.jetstream(timeout=self._settings.connect_timeout * 2)
         try:
-            await ensure_work_stream(js, self.queue)
-            await ensure_dead_letter_stream(js, self.queue)
-            await ensure_consumer(js, self.queue, self._settings.ack_wait)
+            await self._set_up(js)
             self._inbox = nc.new_inbox()
             self._sub = await nc.subscribe(self._inbox, cb=self._arrived)
         except NATS_ERRORS as exc:
             await self._disconnect()
             raise TransportError(f"can't set up JetStream for {self.queue!r}: {exc!r}") from exc
-        self._deliver = deliver
         self._tasks = [
             asyncio.create_task(self._pull_loop()),
             asyncio.create_task(self._keep_alive()),
         ]
+
+    async def _set_up(self, js: JetStreamContext) -> None:
+        await ensure_work_stream(js, self.queue)
+        await ensure_dead_letter_stream(js, self.queue)
+        await ensure_consumer(js, self.queue, self._settings.ack_wait)
 
     async def _reconnected(self) -> None:
         # Pull requests die with the connection: ask again.
@@ -98,18 +114,26 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         self._pulls.clear()
         self._wake.set()
 
+    # --- pulling -----------------------------------------------------------------------------
+
     async def _pull_loop(self) -> None:
-        while self._deliver is not None:
+        slots = self.ledger.slots
+        assert slots is not None
+        while self.receiving:
             self._wake.clear()  # before looking: a wake-up from here on is not missed
             now = time.monotonic()
             while self._pulls and self._pulls[0].until <= now:
                 self._pulls.popleft()
-            wanted = self._slots.free - sum(pull.due for pull in self._pulls)
+                # The server ends every pull it knows of (408 when it expires): silence
+                # means it has no consumer to pull from any more.
+                self._consumer_may_be_gone("a pull request went unanswered")
+            wanted = slots.free - sum(pull.due for pull in self._pulls)
             nc = self._nc
             # Under load, ask in batches rather than one pull per freed slot: each pull
             # request costs the server as much as a message.
             enough = not self._pulls or wanted >= self._batch
-            if wanted > 0 and enough and nc is not None and nc.is_connected:
+            recovering = self._recovering is not None
+            if wanted > 0 and enough and not recovering and nc is not None and nc.is_connected:
                 request = {"batch": wanted, "expires": int(PULL_EXPIRES * 1e9)}
                 try:
                     await nc.publish(self._pull_subject, orjson.dumps(request), reply=self._inbox)
@@ -127,6 +151,9 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
             if status in _ENDED and self._pulls:
                 self._pulls.popleft()
                 self._wake.set()
+            description = str(headers.get(wire.NATS_DESCRIPTION, "")) if headers else ""
+            if status == "409" and description.lower() == _CONSUMER_GONE:
+                self._consumer_may_be_gone("the server deleted our consumer")
             return
         if self._pulls:
             self._pulls[0].due -= 1
@@ -134,15 +161,62 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
                 self._pulls.popleft()
         reply_to = headers.get(wire.REPLY_TO) if headers else None
         delivery = NatsDelivery(self, msg, reply_to, msg.metadata.num_delivered)
-        if self._deliver is None:
+        slots = self.ledger.slots
+        assert slots is not None
+        if not self.receiving:
             # Stopping: given back once our pulls have ended (see `_outlive_pulls`).
             self._returned.append(delivery)
             return
-        if self._slots.free <= 0:
+        if slots.free <= 0:
             # A late message of a pull we had given up on: back to the stream.
             await self._signal(delivery, NAK)
             return
-        self._hand_over(delivery)
+        self.hand_over(delivery)
+
+    # --- a consumer that went away -----------------------------------------------------------
+
+    def _consumer_may_be_gone(self, why: str) -> None:
+        if self._recovering is None and self.receiving and self._js is not None:
+            self._recovering = asyncio.create_task(self._recover(why))
+
+    async def _recover(self, why: str) -> None:
+        """Make the stream and consumer again if they are gone, with backoff until done."""
+        js = self._js
+        assert js is not None
+        backoff = Backoff()
+        try:
+            while self.receiving:
+                try:
+                    gone = await self._consumer_gone(js)
+                    if gone:
+                        await self._set_up(js)
+                except NATS_ERRORS as exc:
+                    delay = backoff.failed()
+                    if backoff.failures == 1:
+                        logger.warning(
+                            "JetStream for %r unavailable (%r); retrying", self.queue, exc
+                        )
+                    await asyncio.sleep(delay)
+                    continue
+                if gone:
+                    self.recoveries += 1
+                    logger.warning(
+                        "the JetStream consumer of %r was gone (%s); made it again", self.queue, why
+                    )
+                return
+        finally:
+            self._recovering = None
+            self._pulls.clear()
+            self._wake.set()
+
+    async def _consumer_gone(self, js: JetStreamContext) -> bool:
+        try:
+            await js.consumer_info(wire.stream_name(self.queue), wire.CONSUMER_NAME)
+        except nats.js.errors.NotFoundError:
+            return True
+        return False
+
+    # --- settling ----------------------------------------------------------------------------
 
     async def _signal(self, delivery: NatsDelivery, signal: bytes) -> None:
         nc = self._connection()
@@ -161,7 +235,7 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         """Tell the server, every third of ack_wait, which requests are still being worked on."""
         while True:
             await asyncio.sleep(self._settings.ack_wait / 3)
-            for delivery in list(self._unsettled):
+            for delivery in list(self.ledger.in_flight()):
                 with contextlib.suppress(TransportError):
                     await self._signal(delivery, IN_PROGRESS)
 
@@ -182,32 +256,32 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         except NATS_ERRORS as exc:
             raise TransportError(f"can't store a dead letter in JetStream: {exc!r}") from exc
 
-    async def stop_receiving(self) -> None:
+    # --- stopping ----------------------------------------------------------------------------
+
+    async def _stop_taking(self) -> None:
         # Messages of pulls still open at the server keep coming for up to PULL_EXPIRES:
         # `_arrived` keeps them, and `aclose` gives them back.
-        self._deliver = None
         self._wake.set()
         if self._tasks:
             self._tasks[0].cancel()
+        if self._recovering is not None:
+            self._recovering.cancel()
 
-    async def aclose(self) -> None:
-        await self.stop_receiving()
+    async def _give_back(self, deliveries: list[NatsDelivery]) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._nc is not None and (self._unsettled or self._returned):
+        returned, self._returned = [*deliveries, *self._returned], []
+        if self._nc is not None and returned:
             await self._outlive_pulls()
-            for delivery in [*self._unsettled, *self._returned]:
+            for delivery in returned:
                 with contextlib.suppress(TransportError):
                     await self._signal(delivery, NAK)
         sub, self._sub = self._sub, None
         if sub is not None and self._nc is not None:
             with contextlib.suppress(*NATS_ERRORS):
                 await sub.unsubscribe()
-        self._unsettled.clear()
-        self._returned.clear()
-        await self._disconnect()
 
     async def _outlive_pulls(self) -> None:
         """Wait until the server has ended our pull requests (they expire within seconds).

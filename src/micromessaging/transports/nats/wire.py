@@ -11,9 +11,10 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
+from .._shared import UrlOptions, decode_deadline, encode_deadline
 
 DEADLINE = "Mm-Deadline"
 """Integer milliseconds since the Unix epoch after which the caller no longer waits."""
@@ -27,6 +28,8 @@ REASON = "Mm-Reason"
 """On a dead letter: why the worker gave up on the request."""
 NATS_STATUS = "Status"
 """The header nats-py fills from the server's inline status line (503: no responders)."""
+NATS_DESCRIPTION = "Description"
+"""The header nats-py fills with the status line's text (409 "Consumer Deleted")."""
 NO_RESPONDERS = "503"
 
 
@@ -45,8 +48,17 @@ DEAD_LETTER_PREFIX = "mm.dead."
 DEFAULT_INBOX_PREFIX = "_INBOX"
 DEFAULT_ACK_WAIT = 10.0
 CONSUMER_NAME = "mm-workers"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+URL_OPTIONS = frozenset(
+    {
+        "jetstream",
+        "ack_wait",
+        "inbox_prefix",
+        "tls_insecure",
+        "reconnect_wait",
+        "connect_timeout",
+        "backlog",
+    }
+)
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -65,31 +77,6 @@ class NatsSettings:
     """Core-mode workers: requests held beyond the concurrency before bouncing (None: 1024)."""
 
 
-def _flag(name: str, value: str) -> bool:
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigurationError(f"NATS URL option {name}={value!r} is not a yes or no")
-
-
-def _seconds(name: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if seconds <= 0:
-        raise ConfigurationError(f"NATS URL option {name}={value!r} is not a positive number")
-    return seconds
-
-
-def _count(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise ConfigurationError(f"NATS URL option {name}={value!r} is not a whole number")
-    return int(value)
-
-
 def parse_url(url: str) -> NatsSettings:
     """Settings from ``nats://[user:pass@]host[:port][,host2:port2...][?option=value...]``.
 
@@ -101,19 +88,7 @@ def parse_url(url: str) -> NatsSettings:
     scheme = parts.scheme.lower()
     if scheme not in ("nats", "tls"):
         raise ConfigurationError(f"not a NATS URL: {url!r}")
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    known = {
-        "jetstream",
-        "ack_wait",
-        "inbox_prefix",
-        "tls_insecure",
-        "reconnect_wait",
-        "connect_timeout",
-        "backlog",
-    }
-    unknown = set(options) - known
-    if unknown:
-        raise ConfigurationError(f"unknown NATS URL options: {', '.join(sorted(unknown))}")
+    options, _ = UrlOptions.split(url, URL_OPTIONS, what="NATS", strict=True)
     userinfo, _, hosts = parts.netloc.rpartition("@")
     prefix = f"{userinfo}@" if userinfo else ""
     # Several servers of one cluster: nats://a:4222,b:4222 (credentials apply to each).
@@ -123,21 +98,21 @@ def parse_url(url: str) -> NatsSettings:
     tls: ssl.SSLContext | None = None
     if scheme == "tls":
         tls = ssl.create_default_context()
-        if _flag("tls_insecure", options.get("tls_insecure", "0")):
+        if options.flag("tls_insecure", False):
             tls.check_hostname = False
             tls.verify_mode = ssl.CERT_NONE
-    inbox_prefix = options.get("inbox_prefix", DEFAULT_INBOX_PREFIX)
+    inbox_prefix = options.text("inbox_prefix", DEFAULT_INBOX_PREFIX) or ""
     if not inbox_prefix or any(c in inbox_prefix for c in " *>\t\r\n"):
         raise ConfigurationError(f"bad NATS inbox_prefix {inbox_prefix!r}")
     return NatsSettings(
         servers=servers,
-        jetstream=_flag("jetstream", options.get("jetstream", "0")),
-        ack_wait=_seconds("ack_wait", options.get("ack_wait", str(DEFAULT_ACK_WAIT))),
+        jetstream=options.flag("jetstream", False),
+        ack_wait=options.seconds("ack_wait", DEFAULT_ACK_WAIT),
         inbox_prefix=inbox_prefix,
         tls=tls,
-        reconnect_wait=_seconds("reconnect_wait", options.get("reconnect_wait", "0.5")),
-        connect_timeout=_seconds("connect_timeout", options.get("connect_timeout", "2")),
-        backlog=_count("backlog", options["backlog"]) if "backlog" in options else None,
+        reconnect_wait=options.seconds("reconnect_wait", 0.5),
+        connect_timeout=options.seconds("connect_timeout", 2.0),
+        backlog=options.count("backlog", 0) if "backlog" in options else None,
     )
 
 
@@ -166,18 +141,12 @@ def dead_letter_stream_name(queue: str) -> str:
 
 def deadline_header(deadline: float | None) -> dict[str, str]:
     """The headers carrying `deadline` (epoch seconds)."""
-    return {} if deadline is None else {DEADLINE: str(int(deadline * 1000))}
+    return {} if deadline is None else {DEADLINE: str(encode_deadline(deadline))}
 
 
 def read_deadline(headers: Mapping[str, str] | None) -> float | None:
-    """The deadline a message carries, in epoch seconds; None when absent or unreadable."""
-    raw = headers.get(DEADLINE) if headers else None
-    if raw is None:
-        return None
-    try:
-        return int(raw) / 1000
-    except ValueError:
-        return None
+    """The deadline a message carries, in epoch seconds (the shared rule)."""
+    return decode_deadline(headers.get(DEADLINE)) if headers else None
 
 
 def read_count(headers: Mapping[str, str] | None) -> int:

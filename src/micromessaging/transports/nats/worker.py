@@ -3,11 +3,11 @@
 Core NATS pushes every message of a queue group to one member chosen by the server, whether
 or not that member is busy, and keeps nothing. So the transport holds at most
 ``concurrency`` unsettled deliveries plus a backlog (1024 unless the URL's ``backlog``
-says otherwise), and bounces anything
-beyond (an empty reply with ``Mm-Status: busy``): the caller sends it again, and the server
-may pick a worker with room. On stop the backlog is bounced the same way, so a draining
-worker hands its waiting requests to the others; on close, requests handed over and never
-settled are bounced with ``requeue`` (sent again with the delivery count raised).
+says otherwise), and bounces anything beyond (an empty reply with ``Mm-Status: busy``): the
+caller sends it again, and the server may pick a worker with room. On stop the backlog is
+bounced the same way, so a draining worker hands its waiting requests to the others; on
+close, requests handed over and never settled are bounced with ``requeue`` (sent again with
+the delivery count raised).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ..._exceptions import TransportError
-from ..base import Delivery, Slots, WorkerOptions, WorkerTransport
+from .._shared import LedgerDelivery, WorkerTransportBase
+from ..base import WorkerOptions
 from . import wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 
@@ -35,7 +35,7 @@ DEFAULT_BACKLOG = 1024
 """Requests a core worker holds beyond its concurrency before bouncing more (URL: backlog)."""
 
 
-class NatsDelivery(Delivery):
+class NatsDelivery(LedgerDelivery):
     """A request handed to a NATS worker."""
 
     def __init__(
@@ -45,7 +45,7 @@ class NatsDelivery(Delivery):
         reply_to: str | None,
         delivery_count: int,
     ) -> None:
-        self._transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.msg = msg
         self.reply_to = reply_to
         self.body = msg.data
@@ -56,29 +56,15 @@ class NatsDelivery(Delivery):
     def can_reply(self) -> bool:
         return bool(self.reply_to)
 
-    async def complete(self, reply: bytes | None) -> None:
-        await self._transport.settle(self, reply)
 
-    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
-        try:
-            await self._transport.keep_dead_letter(self, reason)
-        except BaseException:
-            self._transport.release(self)
-            raise
-        await self.complete(reply)
-
-
-class NatsWorkerBase(WorkerTransport):
-    """What the core and JetStream workers share: connection, replies, slots."""
+class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
+    """What the core and JetStream workers share: connection, replies, dead letters."""
 
     def __init__(self, url: str, options: WorkerOptions) -> None:
+        super().__init__(options)
         self._settings = wire.parse_url(url)
-        self.queue = wire.check_queue(options.queue)
-        self._options = options
+        wire.check_queue(options.queue)
         self._nc: NATS | None = None
-        self._deliver: Callable[[Delivery], None] | None = None
-        self._slots = Slots(options.concurrency)
-        self._unsettled: set[NatsDelivery] = set()
 
     def _connection(self) -> NATS:
         if self._nc is None:
@@ -95,12 +81,6 @@ class NatsWorkerBase(WorkerTransport):
 
     async def _reconnected(self) -> None:
         logger.info("worker of %r reconnected to NATS", self.queue)
-
-    def _hand_over(self, delivery: NatsDelivery) -> None:
-        assert self._deliver is not None
-        self._slots.take()
-        self._unsettled.add(delivery)
-        self._deliver(delivery)
 
     async def publish_reply(self, delivery: NatsDelivery, reply: bytes | None) -> None:
         """Send `reply` to the delivery's reply subject (when it has one)."""
@@ -120,26 +100,16 @@ class NatsWorkerBase(WorkerTransport):
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish a reply on NATS: {exc!r}") from exc
 
-    async def settle(self, delivery: NatsDelivery, reply: bytes | None) -> None:
-        """Publish the reply and acknowledge (JetStream), then free the delivery's slot."""
-        try:
-            await self.publish_reply(delivery, reply)
-            await self._acknowledge(delivery)
-        finally:
-            self.release(delivery)
+    async def _complete(self, delivery: NatsDelivery, reply: bytes | None) -> None:
+        await self.publish_reply(delivery, reply)
+        await self._acknowledge(delivery)
 
     async def _acknowledge(self, delivery: NatsDelivery) -> None:
         """Core NATS has nothing to acknowledge."""
 
-    def release(self, delivery: NatsDelivery) -> None:
-        """Forget a settled delivery and free its slot."""
-        if delivery in self._unsettled:
-            self._unsettled.discard(delivery)
-            self._slots.release()
-            self._slot_freed()
-
-    def _slot_freed(self) -> None:
-        """A slot is free: take more work."""
+    async def _bury(self, delivery: NatsDelivery, reason: str, reply: bytes | None) -> None:
+        await self.keep_dead_letter(delivery, reason)
+        await self._complete(delivery, reply)
 
     async def keep_dead_letter(self, delivery: NatsDelivery, reason: str) -> None:
         """Publish the request on the queue's dead-letter subject, with the reason."""
@@ -173,9 +143,8 @@ class NatsWorkerTransport(NatsWorkerBase):
         self._sub: Subscription | None = None
         self.dropped = 0
 
-    async def start(self, deliver: Callable[[Delivery], None]) -> None:
+    async def _open(self) -> None:
         nc = await self._connect()
-        self._deliver = deliver
         try:
             self._sub = await nc.subscribe(self.queue, queue=self.queue, cb=self._arrived)
             await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
@@ -185,18 +154,22 @@ class NatsWorkerTransport(NatsWorkerBase):
 
     async def _arrived(self, msg: Msg) -> None:
         delivery = NatsDelivery(self, msg, msg.reply or None, wire.read_count(msg.headers))
-        if self._deliver is None:
+        slots = self.ledger.slots
+        assert slots is not None
+        if not self.receiving:
             await self._bounce(delivery, wire.Bounce.BUSY)
-        elif self._slots.free > 0:
-            self._hand_over(delivery)
+        elif slots.free > 0:
+            self.hand_over(delivery)
         elif len(self._backlog) < self._backlog_limit:
             self._backlog.append(delivery)
         else:
             await self._bounce(delivery, wire.Bounce.BUSY)
 
     def _slot_freed(self) -> None:
-        while self._backlog and self._deliver is not None and self._slots.free > 0:
-            self._hand_over(self._backlog.popleft())
+        slots = self.ledger.slots
+        assert slots is not None
+        while self._backlog and self.receiving and slots.free > 0:
+            self.hand_over(self._backlog.popleft())
 
     async def _bounce(self, delivery: NatsDelivery, status: str) -> None:
         if not delivery.reply_to:
@@ -204,11 +177,10 @@ class NatsWorkerTransport(NatsWorkerBase):
             self.dropped += 1
             logger.warning("dropped a notification on %r: worker full or stopping", self.queue)
             return
-        with contextlib.suppress(*NATS_ERRORS):
+        with contextlib.suppress(*NATS_ERRORS, TransportError):
             await self._connection().publish(delivery.reply_to, b"", headers={wire.STATUS: status})
 
-    async def stop_receiving(self) -> None:
-        self._deliver = None
+    async def _stop_taking(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
             # Drain: the server stops sending, and what it already sent comes through
@@ -218,13 +190,10 @@ class NatsWorkerTransport(NatsWorkerBase):
         while self._backlog:
             await self._bounce(self._backlog.popleft(), wire.Bounce.BUSY)
 
-    async def aclose(self) -> None:
-        await self.stop_receiving()
+    async def _give_back(self, deliveries: list[NatsDelivery]) -> None:
         if self._nc is not None:
-            for delivery in list(self._unsettled):
+            for delivery in deliveries:
                 await self._bounce(delivery, wire.Bounce.REQUEUE)
-        self._unsettled.clear()
-        await self._disconnect()
 
     def describe(self) -> str:
         return f"NATS queue group {self.queue!r} at {where(self._settings)}, at most once"

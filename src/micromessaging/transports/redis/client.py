@@ -1,4 +1,5 @@
-"""The caller's end of the Redis transport, in its two wire forms.
+"""The caller's end of the Redis transport, in its two wire forms (async; `sync_client` is
+the blocking twin, and `calls` the core both share).
 
 `RedisClientTransport` (the default): every request is an envelope naming this client's one
 reply list and a correlation id; one reader task drains that list many replies per round
@@ -20,25 +21,20 @@ import time
 import redis.asyncio as aioredis
 
 from ..._exceptions import CallTimeout, TransportError
-from ..base import ClientTransport, ReplyRouter, connection_lost
-from . import wire
+from .._shared import Backoff, ReplyRouter, connection_lost
+from ..base import ClientTransport
+from . import calls, wire
 from .connection import (
     CONNECTION_ERRORS,
     LINK_ERRORS,
     REPLY_BLOCK_SECONDS,
-    Backoff,
     Batcher,
     RedisSettings,
     close_client,
-    transport_error,
 )
 from .link import Link
 
 logger = logging.getLogger("micromessaging.transport.redis")
-
-REPLY_BATCH = 512
-"""The most replies one read takes from the reply list."""
-SEED_MAX_CONNECTIONS = 64
 
 # (queue, message, future, whether the future waits for a reply rather than for the push)
 _Push = tuple[str, bytes, "asyncio.Future[bytes] | asyncio.Future[None]", bool]
@@ -49,6 +45,7 @@ class RedisClientTransport(ClientTransport):
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
+        self._failures = calls.Failures(settings)
         self.client_id = secrets.token_hex(8)
         self.reply_list = wire.reply_key(self.client_id)
         self._prefix = wire.request_prefix(self.reply_list)
@@ -60,20 +57,20 @@ class RedisClientTransport(ClientTransport):
         self._open = False
 
     async def connect(self) -> None:
-        pool = self._settings.pool(f"mm:client:{self.client_id}")
+        pool = self._settings.pool(calls.client_name(self.client_id))
         self._push_link = Link(pool)
         self._read_link = Link(pool, block=REPLY_BLOCK_SECONDS)
         try:
             await self._push_link.command("PING")
         except CONNECTION_ERRORS as exc:
             await self._close_connections()
-            raise transport_error(f"cannot reach Redis at {self._settings.display}", exc) from exc
+            raise self._failures.unreachable(exc) from exc
         self._open = True
         self._reader_task = asyncio.create_task(self._read_replies())
 
     async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
         if not self._open:
-            raise TransportError("the Redis client is closed")
+            raise self._failures.closed()
         correlation_id, future = self._router.expect(deadline)
         message = wire.encode_request_fast(self._prefix, correlation_id, deadline, body)
         try:
@@ -85,21 +82,16 @@ class RedisClientTransport(ClientTransport):
 
     async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
         if not self._open:
-            raise TransportError("the Redis client is closed")
-        # A bare body is the seed form; a header without reply_to carries just the deadline.
-        message = body if deadline is None else wire.encode_request(body, None, None, deadline)
+            raise self._failures.closed()
         pushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._pusher.send((queue, message, pushed, False))
+        await self._pusher.send((queue, calls.notification(body, deadline), pushed, False))
         await pushed
 
     async def _push(self, batch: list[_Push]) -> None:
         """LPUSH everything that waited, one command per queue, in one round trip."""
         link = self._push_link
         assert link is not None
-        by_queue: dict[str, list[bytes]] = {}
-        for queue, message, _, _ in batch:
-            by_queue.setdefault(queue, []).append(message)
-        commands = [("LPUSH", queue, *messages) for queue, messages in by_queue.items()]
+        commands = calls.push_commands((queue, message) for queue, message, _, _ in batch)
         try:
             try:
                 replies = await link.pipeline(*commands)
@@ -112,11 +104,10 @@ class RedisClientTransport(ClientTransport):
                 if isinstance(reply, Exception):
                     raise reply
         except CONNECTION_ERRORS as exc:
+            error = self._failures.sending(exc)
             for _, _, future, _ in batch:
                 if not future.done():
-                    future.set_exception(
-                        transport_error(f"sending to Redis at {self._settings.display}", exc)
-                    )
+                    future.set_exception(error)
             return
         for _, _, future, awaits_reply in batch:
             if not awaits_reply and not future.done():
@@ -126,24 +117,19 @@ class RedisClientTransport(ClientTransport):
         """Drain the reply list into the waiting calls; on a lost link, fail them and retry."""
         link = self._read_link
         assert link is not None
+        command = calls.read_command(self.reply_list, REPLY_BLOCK_SECONDS)
         backoff = Backoff()
         while self._open:
             try:
-                got = await link.command(
-                    "BLMPOP",
-                    REPLY_BLOCK_SECONDS,
-                    1,
-                    self.reply_list,
-                    "LEFT",
-                    "COUNT",
-                    REPLY_BATCH,
-                )
+                got = await link.command(*command)
             except CONNECTION_ERRORS as exc:
                 if not self._open:
                     return
-                # Replies to calls already sent may be lost with the link (a restarted Redis
-                # forgets the queue too): fail them now rather than let them wait it out.
-                self._router.fail_all(connection_lost(f"Redis at {self._settings.display}", exc))
+                if calls.replies_may_be_lost(exc):
+                    # Replies to calls already sent may be lost with the link (a restarted
+                    # Redis forgets the queue too): fail them now, not at their deadlines.
+                    self._router.fail_all(connection_lost(self._failures.where, exc))
+                # Otherwise Redis refuses for the moment (a failover): the replies wait.
                 if backoff.failures == 0:
                     logger.warning("reading replies from Redis failed (%s); reconnecting", exc)
                 await asyncio.sleep(backoff.failed())
@@ -153,11 +139,20 @@ class RedisClientTransport(ClientTransport):
             if got:
                 if len(got[1]) > 1:
                     self._pusher.hold_for_this_round()  # the woken callers' next calls
-                for message in got[1]:
-                    self._router.resolve(*wire.decode_reply(message))
+                for correlation_id, reply in calls.replies(got):
+                    self._router.resolve(correlation_id, reply)
                 # Let the woken callers run (and send their next requests) before this loop
                 # asks for more: the next BLMPOP then costs no caller any latency.
                 await asyncio.sleep(0)
+
+    async def check(self) -> None:
+        link = self._push_link
+        if not self._open or link is None:
+            raise self._failures.closed()
+        try:
+            await link.command("PING")
+        except CONNECTION_ERRORS as exc:
+            raise self._failures.silent(exc) from exc
 
     async def aclose(self) -> None:
         if not self._open and self._push_link is None:
@@ -194,37 +189,33 @@ class RedisSeedClientTransport(ClientTransport):
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
+        self._failures = calls.Failures(settings)
         self._redis: aioredis.Redis | None = None
         self._open = False
 
     async def connect(self) -> None:
-        try:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self._settings.url,
-                max_connections=SEED_MAX_CONNECTIONS,
-                timeout=None,  # wait for a free connection; each call's deadline bounds it
-                client_name=f"mm:seed-client:{secrets.token_hex(4)}",
-            )
-        except (ValueError, TypeError) as exc:
-            raise transport_error(f"bad Redis URL {self._settings.display}", exc) from exc
-        # BRPOP holds the read open until the call's deadline, which the call enforces.
-        pool.connection_kwargs["socket_timeout"] = None
+        pool = self._settings.configure(
+            aioredis.BlockingConnectionPool,
+            f"mm:seed-client:{secrets.token_hex(4)}",
+            retries=0,  # a BRPOP retried on a new connection would outlive `aclose`
+            read_timeout=False,  # a BRPOP reads until the call's deadline, which bounds it
+            max_connections=calls.SEED_MAX_CONNECTIONS,
+            timeout=None,  # wait for a free connection; each call's deadline bounds it
+        )
         self._redis = aioredis.Redis(connection_pool=pool)
         try:
             await self._redis.ping()
         except CONNECTION_ERRORS as exc:
             await close_client(self._redis)
             self._redis = None
-            raise transport_error(f"cannot reach Redis at {self._settings.display}", exc) from exc
+            raise self._failures.unreachable(exc) from exc
         self._open = True
 
     async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
         redis_client = self._redis
         if not self._open or redis_client is None:
-            raise TransportError("the Redis client is closed")
-        reply_list = wire.seed_reply_list(body)
-        if reply_list is None:
-            raise TransportError("wire=seed sends only requests with a string or integer id")
+            raise self._failures.closed()
+        reply_list = calls.seed_reply_list(body)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.time()) + 1.0):
                 await redis_client.lpush(queue, body)
@@ -237,7 +228,7 @@ class RedisSeedClientTransport(ClientTransport):
         except CONNECTION_ERRORS as exc:
             if not self._open:
                 raise TransportError("client closed") from exc
-            raise transport_error(f"calling over Redis at {self._settings.display}", exc) from exc
+            raise self._failures.sending(exc) from exc
         if got is None:
             raise CallTimeout("no reply before the deadline")
         reply: bytes = got[1]  # type: ignore[assignment]
@@ -245,11 +236,19 @@ class RedisSeedClientTransport(ClientTransport):
 
     async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
         if not self._open or self._redis is None:
-            raise TransportError("the Redis client is closed")
+            raise self._failures.closed()
         try:
             await self._redis.lpush(queue, body)
         except CONNECTION_ERRORS as exc:
-            raise transport_error(f"sending to Redis at {self._settings.display}", exc) from exc
+            raise self._failures.sending(exc) from exc
+
+    async def check(self) -> None:
+        if not self._open or self._redis is None:
+            raise self._failures.closed()
+        try:
+            await self._redis.ping()
+        except CONNECTION_ERRORS as exc:
+            raise self._failures.silent(exc) from exc
 
     async def aclose(self) -> None:
         self._open = False

@@ -16,21 +16,32 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._exceptions import ConfigurationError, TransportError
 from ..._settings import mask_password
+from .._shared import UrlOptions
+from . import compat
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
 T = TypeVar("T")
+P = TypeVar("P", aioredis.ConnectionPool, redis.ConnectionPool)
 
 DEFAULT_HEARTBEAT = 10.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
@@ -39,7 +50,6 @@ says otherwise (``socket_timeout``, ``socket_connect_timeout``)."""
 BLOCK_SECONDS = 1
 """How long one blocking pop waits in Redis, so that loops notice a stop or a lost link."""
 REPLY_BLOCK_SECONDS = 2
-RECONNECT_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 OUR_OPTIONS = frozenset({"wire", "heartbeat"})
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -50,6 +60,22 @@ LINK_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 """The errors of a broken link, as opposed to a command Redis refused."""
+REFUSALS_FOR_NOW: tuple[type[BaseException], ...] = (
+    ReadOnlyError,  # a replica, during a failover (or REPLICAOF)
+    BusyLoadingError,  # loading its data after a restart
+    MasterDownError,
+    OutOfMemoryError,  # maxmemory reached with noeviction: replies expire, memory frees
+    TryAgainError,
+    ClusterDownError,
+)
+_TRY_AGAIN_CODES = frozenset({"BUSY", "NOREPLICAS", "MISCONF"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a Redis error means "try again": a broken link, or a refusal for the moment."""
+    if isinstance(exc, LINK_ERRORS + REFUSALS_FOR_NOW):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0] in _TRY_AGAIN_CODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,45 +92,51 @@ class RedisSettings:
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
         """Read our options from `url`'s query; `ConfigurationError` when one is wrong."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss"):
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss"):
             raise ConfigurationError(f"not a redis:// or rediss:// URL: {mask_password(url)}")
-        ours: dict[str, str] = {}
-        theirs: list[tuple[str, str]] = []
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name in OUR_OPTIONS:
-                ours[name] = value
-            else:
-                theirs.append((name, value))
-        wire = ours.get("wire", "envelope")
-        if wire not in ("envelope", "seed"):
-            raise ConfigurationError(f"wire must be 'envelope' or 'seed', not {wire!r}")
-        try:
-            heartbeat = float(ours.get("heartbeat", DEFAULT_HEARTBEAT))
-        except ValueError:
-            raise ConfigurationError(
-                f"heartbeat must be seconds, not {ours['heartbeat']!r}"
-            ) from None
-        if not 0.3 <= heartbeat <= 3600:
-            raise ConfigurationError("heartbeat must be between 0.3 and 3600 seconds")
-        clean = urlunsplit(parts._replace(query=urlencode(theirs)))
+        options, clean = UrlOptions.split(url, OUR_OPTIONS, what="Redis")
+        wire = options.choice("wire", "envelope", ("envelope", "seed"))
+        heartbeat = options.seconds("heartbeat", DEFAULT_HEARTBEAT, minimum=0.3, maximum=3600)
         return cls(clean, mask_password(clean), wire, heartbeat)
 
-    def pool(self, name: str, *, retries: int = 2) -> aioredis.ConnectionPool:
-        """A redis-py connection pool for this URL; its connections call themselves `name`."""
-        kwargs: dict[str, Any] = {
-            "client_name": name,
-            "retry": Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), retries),
-        }
+    def configure(
+        self,
+        pool_class: type[P],
+        name: str,
+        *,
+        retries: int = 2,
+        block: float = 0.0,
+        read_timeout: bool = True,
+        **extra: Any,
+    ) -> P:
+        """A redis-py pool (async or blocking, `pool_class`) for this URL: the one way every
+        client and worker of ours gets its connections, so that they agree on every option.
+
+        Its connections call themselves `name`. `block`: seconds a blocking command may
+        wait in Redis, added to the read timeout; `read_timeout=False` for connections
+        whose reads the caller bounds itself.
+        """
         try:
-            pool = aioredis.ConnectionPool.from_url(self.url, **kwargs)
+            pool = pool_class.from_url(
+                self.url, client_name=name, retry=compat.retry(pool_class, retries), **extra
+            )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis URL {self.display}: {exc}") from exc
+        kwargs = pool.connection_kwargs
         # redis-py waits for ever by default: a Redis that stops answering would hang us.
         for option in ("socket_timeout", "socket_connect_timeout"):
-            if pool.connection_kwargs.get(option) is None:
-                pool.connection_kwargs[option] = DEFAULT_SOCKET_TIMEOUT
+            if kwargs.get(option) is None:
+                kwargs[option] = DEFAULT_SOCKET_TIMEOUT
+        if not read_timeout:
+            kwargs["socket_timeout"] = None
+        elif block:
+            kwargs["socket_timeout"] += block
         return pool
+
+    def pool(self, name: str, *, retries: int = 2) -> aioredis.ConnectionPool:
+        """An async connection pool for this URL (see `configure`)."""
+        return self.configure(aioredis.ConnectionPool, name, retries=retries)
 
     def client(self, pool: aioredis.ConnectionPool) -> aioredis.Redis:
         """A redis-py client over `pool`, for commands off the hot path."""
@@ -124,24 +156,6 @@ async def close_client(client: aioredis.Redis | None) -> None:
         await client.aclose(close_connection_pool=True)
     except CONNECTION_ERRORS as exc:
         logger.debug("closing a Redis connection: %s", exc)
-
-
-class Backoff:
-    """Growing pauses between reconnection attempts, reset by a success."""
-
-    def __init__(self) -> None:
-        self.failures = 0
-
-    def failed(self) -> float:
-        """Count a failure; the seconds to wait before the next attempt."""
-        delay = RECONNECT_DELAYS[min(self.failures, len(RECONNECT_DELAYS) - 1)]
-        self.failures += 1
-        return delay
-
-    def succeeded(self) -> bool:
-        """Reset; whether there had been failures (so the recovery can be logged)."""
-        had_failed, self.failures = self.failures > 0, 0
-        return had_failed
 
 
 class Batcher(Generic[T]):

@@ -17,6 +17,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from . import compat
+
 DEFAULT_COMMAND_TIMEOUT = 5.0
 
 
@@ -48,7 +50,7 @@ class Link:
         self._connection: Any = None
 
     async def _connect(self) -> Any:
-        connection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        connection = compat.new_connection(self._pool)
         # Our asyncio.timeout bounds each exchange; redis-py's own would add a task per write.
         connection.socket_timeout = None
         try:
@@ -105,7 +107,7 @@ class Link:
         """Close the connection; the next command makes a new one."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection._close()  # synchronous: safe even while being cancelled
+            compat.drop_now(connection)  # synchronous: safe even while being cancelled
 
     async def aclose(self) -> None:
         """Close the connection."""

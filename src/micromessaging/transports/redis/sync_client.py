@@ -20,27 +20,19 @@ import time
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
-from redis.retry import Retry
 
-from ..._exceptions import CallTimeout, ConfigurationError, TransportError
+from ..._exceptions import CallTimeout, TransportError
 from ..base import SyncClientTransport
-from . import wire
-from .connection import (
-    CONNECTION_ERRORS,
-    DEFAULT_SOCKET_TIMEOUT,
-    REPLY_BLOCK_SECONDS,
-    RedisSettings,
-    transport_error,
-)
+from . import calls, compat, wire
+from .connection import CONNECTION_ERRORS, REPLY_BLOCK_SECONDS, RedisSettings
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
-SEED_MAX_CONNECTIONS = 64
 MAX_CONNECTIONS = 16
 """Pushes are short, so this many connections serve any number of calling threads."""
-REPLY_BATCH = 512
+REFUSED_READ_PAUSE = 0.1
+"""Seconds between reads of the reply list while Redis refuses them for the moment."""
 
 
 class _Waiter:
@@ -59,6 +51,7 @@ class RedisSyncClientTransport(SyncClientTransport):
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
+        self._failures = calls.Failures(settings)
         self.client_id = secrets.token_hex(8)
         self.reply_list = wire.reply_key(self.client_id)
         self._prefix = wire.request_prefix(self.reply_list)
@@ -73,23 +66,13 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._reader: redis.Redis | None = None
 
     def connect(self) -> None:
-        name = f"mm:client:{self.client_id}"
-        retry = Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.25), 2)
-        try:
-            pool = redis.BlockingConnectionPool.from_url(
-                self._settings.url, max_connections=MAX_CONNECTIONS, client_name=name, retry=retry
-            )
-            reader_pool = redis.ConnectionPool.from_url(
-                self._settings.url, client_name=name, retry=Retry(ExponentialWithJitterBackoff(), 0)
-            )
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"bad Redis URL {self._settings.display}: {exc}") from exc
-        for option in ("socket_timeout", "socket_connect_timeout"):
-            for each in (pool, reader_pool):
-                if each.connection_kwargs.get(option) is None:
-                    each.connection_kwargs[option] = DEFAULT_SOCKET_TIMEOUT
-        timeout = reader_pool.connection_kwargs["socket_timeout"]
-        reader_pool.connection_kwargs["socket_timeout"] = timeout + REPLY_BLOCK_SECONDS
+        name = calls.client_name(self.client_id)
+        pool = self._settings.configure(
+            redis.BlockingConnectionPool, name, max_connections=MAX_CONNECTIONS
+        )
+        reader_pool = self._settings.configure(
+            redis.ConnectionPool, name, retries=0, block=REPLY_BLOCK_SECONDS
+        )
         self._redis = redis.Redis(connection_pool=pool)
         try:
             self._redis.ping()
@@ -98,12 +81,12 @@ class RedisSyncClientTransport(SyncClientTransport):
         except CONNECTION_ERRORS as exc:
             reader_pool.disconnect()
             self.close()
-            raise transport_error(f"cannot reach Redis at {self._settings.display}", exc) from exc
+            raise self._failures.unreachable(exc) from exc
 
     def request(self, queue: str, body: bytes, deadline: float) -> bytes:
         redis_client = self._redis
         if self._closed or redis_client is None:
-            raise TransportError("the Redis client is closed")
+            raise self._failures.closed()
         cid = next(self._cids)
         waiter = _Waiter()
         message = wire.encode_request_fast(self._prefix, cid, deadline, body)
@@ -147,23 +130,17 @@ class RedisSyncClientTransport(SyncClientTransport):
                     self._pushing = False
                     return
             try:
-                if len(batch) == 1:
-                    redis_client.lpush(batch[0][0], batch[0][1])
+                commands = calls.push_commands((name, item) for name, item, _ in batch)
+                if len(commands) == 1:
+                    compat.execute(redis_client, commands[0])
                 else:
-                    by_queue: dict[str, list[bytes]] = {}
-                    for name, item, _ in batch:
-                        by_queue.setdefault(name, []).append(item)
-                    if len(by_queue) == 1:
-                        [(name, items)] = by_queue.items()
-                        redis_client.lpush(name, *items)
-                    else:
-                        with redis_client.pipeline(transaction=False) as pipe:
-                            for name, items in by_queue.items():
-                                pipe.lpush(name, *items)
-                            pipe.execute()
+                    with redis_client.pipeline(transaction=False) as pipe:
+                        for command in commands:
+                            compat.execute(pipe, command)
+                        pipe.execute()
             except BaseException as exc:
                 broken = isinstance(exc, CONNECTION_ERRORS)
-                error = transport_error(f"sending to Redis at {self._settings.display}", exc)
+                error = self._failures.sending(exc)
                 with self._lock:
                     if not broken:  # interrupted: nobody is left to send what waits
                         batch += self._outbox
@@ -187,16 +164,14 @@ class RedisSyncClientTransport(SyncClientTransport):
         trips in one. Then the pusher's and the reader's roles go back as usual."""
         assert self._reader is not None
         try:
-            block = round(max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001), 3)
-            connection: Any = self._reader.connection
-            blmpop = ("BLMPOP", block, 1, self.reply_list, "LEFT", "COUNT", REPLY_BATCH)
+            block = max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001)
+            connection = compat.dedicated_connection(self._reader)
+            read = calls.read_command(self.reply_list, block)
             replies: list[Any] = []
             try:
                 try:
                     # Straight to the connection: a redis-py pipeline costs more than it saves.
-                    connection.send_packed_command(
-                        connection.pack_commands([("LPUSH", queue, message), blmpop])
-                    )
+                    compat.send_commands(connection, [("LPUSH", queue, message), read])
                 finally:
                     # The pusher's role goes back now, not after the reply: what other
                     # callers queued meanwhile must not wait for it.
@@ -208,25 +183,25 @@ class RedisSyncClientTransport(SyncClientTransport):
                         replies.append(exc)
             except CONNECTION_ERRORS as exc:
                 connection.disconnect()
-                self._fail_all(transport_error(f"calling over {self._settings.display}", exc))
+                self._fail_all(self._failures.reading(exc))
                 return
             pushed, got = replies
             if isinstance(pushed, Exception):
-                waiter.error = transport_error(f"sending to {self._settings.display}", pushed)
+                waiter.error = self._failures.sending(pushed)
             elif isinstance(got, Exception):
-                self._fail_all(transport_error(f"reading from {self._settings.display}", got))
-            elif got:
-                self._hand_out(got[1])
+                if calls.replies_may_be_lost(got):
+                    self._fail_all(self._failures.reading(got))
+            else:
+                self._hand_out(calls.replies(got))
         finally:
             with self._lock:
                 self._reading = False
                 self._pass_reading_on()
 
-    def _hand_out(self, messages: list[bytes]) -> None:
+    def _hand_out(self, replies: list[tuple[str | None, bytes]]) -> None:
         """Give each reply to the call waiting for it."""
         with self._lock:
-            for message in messages:
-                cid, reply = wire.decode_reply(message)
+            for cid, reply in replies:
                 other = self._pending.get(cid) if cid is not None else None
                 if other is not None and other.reply is None:
                     other.reply = reply
@@ -263,16 +238,15 @@ class RedisSyncClientTransport(SyncClientTransport):
             if block <= 0.001:
                 return
             try:
-                got: Any = self._reader.blmpop(
-                    round(block, 3), 1, self.reply_list, direction="LEFT", count=REPLY_BATCH
-                )
+                got = compat.execute(self._reader, calls.read_command(self.reply_list, block))
             except CONNECTION_ERRORS as exc:
-                self._fail_all(
-                    transport_error(f"reading replies from {self._settings.display}", exc)
-                )
-                return
-            if got:
-                self._hand_out(got[1])
+                if calls.replies_may_be_lost(exc):
+                    self._fail_all(self._failures.reading(exc))
+                    return
+                # Refused for the moment (a failover): the replies wait in their list.
+                time.sleep(min(REFUSED_READ_PAUSE, max(deadline - time.time(), 0)))
+                continue
+            self._hand_out(calls.replies(got))
 
     def _pass_reading_on(self) -> None:
         """With the lock held: when nobody reads replies, wake a waiting caller to do it."""
@@ -293,12 +267,11 @@ class RedisSyncClientTransport(SyncClientTransport):
 
     def send(self, queue: str, body: bytes, deadline: float | None) -> None:
         if self._closed or self._redis is None:
-            raise TransportError("the Redis client is closed")
-        message = body if deadline is None else wire.encode_request(body, None, None, deadline)
+            raise self._failures.closed()
         try:
-            self._redis.lpush(queue, message)
+            self._redis.lpush(queue, calls.notification(body, deadline))
         except CONNECTION_ERRORS as exc:
-            raise transport_error(f"sending to Redis at {self._settings.display}", exc) from exc
+            raise self._failures.sending(exc) from exc
 
     def close(self) -> None:
         self._closed = True
@@ -322,36 +295,30 @@ class RedisSeedSyncClientTransport(SyncClientTransport):
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
+        self._failures = calls.Failures(settings)
         self._redis: redis.Redis | None = None
 
     def connect(self) -> None:
-        try:
-            pool = redis.BlockingConnectionPool.from_url(
-                self._settings.url,
-                max_connections=SEED_MAX_CONNECTIONS,
-                timeout=None,
-                client_name=f"mm:seed-client:{secrets.token_hex(4)}",
-            )
-        except (ValueError, TypeError) as exc:
-            raise ConfigurationError(f"bad Redis URL {self._settings.display}: {exc}") from exc
-        # A BRPOP holds its read open until the call's deadline (plus a little slack).
-        pool.connection_kwargs["socket_timeout"] = None
-        if pool.connection_kwargs.get("socket_connect_timeout") is None:
-            pool.connection_kwargs["socket_connect_timeout"] = DEFAULT_SOCKET_TIMEOUT
+        pool = self._settings.configure(
+            redis.BlockingConnectionPool,
+            f"mm:seed-client:{secrets.token_hex(4)}",
+            retries=0,  # a BRPOP retried on a new connection would outlive `aclose`
+            read_timeout=False,  # a BRPOP reads until the call's deadline, which bounds it
+            max_connections=calls.SEED_MAX_CONNECTIONS,
+            timeout=None,
+        )
         self._redis = redis.Redis(connection_pool=pool)
         try:
             self._redis.ping()
         except CONNECTION_ERRORS as exc:
             self.close()
-            raise transport_error(f"cannot reach Redis at {self._settings.display}", exc) from exc
+            raise self._failures.unreachable(exc) from exc
 
     def request(self, queue: str, body: bytes, deadline: float) -> bytes:
         redis_client = self._redis
         if redis_client is None:
-            raise TransportError("the Redis client is closed")
-        reply_list = wire.seed_reply_list(body)
-        if reply_list is None:
-            raise TransportError("wire=seed sends only requests with a string or integer id")
+            raise self._failures.closed()
+        reply_list = calls.seed_reply_list(body)
         try:
             redis_client.lpush(queue, body)
             remaining = deadline - time.time()
@@ -361,7 +328,7 @@ class RedisSeedSyncClientTransport(SyncClientTransport):
         except CONNECTION_ERRORS as exc:
             if self._redis is None:
                 raise TransportError("client closed") from exc
-            raise transport_error(f"calling over Redis at {self._settings.display}", exc) from exc
+            raise self._failures.sending(exc) from exc
         if got is None:
             raise CallTimeout("no reply before the deadline")
         reply: bytes = got[1]
@@ -369,11 +336,11 @@ class RedisSeedSyncClientTransport(SyncClientTransport):
 
     def send(self, queue: str, body: bytes, deadline: float | None) -> None:
         if self._redis is None:
-            raise TransportError("the Redis client is closed")
+            raise self._failures.closed()
         try:
             self._redis.lpush(queue, body)
         except CONNECTION_ERRORS as exc:
-            raise transport_error(f"sending to Redis at {self._settings.display}", exc) from exc
+            raise self._failures.sending(exc) from exc
 
     def close(self) -> None:
         redis_client, self._redis = self._redis, None

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from .._shared import decode_deadline, encode_deadline
+
 VERSION = 1
 HEADER_LIMIT = 4096
 """How far into a message the LF ending an envelope header is looked for."""
@@ -87,7 +89,7 @@ def encode_request(
     if cid is not None:
         header["cid"] = cid
     if deadline is not None:
-        header["deadline"] = int(deadline * 1000)
+        header["deadline"] = encode_deadline(deadline)
     return orjson.dumps(header) + b"\n" + body
 
 
@@ -98,7 +100,7 @@ def request_prefix(reply_to: str) -> bytes:
 
 def encode_request_fast(prefix: bytes, cid: str, deadline: float, body: bytes) -> bytes:
     """`encode_request` for ids we made ourselves (no character needs escaping)."""
-    return b'%s%s","deadline":%d}\n%s' % (prefix, cid.encode(), int(deadline * 1000), body)
+    return b'%s%s","deadline":%d}\n%s' % (prefix, cid.encode(), encode_deadline(deadline), body)
 
 
 def encode_reply(cid: object, body: bytes) -> bytes:
@@ -135,11 +137,7 @@ def read_header(header: dict[str, object], queue: str) -> Envelope:
     version = header.get("mm")
     if version != VERSION or type(version) is not int:
         raise ValueError(f"unsupported envelope version {version!r}")
-    deadline = header.get("deadline")
-    if deadline is not None:
-        if type(deadline) is not int and type(deadline) is not float:
-            raise ValueError(f"deadline must be milliseconds since the epoch, not {deadline!r}")
-        deadline = deadline / 1000
+    deadline = decode_deadline(header.get("deadline"))
     count = header.get("n", 1)
     if type(count) is not int or count < 1:
         raise ValueError(f"n must be a positive integer, not {count!r}")

@@ -2,56 +2,50 @@
 
 A worker moves each message it takes from the queue into its own processing list (BLMOVE,
 or a script taking a batch when there is a backlog), so nothing it holds is lost if it dies
-(see `liveness`). Settling is one script run for every message finished since the
-last one went out: push each reply, set its list's expiry, remove the message from the
-processing list.
+(see `liveness`). Settling is one script run for every message finished since the last one
+went out: push each reply, set its list's expiry, remove the message from the processing
+list, and take as many new messages as the freed slots allow. The bookkeeping (slots,
+settle once, retries while Redis refuses for the moment, give-back) is the shared `Ledger`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from ..base import Delivery, Slots, WorkerOptions, WorkerTransport
-from . import scripts, wire
+from ..._exceptions import TransportError
+from .._shared import LedgerDelivery, WorkerTransportBase
+from ..base import WorkerOptions
+from . import calls, scripts, wire
 from .connection import (
     BLOCK_SECONDS,
     CONNECTION_ERRORS,
-    LINK_ERRORS,
-    Backoff,
     Batcher,
     RedisSettings,
     close_client,
-    transport_error,
+    is_transient,
 )
 from .link import Link, Script
 from .liveness import Liveness
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
-T = TypeVar("T")
-
 SETTLE = Script(scripts.SETTLE)
-CLOSE_WAIT = 5.0
-"""Seconds `aclose` waits for settles still being sent before giving back what is left."""
 
 
-class RedisDelivery(Delivery):
+class RedisDelivery(LedgerDelivery):
     """One message taken from a Redis queue into this worker's processing list."""
 
     def __init__(
         self, transport: RedisWorkerTransport, item: bytes, header: dict[str, object] | None
     ) -> None:
-        self._transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.item = item
         """The message exactly as it sits in the processing list (to remove it by value)."""
         self.header = header
@@ -59,7 +53,6 @@ class RedisDelivery(Delivery):
         self.cid: object = None
         self.envelope_reply = False
         self.refusal: str | None = None
-        self.settled = False
 
     @property
     def can_reply(self) -> bool:
@@ -71,13 +64,10 @@ class RedisDelivery(Delivery):
             return None
         return wire.encode_reply(self.cid, reply) if self.envelope_reply else reply
 
-    async def complete(self, reply: bytes | None) -> None:
-        await self._transport.settle(self, reply)
-
     async def dead_letter(self, reason: str, reply: bytes | None) -> None:
         if self.refusal is not None:
             reason = f"{reason} ({self.refusal})"
-        await self._transport.bury(self, reason, reply)
+        await super().dead_letter(reason, reply)
 
 
 @dataclass(slots=True)
@@ -90,33 +80,30 @@ class TakeStats:
     settled: int = 0
 
 
-class RedisWorkerTransport(WorkerTransport):
+class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
     """Takes messages from one Redis list, reliably, for one worker process."""
 
     def __init__(self, settings: RedisSettings, options: WorkerOptions) -> None:
+        super().__init__(options)
         self._settings = settings
-        self._options = options
-        self.queue = queue = options.queue
         self.worker_id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
-        self._processing = wire.processing_key(queue, self.worker_id)
-        self._dead = wire.dead_letter_key(queue)
-        self._slots = Slots(options.concurrency)
-        self._unsettled: set[RedisDelivery] = set()
+        self._processing = wire.processing_key(self.queue, self.worker_id)
+        self._dead = wire.dead_letter_key(self.queue)
         self._settler: Batcher[tuple[RedisDelivery, bytes | None]] = Batcher(self._send_settles)
         self.stats = TakeStats()
         self._redis: aioredis.Redis | None = None
         self._take_link: Link | None = None
         self._settle_link: Link | None = None
         self._liveness: Liveness | None = None
-        self._deliver: Callable[[Delivery], None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._rejects: set[asyncio.Task[None]] = set()
-        self._receiving = False
+
+    def _transient(self, exc: BaseException) -> bool:
+        return is_transient(exc)
 
     # --- start and stop ----------------------------------------------------------------------
 
-    async def start(self, deliver: Callable[[Delivery], None]) -> None:
-        self._deliver = deliver
+    async def _open(self) -> None:
         pool = self._settings.pool(f"mm:worker:{self.queue}:{self.worker_id}")
         self._redis = self._settings.client(pool)
         self._take_link = Link(pool, block=BLOCK_SECONDS)
@@ -125,13 +112,11 @@ class RedisWorkerTransport(WorkerTransport):
         try:
             await self._liveness.start()
         except CONNECTION_ERRORS as exc:
-            await self._close_connections()
-            raise transport_error(f"cannot reach Redis at {self._settings.display}", exc) from exc
-        self._receiving = True
+            await self._disconnect()
+            raise calls.unreachable(f"Redis at {self._settings.display}", exc) from exc
         self._consumer = asyncio.create_task(self._consume())
 
-    async def stop_receiving(self) -> None:
-        self._receiving = False
+    async def _stop_taking(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             # Safe at any point: a message the cancelled BLMOVE may have moved is in our
@@ -139,33 +124,31 @@ class RedisWorkerTransport(WorkerTransport):
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
 
-    async def aclose(self) -> None:
-        await self.stop_receiving()
+    async def _give_back(self, deliveries: list[RedisDelivery]) -> None:
         liveness, self._liveness = self._liveness, None
-        if liveness is not None:
-            await liveness.stop()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT):
-                await self._settler.flush()
-                if self._rejects:
-                    await asyncio.gather(*self._rejects, return_exceptions=True)
-        await self._settler.aclose()
-        if liveness is not None and await liveness.give_back([d.item for d in self._unsettled]):
-            self._unsettled.clear()
-        await self._close_connections()
-        stats = self.stats
-        logger.debug(
-            "worker %s took %d messages in %d takes, settled %d in %d runs",
-            self.worker_id, stats.taken, stats.takes, stats.settled, stats.settles,
-        )  # fmt: skip
+        if liveness is None:
+            return
+        await liveness.stop()
+        # Handed over and unsettled, they may have run: they count a delivery. What sits in
+        # the processing list besides (taken as we stopped) goes back uncounted.
+        await liveness.give_back([delivery.item for delivery in deliveries])
 
-    async def _close_connections(self) -> None:
+    async def _disconnect(self) -> None:
+        if self._liveness is not None:
+            await self._liveness.stop()
+            self._liveness = None
+        await self._settler.aclose()
         links, redis_client = (self._take_link, self._settle_link), self._redis
         self._take_link = self._settle_link = self._redis = None
         for link in links:
             if link is not None:
                 await link.aclose()
         await close_client(redis_client)
+        stats = self.stats
+        logger.debug(
+            "worker %s took %d messages in %d takes, settled %d in %d runs",
+            self.worker_id, stats.taken, stats.takes, stats.settled, stats.settles,
+        )  # fmt: skip
 
     def describe(self) -> str:
         return (
@@ -182,26 +165,24 @@ class RedisWorkerTransport(WorkerTransport):
         mostly waits for a free slot.
         """
         link = self._take_link
+        slots = self.ledger.slots
         assert link is not None
-        backoff = Backoff()
-        while self._receiving:
-            await self._slots.wait()
-            self._slots.take()  # reserved before asking, so a settle run can't take it too
+        assert slots is not None
+        while self.receiving:
+            await slots.wait()
+            slots.take()  # reserved before asking, so a settle run can't take it too
             try:
-                item = await link.command(
-                    "BLMOVE", self.queue, self._processing, "RIGHT", "LEFT", BLOCK_SECONDS
+                item = await self.ledger.retrying(
+                    "taking messages",
+                    lambda: link.command(
+                        "BLMOVE", self.queue, self._processing, "RIGHT", "LEFT", BLOCK_SECONDS
+                    ),
                 )
-            except CONNECTION_ERRORS as exc:
-                self._slots.release()
-                await self._pause("taking messages", exc, backoff)
-                continue
             except BaseException:
-                self._slots.release()
+                slots.release()
                 raise
-            if backoff.succeeded():
-                logger.info("taking messages from %r again", self.queue)
             if item is None:
-                self._slots.release()
+                slots.release()
                 continue
             self.stats.takes += 1
             self.stats.taken += 1
@@ -214,13 +195,16 @@ class RedisWorkerTransport(WorkerTransport):
         delivery = RedisDelivery(self, item, header)
         delivery.body = body
         problem = self._address(delivery)
-        if problem is not None:
+        if not self.receiving:
+            self.ledger.slots.release()  # type: ignore[union-attr]  # given back, unstarted
+        elif problem is None:
+            self.hand_over(delivery, reserved=True)
+        else:
+            # Refused before any worker sees it: dead-lettered here, its slot freed after.
+            self.ledger.admit(delivery, reserved=True)
             task = asyncio.create_task(self._reject(delivery, problem))
             self._rejects.add(task)
             task.add_done_callback(self._rejects.discard)
-            return
-        self._unsettled.add(delivery)
-        self._deliver(delivery)  # type: ignore[misc]
 
     def _address(self, delivery: RedisDelivery) -> str | None:
         """Fill in where the reply goes; the reason to dead-letter the message now, if any."""
@@ -238,7 +222,7 @@ class RedisWorkerTransport(WorkerTransport):
                 delivery.refusal = envelope.refusal
                 return None
         # The seed way: the reply goes to the list the request's id names.
-        size, limit = len(delivery.body), self._options.max_message_size
+        size, limit = len(delivery.body), self.options.max_message_size
         if size > limit:
             # Without parsing the body, which is too large to parse, there is no address.
             return f"seed-form message of {size} bytes exceeds the limit of {limit} bytes"
@@ -260,40 +244,42 @@ class RedisWorkerTransport(WorkerTransport):
         """Push the reply and remove the message from the processing list, in one step.
 
         When a settle run is already out, this one joins the next and returns at once: the
-        slot frees when it has gone out, and `aclose` waits for it.
+        slot frees when that run is done (`_send_settles`), and `aclose` waits for it.
         """
-        if delivery.settled:
-            logger.error("a message from %r was settled twice", self.queue)
-            return
-        delivery.settled = True
-        await self._settler.send((delivery, delivery.wire_reply(reply)))
-
-    def _release(self, delivery: RedisDelivery) -> None:
-        self._unsettled.discard(delivery)
-        self._slots.release()
+        if self.ledger.claim(delivery):
+            await self._settler.send((delivery, delivery.wire_reply(reply)))
 
     async def _send_settles(self, batch: list[tuple[RedisDelivery, bytes | None]]) -> None:
-        """Settle a batch, and take as many new messages as will fit, in one round trip."""
-        room = self._slots.free + len(batch) if self._receiving else 0
-        self._slots.take(room)
+        """Settle a batch, and take as many new messages as will fit, in one round trip.
+
+        Every delivery of the batch is released (its slot freed) however the run ends: a
+        refusal for the moment (READONLY, OOM, LOADING, a lost link) is retried until Redis
+        is back; any other failure strands the batch, given back when the worker closes.
+        """
+        ledger, slots = self.ledger, self.ledger.slots
+        assert slots is not None
+        room = slots.free + len(batch) if self.receiving else 0
+        slots.take(room)
         keys: list[str] = [self._processing, self.queue]
         args: list[bytes | int] = [wire.REPLY_TTL, room]
         for delivery, reply in batch:
             keys.append(delivery.reply_list or self._processing)
             args += (delivery.item, b"" if reply is None else reply)
         link = self._settle_link
-        assert link is not None
+        taken: list[bytes] = []
         try:
-            errors, taken = await self._retrying(
+            if link is None:
+                raise TransportError("the worker is closed")
+            errors, taken = await ledger.retrying(
                 "settling messages", lambda: link.run(SETTLE, keys, args)
             )
         except BaseException as exc:
-            for _ in range(room):
-                self._slots.release()
-            if not isinstance(exc, CONNECTION_ERRORS):
+            slots.release(room)
+            for delivery, _ in batch:
+                ledger.strand(delivery)
+            if not isinstance(exc, Exception):
                 raise
-            # Not the link: Redis refused (out of memory...). The messages stay in the
-            # processing list, and go back to the queue when this worker closes.
+            # The messages stay in the processing list, given back when this worker closes.
             logger.error("settling %d messages from %r failed: %s", len(batch), self.queue, exc)
             return
         self.stats.settles += 1
@@ -301,11 +287,10 @@ class RedisWorkerTransport(WorkerTransport):
         for (delivery, _), error in zip(batch, errors, strict=True):
             if error != 0:
                 logger.warning("a reply to %r was not pushed: %s", delivery.reply_list, error)
-            self._release(delivery)
-        if not self._receiving:
+            ledger.release(delivery)
+        if not self.receiving:
             taken = []  # stopping: they stay in the processing list, given back unstarted
-        for _ in range(room - len(taken)):
-            self._slots.release()
+        slots.release(room - len(taken))
         if taken:
             self.stats.takes += 1
             self.stats.taken += len(taken)
@@ -314,52 +299,28 @@ class RedisWorkerTransport(WorkerTransport):
             for item in taken:
                 self._hand_over(item)
 
-    async def bury(self, delivery: RedisDelivery, reason: str, reply: bytes | None) -> None:
-        """Dead-letter a message: record it, send its reply when it has an address, remove it."""
-        if delivery.settled:
-            return
-        delivery.settled = True
+    async def _complete(self, delivery: RedisDelivery, reply: bytes | None) -> None:
+        raise NotImplementedError("unused: `settle` sends each settle in a batch run")
+
+    async def _bury(self, delivery: RedisDelivery, reason: str, reply: bytes | None) -> None:
+        """Record the dead letter, send its reply when it has an address, remove it: at once."""
         record = wire.dead_letter_record(
             self.queue, self.worker_id, reason, delivery.header, delivery.body
         )
         wired = delivery.wire_reply(reply)
         redis_client = self._redis
-        assert redis_client is not None
-
-        async def run() -> list[object]:
-            async with redis_client.pipeline(transaction=True) as pipe:
-                pipe.rpush(self._dead, record)
-                if wired is not None and delivery.reply_list is not None:
-                    pipe.rpush(delivery.reply_list, wired)
-                    pipe.expire(delivery.reply_list, wire.REPLY_TTL)
-                pipe.lrem(self._processing, -1, delivery.item)  # type: ignore[arg-type]
-                return await pipe.execute(raise_on_error=False)
-
-        try:
-            results = await self._retrying("dead-lettering a message", run)
-        except CONNECTION_ERRORS as exc:
-            raise transport_error("dead-lettering a message failed", exc) from exc
-        self._release(delivery)
-        logger.warning("dead-lettered a message from %r: %s", self.queue, reason)
+        if redis_client is None:
+            raise TransportError("the worker is closed")
+        async with redis_client.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._dead, record)
+            if wired is not None and delivery.reply_list is not None:
+                pipe.rpush(delivery.reply_list, wired)
+                pipe.expire(delivery.reply_list, wire.REPLY_TTL)
+            pipe.lrem(self._processing, -1, delivery.item)  # type: ignore[arg-type]
+            results = await pipe.execute(raise_on_error=False)
         for result in results:
             if isinstance(result, Exception):
+                if is_transient(result):
+                    raise result  # the transaction did not happen: try it again
                 logger.warning("dead-lettering a message from %r: %s", self.queue, result)
-
-    async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
-        """Run `step` until the link lets it through (or the worker is cancelled)."""
-        backoff = Backoff()
-        while True:
-            try:
-                result = await step()
-            except LINK_ERRORS as exc:
-                await self._pause(what, exc, backoff)
-                continue
-            if backoff.succeeded():
-                logger.info("%s succeeded after reconnecting", what)
-            return result
-
-    async def _pause(self, what: str, exc: BaseException, backoff: Backoff) -> None:
-        delay = backoff.failed()
-        if backoff.failures == 1:
-            logger.warning("%s from %r: Redis unreachable (%s); retrying", what, self.queue, exc)
-        await asyncio.sleep(delay)
+        logger.warning("dead-lettered a message from %r: %s", self.queue, reason)

@@ -1,0 +1,106 @@
+"""What the async and the blocking Redis clients share, free of I/O: one core, two loops.
+
+`client` (asyncio) and `sync_client` (threads) differ only in how they wait: a reader task
+and futures, or a reader role passed among calling threads. Everything else - the bytes of
+a request and of a notification, the commands a batch of pushes or a reply read becomes,
+how a reply is read, the errors raised, the pool they connect with - is here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
+
+from ..._exceptions import TransportError
+from .._shared import Refused, looks_refused
+from . import wire
+from .connection import LINK_ERRORS, RedisSettings, transport_error
+
+REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError)
+REPLY_BATCH = 512
+"""The most replies one read takes from the reply list."""
+SEED_MAX_CONNECTIONS = 64
+"""Calls in flight at once over ``?wire=seed`` (each holds a connection for its BRPOP)."""
+
+
+def client_name(client_id: str) -> str:
+    """The connection name of a client's connections (CLIENT LIST shows it)."""
+    return f"mm:client:{client_id}"
+
+
+def notification(body: bytes, deadline: float | None) -> bytes:
+    """The message for a call that wants no reply: the seed form, or a header with a deadline."""
+    return body if deadline is None else wire.encode_request(body, None, None, deadline)
+
+
+def push_commands(messages: Iterable[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
+    """The LPUSH commands for (queue, message) pairs: one per queue, in order."""
+    by_queue: dict[str, list[bytes]] = {}
+    for queue, message in messages:
+        by_queue.setdefault(queue, []).append(message)
+    return [("LPUSH", queue, *items) for queue, items in by_queue.items()]
+
+
+def read_command(reply_list: str, block: float) -> tuple[Any, ...]:
+    """The command that waits up to `block` seconds for replies and takes a batch of them."""
+    return ("BLMPOP", round(block, 3), 1, reply_list, "LEFT", "COUNT", REPLY_BATCH)
+
+
+def replies(got: Any) -> list[tuple[str | None, bytes]]:
+    """(correlation id, body) of each reply a `read_command` returned (none on a timeout)."""
+    return [wire.decode_reply(message) for message in got[1]] if got else []
+
+
+def seed_reply_list(body: bytes) -> str:
+    """Where the seed's server puts the reply to `body`: the list its id names."""
+    name = wire.seed_reply_list(body)
+    if name is None:
+        raise TransportError("wire=seed sends only requests with a string or integer id")
+    return name
+
+
+def unreachable(where: str, exc: BaseException) -> TransportError:
+    """The error for a failed connection to `where`: `Refused` for a refusal."""
+    error = transport_error(f"cannot reach {where}", exc)
+    if isinstance(exc, REFUSALS) or looks_refused(exc):
+        return Refused(str(error))
+    return error
+
+
+def replies_may_be_lost(exc: BaseException) -> bool:
+    """Whether a failed read of the reply list means its replies may never come.
+
+    A broken link may be a restarted Redis that lost them: the calls waiting fail at once.
+    A refusal (a replica during a failover, LOADING, UNBLOCKED) leaves them in their list.
+    """
+    return isinstance(exc, LINK_ERRORS)
+
+
+class Failures:
+    """The errors a client of one Redis raises, worded the same by both clients."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.where = f"Redis at {settings.display}"
+
+    def unreachable(self, exc: BaseException) -> TransportError:
+        """Connecting failed (`Refused` when Redis refused us: trying again won't help)."""
+        return unreachable(self.where, exc)
+
+    def silent(self, exc: BaseException) -> TransportError:
+        """A health check got no answer."""
+        return transport_error(f"{self.where} does not answer", exc)
+
+    def sending(self, exc: BaseException) -> TransportError:
+        """A push failed."""
+        return transport_error(f"sending to {self.where}", exc)
+
+    def reading(self, exc: BaseException) -> TransportError:
+        """Reading replies failed."""
+        return transport_error(f"reading replies from {self.where}", exc)
+
+    @staticmethod
+    def closed() -> TransportError:
+        """A call on a closed client."""
+        return TransportError("the Redis client is closed")
