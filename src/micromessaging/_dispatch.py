@@ -8,8 +8,6 @@ from service code and results JSON can't carry. Nothing a caller sends can raise
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import time
 import traceback
@@ -17,6 +15,7 @@ from concurrent.futures import Executor
 
 from ._exceptions import RemoteError
 from ._openrpc import openrpc_document
+from ._placement import Placement
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ErrorCode,
@@ -46,12 +45,16 @@ class Dispatcher:
         executor: Executor | None = None,
         debug: bool = False,
         max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        inline: bool = True,
     ) -> None:
         self.service = service
         self.debug = debug
         self.max_message_size = max_message_size
         self._executor = executor
         self._methods: dict[str, Method] = dict(service.methods)
+        self._placements = {
+            name: Placement(name, inline) for name, m in self._methods.items() if not m.is_async
+        }
         self._document: dict[str, JSON] | None = None
 
     async def handle(self, data: bytes, deadline: float | None = None) -> bytes | None:
@@ -95,10 +98,8 @@ class Dispatcher:
                 if method.is_async:
                     result = await method.func(*args, **kwargs)
                 else:
-                    call = functools.partial(method.func, *args, **kwargs)
-                    result = await asyncio.get_running_loop().run_in_executor(self._executor, call)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    placement = self._placements[method.name]
+                    result = await placement.call(self._executor, method.func, *args, **kwargs)
                 response = result_response(id_, result)
             except InvalidParams as exc:
                 response = error_response(id_, ErrorCode.INVALID_PARAMS, data={"message": str(exc)})

@@ -66,6 +66,7 @@ class Worker:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         debug: bool = False,
         wait_for_broker: float = 60.0,
+        inline: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -85,6 +86,7 @@ class Worker:
             executor=self._executor,
             debug=debug,
             max_message_size=max_message_size,
+            inline=inline,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()

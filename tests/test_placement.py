@@ -1,0 +1,109 @@
+"""Sync methods run inline once they have shown themselves fast; one that blocks never stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from micromessaging import AsyncClient, Worker
+from micromessaging._placement import TRIAL_CALLS, Placement
+
+
+class Service:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def add(self, a: float, b: float) -> float:
+        return a + b
+
+    def block(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "done"
+
+    def usually_fast(self, slow: bool) -> bool:
+        if slow:
+            time.sleep(0.3)
+        return slow
+
+
+async def test_a_fast_method_moves_inline_after_its_trial() -> None:
+    placement = Placement("add", inline=True)
+    for _ in range(TRIAL_CALLS):
+        assert not placement.inline
+        assert await placement.call(None, lambda: 2) == 2
+    assert placement.inline
+
+
+async def test_a_slow_method_stays_in_the_pool() -> None:
+    placement = Placement("block", inline=True)
+    await placement.call(None, time.sleep, 0.01)
+    for _ in range(TRIAL_CALLS * 2):
+        await placement.call(None, lambda: None)
+    assert not placement.inline
+
+
+async def test_inline_off_keeps_every_call_in_the_pool() -> None:
+    placement = Placement("add", inline=False)
+    for _ in range(TRIAL_CALLS * 2):
+        await placement.call(None, lambda: None)
+    assert not placement.inline
+
+
+async def test_an_inline_method_that_blocks_goes_back_to_the_pool() -> None:
+    placement = Placement("usually_fast", inline=True)
+    for _ in range(TRIAL_CALLS):
+        await placement.call(None, lambda: None)
+    assert placement.inline
+    await placement.call(None, time.sleep, 0.05)  # the one call that stalls the loop
+    assert not placement.inline
+    assert placement.demoted
+    for _ in range(TRIAL_CALLS * 2):
+        await placement.call(None, lambda: None)
+    assert not placement.inline  # for good
+
+
+async def loop_lag(stop: asyncio.Event) -> float:
+    """The longest the event loop went without running this task, while `stop` is unset."""
+    worst = 0.0
+    while not stop.is_set():
+        started = time.monotonic()
+        await asyncio.sleep(0.005)
+        worst = max(worst, time.monotonic() - started - 0.005)
+    return worst
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "after-inline"])
+async def test_a_method_blocking_for_seconds_never_stalls_other_calls(warm: bool) -> None:
+    url, queue = f"memory://{uuid.uuid4().hex[:8]}", "calc"
+    service = Service()
+    async with (
+        Worker(service, url, queue, concurrency=8) as worker,
+        AsyncClient(url, queue, timeout=10) as client,
+    ):
+        if warm:  # the fast method runs inline by now, and so did the other, fast so far
+            for _ in range(TRIAL_CALLS + 1):
+                assert await client.add(1, 2) == 3
+                assert await client.usually_fast(False) is False
+            placements = worker._dispatcher._placements
+            assert placements["add"].inline
+            assert placements["usually_fast"].inline
+            assert await client.usually_fast(True) is True  # blocks once: demoted
+            assert not placements["usually_fast"].inline
+        stop = asyncio.Event()
+        lag = asyncio.create_task(loop_lag(stop))
+        blocking = [
+            asyncio.create_task(client.block(1.5)),
+            asyncio.create_task(client.block(1.5)),
+            asyncio.create_task(client.usually_fast(True)),
+        ]
+        await asyncio.sleep(0.05)
+        for i in range(50):
+            started = time.monotonic()
+            assert await client.add(i, 1) == i + 1
+            assert time.monotonic() - started < 0.2
+        assert await asyncio.gather(*blocking) == ["done", "done", True]
+        stop.set()
+        assert await lag < 0.2  # heartbeats and every other task kept running
