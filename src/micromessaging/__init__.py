@@ -4,6 +4,8 @@ Serve plain domain code with a `Worker` (or ``micromessaging worker module:Class
 it from anywhere with `Client` or `AsyncClient`: ``calc.add(1, 5.1) == 6.1``.
 """
 
+import logging as _logging
+
 from ._client import AsyncBatch, AsyncClient, BatchCall
 from ._exceptions import (
     CallTimeout,
@@ -16,9 +18,8 @@ from ._exceptions import (
 from ._protocol import ErrorCode
 from ._service import Service, method
 from ._sync_client import Batch, Client
+from ._version import __version__
 from ._worker import Worker
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncBatch",
@@ -38,3 +39,6 @@ __all__ = [
     "__version__",
     "method",
 ]
+
+# A library logs, and lets the application decide where lines go (`observability.logs`).
+_logging.getLogger("micromessaging").addHandler(_logging.NullHandler())

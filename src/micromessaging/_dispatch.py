@@ -29,6 +29,7 @@ from ._protocol import (
 )
 from ._service import InvalidParams, Method, Service
 from ._types import JSON
+from .observability.observer import CallContext, CallObserver
 
 logger = logging.getLogger("micromessaging.worker")
 
@@ -46,8 +47,10 @@ class Dispatcher:
         debug: bool = False,
         max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         inline: bool = True,
+        observer: CallObserver | None = None,
     ) -> None:
         self.service = service
+        self.observer = observer
         self.debug = debug
         self.max_message_size = max_message_size
         self._executor = executor
@@ -61,63 +64,84 @@ class Dispatcher:
         """The reply to one message, or None when nothing is owed (notifications only)."""
         return await self.handle_incoming(parse_incoming(data, self.max_message_size), deadline)
 
-    async def handle_incoming(self, incoming: Incoming, deadline: float | None) -> bytes | None:
-        """The reply to an already parsed message."""
+    async def handle_incoming(
+        self, incoming: Incoming, deadline: float | None, context: CallContext | None = None
+    ) -> bytes | None:
+        """The reply to an already parsed message (`context`: what its message carried)."""
         if not incoming.is_batch:
             item = incoming.items[0]
             if isinstance(item, Request):
-                response = await self.run(item, deadline)
+                response = await self.run(item, deadline, context)
                 return None if response is None else encode_response(response)
             return encode_response(item)
-        responses = await asyncio.gather(*(self._answer(item, deadline) for item in incoming.items))
+        responses = await asyncio.gather(
+            *(self._answer(item, deadline, context) for item in incoming.items)
+        )
         return encode_responses([r for r in responses if r is not None], is_batch=True)
 
     async def _answer(
-        self, item: Request | dict[str, JSON], deadline: float | None
+        self, item: Request | dict[str, JSON], deadline: float | None, context: CallContext | None
     ) -> dict[str, JSON] | None:
-        return await self.run(item, deadline) if isinstance(item, Request) else item
+        return await self.run(item, deadline, context) if isinstance(item, Request) else item
 
-    async def run(self, request: Request, deadline: float | None = None) -> dict[str, JSON] | None:
+    async def run(
+        self, request: Request, deadline: float | None = None, context: CallContext | None = None
+    ) -> dict[str, JSON] | None:
         """Call one request: its response, or None for a notification.
 
         A request whose deadline has passed is not started. One already running is not
         stopped here: the worker cancels the whole message when its caller gives up.
         """
-        id_ = request.id
-        method = self._methods.get(request.method)
-        if method is None:
-            if request.method == DISCOVER and not request.params:
-                response = result_response(id_, self.document())
-            else:
-                response = error_response(id_, ErrorCode.METHOD_NOT_FOUND)
-        elif deadline is not None and time.time() >= deadline:
-            response = error_response(id_, ErrorCode.DEADLINE_EXCEEDED)
+        observer = self.observer
+        if observer is None:
+            response = await self._call(request, deadline)
         else:
-            try:
-                args, kwargs = method.bind(request.params)
-                if method.is_async:
-                    result = await method.func(*args, **kwargs)
-                else:
-                    placement = self._placements[method.name]
-                    result = await placement.call(self._executor, method.func, *args, **kwargs)
-                response = result_response(id_, result)
-            except InvalidParams as exc:
-                response = error_response(id_, ErrorCode.INVALID_PARAMS, data={"message": str(exc)})
-            except RemoteError as exc:
-                response = {"jsonrpc": "2.0", "error": exc.to_error_object(), "id": id_}
-            except Exception as exc:
-                response = error_response(
-                    id_, ErrorCode.SERVER_ERROR, data=self._server_error_data(method, exc)
-                )
+            started = time.perf_counter()
+            if observer.tracing is None:
+                response = await self._call(request, deadline)
+            else:
+                trace = context.trace if context is not None else None
+                with observer.tracing.server_call(trace, request.method, request.id) as span:
+                    response = await self._call(request, deadline)
+                    observer.tracing.answered(span, response)
+            known = request.method in self._methods
+            observer.finished(request, known, response, time.perf_counter() - started, context)
         if request.is_notification:
             if "error" in response:
                 logger.info("notification %s failed: %s", request.method, response["error"])
             return None
         return response
 
+    async def _call(self, request: Request, deadline: float | None) -> dict[str, JSON]:
+        id_ = request.id
+        method = self._methods.get(request.method)
+        if method is None:
+            if request.method == DISCOVER and not request.params:
+                return result_response(id_, self.document())
+            return error_response(id_, ErrorCode.METHOD_NOT_FOUND)
+        if deadline is not None and time.time() >= deadline:
+            return error_response(id_, ErrorCode.DEADLINE_EXCEEDED)
+        try:
+            args, kwargs = method.bind(request.params)
+            if method.is_async:
+                result = await method.func(*args, **kwargs)
+            else:
+                placement = self._placements[method.name]
+                result = await placement.call(self._executor, method.func, *args, **kwargs)
+            return result_response(id_, result)
+        except InvalidParams as exc:
+            return error_response(id_, ErrorCode.INVALID_PARAMS, data={"message": str(exc)})
+        except RemoteError as exc:
+            return {"jsonrpc": "2.0", "error": exc.to_error_object(), "id": id_}
+        except Exception as exc:
+            return error_response(
+                id_, ErrorCode.SERVER_ERROR, data=self._server_error_data(method, exc)
+            )
+
     def _server_error_data(self, method: Method, exc: Exception) -> dict[str, JSON]:
         name = type(exc).__name__
-        logger.warning("%s raised %s: %s", method.name, name, exc, exc_info=self.debug)
+        # The traceback always goes to the worker's log; to the caller only with `debug`.
+        logger.warning("%s raised %s: %s", method.name, name, exc, exc_info=exc)
         data: dict[str, JSON] = {"type": name, "message": str(exc)}
         if self.debug:
             data["traceback"] = "".join(traceback.format_exception(exc))

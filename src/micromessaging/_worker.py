@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
+from urllib.parse import urlsplit
 
 from ._dispatch import Dispatcher
 from ._exceptions import ConfigurationError, MicromessagingError, TransportError
@@ -32,23 +35,20 @@ from ._protocol import (
 )
 from ._service import Service
 from ._settings import mask_password, resolve_broker
+from ._version import __version__
+from .observability.observer import CallContext, CallObserver
 from .transports import Backoff, Refused, WorkerOptions, WorkerTransport, worker_transport
+from .transports.admin import WorkerRecord
 from .transports.base import Delivery
+
+if TYPE_CHECKING:
+    from .observability.metrics import WorkerMetrics
+    from .observability.tracing import Tracing
 
 logger = logging.getLogger("micromessaging.worker")
 
 DEADLINE_CHECK_INTERVAL = 0.05
 """How often, in seconds, the worker looks for calls whose callers have given up."""
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """What a worker has done since it started."""
-
-    completed: int = 0
-    expired: int = 0
-    dead_lettered: int = 0
-    transport_errors: int = 0
 
 
 class Worker:
@@ -67,6 +67,8 @@ class Worker:
         debug: bool = False,
         wait_for_broker: float = 60.0,
         inline: bool = True,
+        metrics: bool | WorkerMetrics = False,
+        tracing: bool | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be at least 1")
@@ -79,7 +81,13 @@ class Worker:
         self.max_message_size = max_message_size
         self.debug = debug
         self.wait_for_broker = wait_for_broker
-        self.stats = WorkerStats()
+        self.id = new_worker_id()
+        self.observer = CallObserver(
+            self.queue,
+            metrics=_metrics(metrics),
+            tracing=_tracing(tracing, self.queue, self.broker),
+        )
+        self.stats = self.observer.stats
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="micromessaging")
         self._dispatcher = Dispatcher(
             self.service,
@@ -87,7 +95,10 @@ class Worker:
             debug=debug,
             max_message_size=max_message_size,
             inline=inline,
+            observer=self.observer,
         )
+        self._known = frozenset(self.service.methods)
+        self._transport_kind = urlsplit(self.broker).scheme
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         self._started = asyncio.Event()
@@ -102,6 +113,7 @@ class Worker:
             concurrency=self.concurrency,
             max_deliveries=self.max_deliveries,
             max_message_size=self.max_message_size,
+            worker_id=self.id,
         )
         transport = await self._start(options)
         logger.info(
@@ -134,6 +146,7 @@ class Worker:
         give_up = time.monotonic() + self.wait_for_broker
         while True:
             transport = worker_transport(self.broker, options)
+            transport.reporter = self.record
             try:
                 await transport.start(self._deliver)
                 if backoff.succeeded():
@@ -156,14 +169,33 @@ class Worker:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
 
-    def _deliver(self, delivery: Delivery) -> None:
-        self._tasks.add(asyncio.create_task(self._process(delivery)))
+    def record(self) -> WorkerRecord:
+        """What this worker says of itself to ``micromessaging status`` (through its broker)."""
+        stats = self.stats
+        return WorkerRecord(
+            id=self.id,
+            queue=self.queue,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self.concurrency,
+            in_flight=len(self._tasks),
+            completed=stats.completed,
+            failed=stats.failed,
+            started=stats.started,
+            last_seen=time.time(),
+            transport=self._transport_kind,
+            version=__version__,
+        )
 
-    async def _process(self, delivery: Delivery) -> None:
+    def _deliver(self, delivery: Delivery) -> None:
+        context = self.observer.taken(delivery)
+        self._tasks.add(asyncio.create_task(self._process(delivery, context)))
+
+    async def _process(self, delivery: Delivery, context: CallContext) -> None:
         """Settle `delivery` exactly once, whatever the service, the encoder or the broker do."""
         task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            await self._settle(delivery, task)
+            await self._settle(delivery, task, context)
         except MicromessagingError as exc:
             # The transport gave up settling (the broker refused for good, or the link is
             # gone): the message stays in the broker and is delivered again.
@@ -175,11 +207,14 @@ class Worker:
             logger.exception("settling a message from %r failed", self.queue)
         finally:
             self._tasks.discard(task)
+            self.observer.settled()
 
-    async def _settle(self, delivery: Delivery, task: asyncio.Task[None]) -> None:
+    async def _settle(
+        self, delivery: Delivery, task: asyncio.Task[None], context: CallContext
+    ) -> None:
         deadline = delivery.deadline
         if deadline is not None and time.time() >= deadline:
-            self.stats.expired += 1
+            self.observer.expired()
             logger.debug("skipped a request whose caller gave up")
             await delivery.complete(None)
             return
@@ -187,32 +222,37 @@ class Worker:
         if delivery.delivery_count > self.max_deliveries:
             await self._dead_letter(
                 delivery,
+                incoming,
                 f"delivered {delivery.delivery_count} times (limit {self.max_deliveries})",
                 _delivery_limit_reply(incoming, delivery.delivery_count),
             )
             return
         if not delivery.can_reply and _owes_reply(incoming):
-            await self._dead_letter(delivery, "no reply address", None)
+            await self._dead_letter(delivery, incoming, "no reply address", None)
             return
-        reply = await self._answer(incoming, deadline, task)
+        reply = await self._answer(incoming, deadline, task, context)
         await delivery.complete(reply)
         self.stats.completed += 1
 
     async def _answer(
-        self, incoming: Incoming, deadline: float | None, task: asyncio.Task[None]
+        self,
+        incoming: Incoming,
+        deadline: float | None,
+        task: asyncio.Task[None],
+        context: CallContext,
     ) -> bytes | None:
         """The reply to `incoming`: never raises, but for the worker's own cancellation."""
         if deadline is not None:
             self._deadlines[task] = deadline
         try:
-            return await self._dispatcher.handle_incoming(incoming, deadline)
+            return await self._dispatcher.handle_incoming(incoming, deadline, context)
         except asyncio.CancelledError:
             if task not in self._expired:
                 raise  # stopping: leave the message unsettled, to be delivered again
             # The caller has given up: acknowledge, and owe nobody a reply.
             task.uncancel()
             self._expired.discard(task)
-            self.stats.expired += 1
+            self.observer.expired()
             return None
         except Exception as exc:
             # The dispatcher answers everything a service does; what escapes it (an encoder
@@ -223,8 +263,10 @@ class Worker:
             if deadline is not None:
                 self._deadlines.pop(task, None)
 
-    async def _dead_letter(self, delivery: Delivery, reason: str, reply: bytes | None) -> None:
-        self.stats.dead_lettered += 1
+    async def _dead_letter(
+        self, delivery: Delivery, incoming: Incoming, reason: str, reply: bytes | None
+    ) -> None:
+        self.observer.dead_lettered(incoming.requests, self._known)
         logger.warning("dead-lettered a message from %r: %s", self.queue, reason)
         await delivery.dead_letter(reason, reply)
 
@@ -296,3 +338,33 @@ def _delivery_limit_reply(incoming: Incoming, count: int) -> bytes | None:
 
 def _name(exc: BaseException) -> str:
     return type(exc).__name__
+
+
+def new_worker_id() -> str:
+    """A worker's id: where it runs, and a random part (several workers share a process)."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+
+
+def _metrics(metrics: bool | WorkerMetrics) -> WorkerMetrics | None:
+    if metrics is False:
+        return None
+    if metrics is True:
+        from .observability.metrics import WorkerMetrics
+
+        return WorkerMetrics.for_registry()
+    return metrics
+
+
+def _tracing(tracing: bool | None, queue: str, broker: str) -> Tracing | None:
+    """Spans when asked, or by default when OpenTelemetry is installed (and not switched off)."""
+    if tracing is None:
+        tracing = os.environ.get("MICROMESSAGING_TRACING", "1") not in ("0", "false", "no")
+        if tracing:
+            from .observability import tracing as tracing_module
+
+            tracing = tracing_module.available()
+    if not tracing:
+        return None
+    from .observability.tracing import Tracing
+
+    return Tracing(queue, urlsplit(broker).scheme)

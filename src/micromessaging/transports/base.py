@@ -15,13 +15,17 @@ worker's concurrency, and the worker settles each exactly once with `Delivery.co
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from .._protocol import DEFAULT_MAX_MESSAGE_SIZE
+
+if TYPE_CHECKING:
+    from .admin import WorkerRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +36,12 @@ class WorkerOptions:
     concurrency: int = 16
     max_deliveries: int = 3
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    worker_id: str = field(default_factory=lambda: f"worker-{secrets.token_hex(4)}")
+    """The worker's id, as its records and the broker's bookkeeping name it."""
+
+
+TraceContext = Mapping[str, str]
+"""W3C trace context (``traceparent``, ``tracestate``) travelling with a request."""
 
 
 class Delivery(ABC):
@@ -42,6 +52,10 @@ class Delivery(ABC):
     """When the caller stops waiting, in seconds since the epoch; None when it never does."""
     delivery_count: int = 1
     """How many times the message has been handed to a worker, this time included."""
+    sent: float | None = None
+    """When the client sent it, in seconds since the epoch; None when the wire has no time."""
+    trace: TraceContext | None = None
+    """The caller's trace context, when the wire carried one."""
 
     @property
     @abstractmethod
@@ -130,6 +144,9 @@ class WorkerTransport(ABC):
     limit), so that what this worker can't start yet stays in the broker for other workers.
     It reconnects by itself when the broker goes away.
     """
+
+    reporter: Callable[[], WorkerRecord] | None = None
+    """What the worker says of itself; the transport publishes it where `status` reads it."""
 
     @abstractmethod
     async def start(self, deliver: Callable[[Delivery], None]) -> None:
