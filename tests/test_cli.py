@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -421,3 +422,17 @@ def test_the_other_commands_work_without_the_http_extra() -> None:
     result = run_without_http("demo")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "1+5.1=6.1\n"
+
+
+def test_readme_lists_the_exit_codes_and_options_there_are() -> None:
+    from micromessaging.cli import exits
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Exit codes", 1)[1].split("###", 1)[0]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)}
+    defined = {value for name, value in vars(exits).items() if name.startswith("EXIT_")}
+    assert documented == defined | {0}
+    every_option = {name for _, c in commands() for o in options_of(c) for name in o.opts}
+    cli_section = readme.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(--[a-z-]+)", cli_section))
+    assert named <= every_option, named - every_option
