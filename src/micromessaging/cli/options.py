@@ -27,6 +27,8 @@ def option(*names: str, envvar: str | list[str], **settings: Any) -> Decorator[A
     """A click option that reads `envvar` and says so in --help."""
     if "default" in settings and "show_default" not in settings:
         settings["show_default"] = True
+    if isinstance(settings.get("type"), click.IntRange):
+        settings.setdefault("metavar", "N")
     return click.option(*names, envvar=envvar, show_envvar=True, **settings)
 
 
