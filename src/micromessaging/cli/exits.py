@@ -25,10 +25,10 @@ import orjson
 from .. import (
     CallTimeout,
     ConfigurationError,
+    ErrorCode,
     MicromessagingError,
     NoWorkers,
     RemoteError,
-    TransportError,
 )
 from .._settings import mask_password
 
@@ -40,7 +40,6 @@ EXIT_NO_WORKERS = 5
 EXIT_WORKERS_FAILED = 6
 EXIT_INTERRUPTED = 130
 
-SERVER_ERROR = -32000
 # Fields of error data that the line above already says, or that are printed apart.
 _SHOWN = frozenset({"message", "type", "method", "available", "traceback"})
 
@@ -100,7 +99,7 @@ def remote_error_text(error: RemoteError) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("message"), str):
         return f"{text}\n{_json(data)}"
     detail = data["message"]
-    if error.code == SERVER_ERROR and isinstance(data.get("type"), str):
+    if error.code == ErrorCode.SERVER_ERROR and isinstance(data.get("type"), str):
         detail = f"{data['type']}: {detail}"
     lines = [f"{text}: {detail}"]
     rest = {key: value for key, value in data.items() if key not in _SHOWN}
@@ -137,7 +136,7 @@ def errors_to_exits(broker: str | None = None) -> Iterator[None]:
         ) from exc
     except ConfigurationError as exc:
         raise CommandError(str(exc)) from exc
-    except (TransportError, MicromessagingError) as exc:
+    except MicromessagingError as exc:  # TransportError, ProtocolError
         raise Unreachable(str(exc)) from exc
 
 
