@@ -114,3 +114,26 @@ async def test_batch_items_run_concurrently() -> None:
 async def test_failing_notification_sends_nothing() -> None:
     body = b'{"jsonrpc": "2.0", "method": "broken"}'
     assert await Dispatcher(Service.from_object(Shop())).handle(body) is None
+
+
+async def test_method_not_found_names_the_method_and_what_the_service_offers() -> None:
+    service = Service("calc")
+    service.add("subtract", lambda a, b: a - b)
+    service.add("add", lambda a, b: a + b)
+    reply = orjson.loads(await Dispatcher(service).handle(call("mul", 2, 3)))
+    assert reply["error"] == {
+        "code": ErrorCode.METHOD_NOT_FOUND,
+        "message": "Method not found",
+        "data": {
+            "message": "no method 'mul'; this service offers: add, subtract",
+            "method": "mul",
+            "available": ["add", "subtract"],
+        },
+    }
+
+
+async def test_method_not_found_echoes_a_long_name_cut_short() -> None:
+    reply = orjson.loads(await Dispatcher(Service.from_object(Shop())).handle(call("x" * 5000)))
+    data = reply["error"]["data"]
+    assert len(data["method"]) < 200 and data["method"].startswith("xxx")
+    assert len(data["message"]) < 400

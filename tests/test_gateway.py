@@ -394,7 +394,7 @@ async def test_gateway_command_serves_with_two_worker_processes(tmp_path, http) 
             {"tokens": [{"name": "ci", "sha256": hash_token(FULL), "allow": {"calc": "*"}}]}
         ).decode()
     )
-    args = ["--broker", broker, "--host", "127.0.0.1", "--tokens", str(tokens), "--workers", "2"]
+    args = ["--broker", broker, "--host", "127.0.0.1", "--tokens", str(tokens), "--processes", "2"]
     async with Worker(Probe(), f"http://127.0.0.1:{worker_port}", "calc"):
         with gateway_command(args, {"PORT": str(port)}) as process:
             url = f"http://127.0.0.1:{port}"

@@ -35,6 +35,11 @@ logger = logging.getLogger("micromessaging.worker")
 
 DISCOVER = "rpc.discover"
 
+_ECHOED_NAME = 100
+"""At most this many characters of an unknown method's name go back in the error data."""
+_NAMES_IN_TEXT = 20
+"""At most this many method names in the text of a Method not found error (all are listed)."""
+
 
 class Dispatcher:
     """Answers JSON-RPC messages from one service's methods."""
@@ -59,6 +64,9 @@ class Dispatcher:
             name: Placement(name, inline) for name, m in self._methods.items() if not m.is_async
         }
         self._document: dict[str, JSON] | None = None
+        # Built once: every "Method not found" answer carries the same list.
+        self._available: list[JSON] = sorted(self._methods)
+        self._offers = _offers_text(sorted(self._methods))
 
     async def handle(self, data: bytes, deadline: float | None = None) -> bytes | None:
         """The reply to one message, or None when nothing is owed (notifications only)."""
@@ -118,7 +126,9 @@ class Dispatcher:
         if method is None:
             if request.method == DISCOVER and not request.params:
                 return result_response(id_, self.document())
-            return error_response(id_, ErrorCode.METHOD_NOT_FOUND)
+            return error_response(
+                id_, ErrorCode.METHOD_NOT_FOUND, data=self._not_found_data(request.method)
+            )
         if deadline is not None and time.time() >= deadline:
             return error_response(id_, ErrorCode.DEADLINE_EXCEEDED)
         try:
@@ -138,6 +148,15 @@ class Dispatcher:
                 id_, ErrorCode.SERVER_ERROR, data=self._server_error_data(method, exc)
             )
 
+    def _not_found_data(self, name: str) -> dict[str, JSON]:
+        if len(name) > _ECHOED_NAME:
+            name = name[:_ECHOED_NAME] + "..."
+        return {
+            "message": f"no method {name!r}; {self._offers}",
+            "method": name,
+            "available": self._available,
+        }
+
     def _server_error_data(self, method: Method, exc: Exception) -> dict[str, JSON]:
         name = type(exc).__name__
         # The traceback always goes to the worker's log; to the caller only with `debug`.
@@ -152,3 +171,11 @@ class Dispatcher:
         if self._document is None:
             self._document = openrpc_document(self.service)
         return self._document
+
+
+def _offers_text(names: list[str]) -> str:
+    if not names:
+        return "this service offers none"
+    shown = ", ".join(names[:_NAMES_IN_TEXT])
+    more = len(names) - _NAMES_IN_TEXT
+    return f"this service offers: {shown}" + (f" and {more} more" if more > 0 else "")

@@ -4,6 +4,7 @@
     ├── RemoteError          the service answered with a JSON-RPC error object
     ├── CallTimeout          no answer before the call's deadline (also a TimeoutError)
     ├── TransportError       the broker or peer could not be reached, or the link broke
+    │   └── NoWorkers        the broker is up, but no worker serves the queue
     ├── ProtocolError        the peer sent something that is not valid JSON-RPC
     └── ConfigurationError   a bad URL, option or missing extra (also a ValueError)
 
@@ -14,6 +15,8 @@ Broker and library errors are converted into these at the transport boundary
 from __future__ import annotations
 
 from typing import Any
+
+_SERVER_ERROR = -32000  # ErrorCode.SERVER_ERROR; _protocol imports this module, not the reverse
 
 
 class MicromessagingError(Exception):
@@ -35,10 +38,16 @@ class RemoteError(MicromessagingError):
 
     def __str__(self) -> str:
         text = f"{self.message} (code {self.code})"
-        if self.data is not None:
-            detail = self.data.get("message") if isinstance(self.data, dict) else self.data
-            text = f"{text}: {detail}"
-        return text
+        if self.data is None:
+            return text
+        if not isinstance(self.data, dict):
+            return f"{text}: {self.data}"
+        detail = self.data.get("message")
+        kind = self.data.get("type")
+        # A server error's data names the exception the method raised: the first thing to know.
+        if self.code == _SERVER_ERROR and isinstance(kind, str):
+            detail = kind if detail is None else f"{kind}: {detail}"
+        return f"{text}: {detail}"
 
     def to_error_object(self) -> dict[str, Any]:
         """The JSON-RPC error object this exception stands for."""
@@ -54,6 +63,15 @@ class CallTimeout(MicromessagingError, TimeoutError):
 
 class TransportError(MicromessagingError):
     """The broker or the peer could not be reached, or the connection was lost."""
+
+
+class NoWorkers(TransportError):
+    """The broker answered, but no worker serves the queue the call was sent to."""
+
+    def __init__(self, queue: str, detail: str | None = None) -> None:
+        text = f"no worker serves queue {queue!r}"
+        super().__init__(f"{text}: {detail}" if detail else text)
+        self.queue = queue
 
 
 class ProtocolError(MicromessagingError):

@@ -7,7 +7,7 @@ the workers' reply. Nothing of a refused request reaches the broker. ``GET /heal
 whether the gateway can reach its broker. docs/gateway.md describes the whole of it.
 
 The app is built from `GatewaySettings`; `app_from_environment` is the factory uvicorn's
-worker processes import (``--workers N``), reading the settings the command put in the
+worker processes import (``--processes N``), reading the settings the command put in the
 environment.
 """
 

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from ..._exceptions import TransportError
 from ..._settings import mask_password
 from .._shared import Refused, looks_refused
+from . import compat
 from .wire import NatsSettings
 
 logger = logging.getLogger("micromessaging.transport.nats")
@@ -71,8 +72,7 @@ async def open_connection(
         cause = seen[0] if seen else exc  # the reason, rather than nats-py's NoServersError
         kind = Refused if looks_refused(cause) else TransportError
         raise kind(f"can't connect to NATS at {where(settings)}: {cause!r}") from exc
-    # Once connected, a lost server is retried forever: calls fail or time out meanwhile.
-    connection.options["max_reconnect_attempts"] = -1
+    compat.reconnect_forever(connection)
     return connection
 
 

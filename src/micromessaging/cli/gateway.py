@@ -1,7 +1,8 @@
-"""The ``gateway`` command: serve the gateway on uvicorn; ``gateway hash-token`` for operators.
+"""``micromessaging gateway``: serve the gateway on uvicorn; ``gateway hash-token`` for operators.
 
-Kept apart from cli.py, which registers it, because it is the one command that starts an
-HTTP server of its own.
+The gateway and uvicorn are imported when the command runs, not when the command line
+starts: without the ``http`` extra every other command still works, and this one says which
+extra to install.
 """
 
 from __future__ import annotations
@@ -11,80 +12,56 @@ import sys
 
 import click
 
-from .._exceptions import ConfigurationError
-from .._protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .._settings import resolve_broker
-from . import SETTINGS_VARIABLE, GatewaySettings, describe
-from .auth import ALL_METHODS, hash_token, load_tokens, new_token
+from . import options
+from .exits import CommandError, errors_to_exits, missing_extra
 
 TOKENS_VARIABLE = "MICROMESSAGING_GATEWAY_TOKENS"
 
 
 @click.group(invoke_without_command=True)
-@click.option(
-    "--broker",
-    "-b",
-    envvar="MICROMESSAGING_BROKER",
-    help="Broker the services listen on [default: $MICROMESSAGING_BROKER, else $REDIS_URL, "
-    "$CLOUDAMQP_URL, $RABBITMQ_URL].",
+@options.broker(help="Broker the services listen on (the first variable set is used).")
+@options.option(
+    "--host",
+    envvar="MICROMESSAGING_GATEWAY_HOST",
+    default="0.0.0.0",
+    help="Address to listen on.",
 )
-@click.option("--host", envvar="MICROMESSAGING_GATEWAY_HOST", default="0.0.0.0", show_default=True)
-@click.option(
+@options.option(
     "--port",
-    envvar="PORT",
+    envvar=["MICROMESSAGING_GATEWAY_PORT", "PORT"],
     default=8000,
-    show_default=True,
     type=click.IntRange(0, 65535),
-    help="Port to listen on [env: PORT].",
+    help="Port to listen on.",
 )
-@click.option(
+@options.option(
     "--tokens",
     "tokens_file",
     envvar="MICROMESSAGING_GATEWAY_TOKENS_FILE",
     type=click.Path(dir_okay=False),
+    metavar="FILE",
     help=f"Tokens file (TOML or JSON); ${TOKENS_VARIABLE} may hold more, as JSON.",
 )
-@click.option(
-    "--workers",
-    "-w",
-    envvar=["MICROMESSAGING_GATEWAY_WORKERS", "WEB_CONCURRENCY"],
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Server processes [env: WEB_CONCURRENCY].",
+@options.processes(
+    envvar=["MICROMESSAGING_GATEWAY_PROCESSES", "WEB_CONCURRENCY"],
+    help="Server processes, sharing the port.",
 )
-@click.option(
-    "--timeout",
-    "-t",
+@options.timeout(
     envvar="MICROMESSAGING_GATEWAY_TIMEOUT",
-    default=30.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
     help="Seconds a call may take; then 504. Passed on to the workers as the deadline.",
 )
-@click.option(
-    "--max-body",
-    envvar="MICROMESSAGING_GATEWAY_MAX_BODY",
-    default=DEFAULT_MAX_MESSAGE_SIZE,
-    show_default=True,
-    type=click.IntRange(min=1),
+@options.max_message_size(
+    envvar="MICROMESSAGING_GATEWAY_MAX_MESSAGE_SIZE",
     help="Largest request body, in bytes; larger: 413.",
 )
-@click.option(
+@options.option(
     "--max-batch",
     envvar="MICROMESSAGING_GATEWAY_MAX_BATCH",
     default=100,
-    show_default=True,
     type=click.IntRange(min=1),
     help="Most calls in one batch; more: 413.",
 )
-@click.option(
-    "--log-level",
-    envvar="MICROMESSAGING_LOG_LEVEL",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-)
+@options.log_level()
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -92,9 +69,9 @@ def gateway(
     host: str,
     port: int,
     tokens_file: str | None,
-    workers: int,
+    processes: int,
     timeout: float,
-    max_body: int,
+    max_message_size: int,
     max_batch: int,
     log_level: str,
 ) -> None:
@@ -102,23 +79,26 @@ def gateway(
 
     Callers send ``Authorization: Bearer <token>``; each token's SHA-256 and the queues and
     methods it may call come from --tokens and $MICROMESSAGING_GATEWAY_TOKENS. GET /healthz
-    answers 200 while the broker is reachable.
+    answers 200 while the broker is reachable. SIGTERM or SIGINT: finish and exit 0.
     """
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
-
     try:
+        import uvicorn
+
+        from ..gateway import SETTINGS_VARIABLE, GatewaySettings, describe
+        from ..gateway.auth import load_tokens
+    except ModuleNotFoundError as exc:
+        raise missing_extra("the gateway", exc, "http") from exc
+    with errors_to_exits(broker):
         settings = GatewaySettings(
             broker=resolve_broker(broker),
             grants=tuple(load_tokens(tokens_file, os.environ.get(TOKENS_VARIABLE))),
             timeout=timeout,
-            max_body=max_body,
+            max_body=max_message_size,
             max_batch=max_batch,
         )
-    except ConfigurationError as exc:
-        raise click.UsageError(str(exc)) from exc
-    click.echo(describe(settings, host, port, workers), err=True)
+    click.echo(describe(settings, host, port, processes), err=True)
     if not settings.grants:
         click.echo("warning: no tokens configured: every call will be refused (401)", err=True)
     # uvicorn's worker processes are fresh interpreters: the settings reach them this way.
@@ -128,7 +108,7 @@ def gateway(
         factory=True,
         host=host,
         port=port,
-        workers=workers,
+        workers=processes,
         log_level=log_level.lower(),
         access_log=False,
         lifespan="on",
@@ -137,21 +117,33 @@ def gateway(
     )
 
 
-def _allow_entry(allow: tuple[str, ...]) -> str:
+def _allow_entry(allow: tuple[str, ...], all_methods: str) -> str:
     parts = []
     for item in allow:
         queue, _, methods = item.partition(":")
         names = [m for m in methods.split(",") if m]
-        value = '"*"' if not names or names == [ALL_METHODS] else str(names).replace("'", '"')
+        value = '"*"' if not names or names == [all_methods] else str(names).replace("'", '"')
         parts.append(f"{queue} = {value}")
     return "{ " + ", ".join(parts) + " }"
 
 
 @gateway.command("hash-token")
-@click.option("--new", "make_new", is_flag=True, help="Make a new random token and show it once.")
-@click.option("--name", default="client", show_default=True, help="The entry's name, for logs.")
-@click.option(
+@options.option(
+    "--new",
+    "make_new",
+    envvar="MICROMESSAGING_HASH_TOKEN_NEW",
+    is_flag=True,
+    help="Make a new random token and show it once.",
+)
+@options.option(
+    "--name",
+    envvar="MICROMESSAGING_HASH_TOKEN_NAME",
+    default="client",
+    help="The entry's name, for logs.",
+)
+@options.option(
     "--allow",
+    envvar="MICROMESSAGING_HASH_TOKEN_ALLOW",
     multiple=True,
     metavar="QUEUE[:METHOD,...]",
     help="Print a whole tokens-file entry granting these queues (all methods, or those named).",
@@ -162,6 +154,10 @@ def hash_token_command(make_new: bool, name: str, allow: tuple[str, ...]) -> Non
     \b
     micromessaging gateway hash-token --new --name web --allow calc:add,subtract >> tokens.toml
     """
+    try:
+        from ..gateway.auth import ALL_METHODS, hash_token, new_token
+    except ModuleNotFoundError as exc:
+        raise missing_extra("the gateway", exc, "http") from exc
     if make_new:
         token = new_token()
         click.echo(f"token (give it to the caller; it is not stored anywhere): {token}", err=True)
@@ -170,9 +166,10 @@ def hash_token_command(make_new: bool, name: str, allow: tuple[str, ...]) -> Non
     else:
         token = sys.stdin.read().strip()
     if not token:
-        raise click.UsageError("no token given on stdin")
+        raise CommandError("no token given on stdin")
     digest = hash_token(token)
     if not allow:
         click.echo(digest)
         return
-    click.echo(f'[[tokens]]\nname = "{name}"\nsha256 = "{digest}"\nallow = {_allow_entry(allow)}')
+    entry = _allow_entry(allow, ALL_METHODS)
+    click.echo(f'[[tokens]]\nname = "{name}"\nsha256 = "{digest}"\nallow = {entry}')
