@@ -9,6 +9,7 @@ import pytest
 
 from micromessaging.transports import memory
 
+from .admin_contract import AdminContract
 from .contract import TransportContract
 
 
@@ -40,7 +41,7 @@ class TestMemoryContract(TransportContract):
 
     async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
         return [
-            message.body for message, _ in memory.broker(broker_url).dead_letters.get(queue, [])
+            buried.message.body for buried in memory.broker(broker_url).dead_letters.get(queue, [])
         ]
 
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
@@ -51,3 +52,12 @@ class TestMemoryContract(TransportContract):
         left += [f"inbox {name}" for name in broker._inboxes]
         left += [f"consumer on {name}" for name, found in broker._consumers.items() if found]
         return left
+
+
+class TestMemoryAdmin(AdminContract):
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return f"memory://admin-{uuid.uuid4().hex[:8]}"
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        memory.broker(broker_url).publish(queue, memory.Message(body, delivery_count=5))

@@ -1,4 +1,5 @@
-"""The command line: ``micromessaging worker | call | describe | bench | demo | gateway``.
+"""The command line: ``micromessaging worker | call | describe | status | dead-letters | bench |
+demo | gateway``.
 
 One command per module; the options they share, with their environment variables, are in
 `options`, and the exit codes in `exits`. The commands use the public API and the
@@ -14,10 +15,12 @@ import click
 from .. import __version__
 from .bench import bench
 from .call import call
+from .dead_letters import dead_letters
 from .demo import demo
 from .describe import describe
 from .exits import EXIT_INTERRUPTED
 from .gateway import gateway
+from .status import status
 from .worker import worker
 
 
@@ -44,7 +47,7 @@ def main() -> None:
     """
 
 
-for command in (worker, call, describe, bench, demo, gateway):
+for command in (worker, call, describe, status, dead_letters, bench, demo, gateway):
     main.add_command(command)
 
 __all__ = ["main"]

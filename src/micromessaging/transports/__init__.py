@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from .._exceptions import ConfigurationError
 from ._shared import Backoff, Refused
+from .admin import AdminTransport
 from .base import ClientTransport, SyncClientTransport, WorkerOptions, WorkerTransport
 
 # scheme -> (module, extra that installs its library, or None when it needs none)
@@ -65,6 +66,17 @@ def sync_client_transport(url: str) -> SyncClientTransport:
     return ThreadedClientTransport(module.client_transport(url))
 
 
+def admin_transport(url: str) -> AdminTransport:
+    """What operations see of the broker at `url`: queues, workers, dead letters."""
+    module = _module(url)
+    factory = getattr(module, "admin_transport", None)
+    if factory is None:
+        scheme = urlsplit(url).scheme
+        raise ConfigurationError(f"{scheme}:// offers no status or dead letters")
+    admin: AdminTransport = factory(url)
+    return admin
+
+
 def worker_transport(url: str, options: WorkerOptions) -> WorkerTransport:
     """The worker transport for a broker URL, serving `options.queue`."""
     transport: WorkerTransport = _module(url).worker_transport(url, options)
@@ -73,12 +85,14 @@ def worker_transport(url: str, options: WorkerOptions) -> WorkerTransport:
 
 __all__ = [
     "SCHEMES",
+    "AdminTransport",
     "Backoff",
     "ClientTransport",
     "Refused",
     "SyncClientTransport",
     "WorkerOptions",
     "WorkerTransport",
+    "admin_transport",
     "client_transport",
     "sync_client_transport",
     "worker_transport",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from urllib.parse import urlsplit
 
 from .._exceptions import TransportError
 from ._shared import LedgerDelivery, ReplyRouter, WorkerTransportBase
-from .base import ClientTransport, WorkerOptions
+from .admin import AdminTransport, DeadLetter, QueueStatus
+from .base import ClientTransport, TraceContext, WorkerOptions
 
 
 @dataclass(slots=True)
@@ -31,6 +33,18 @@ class Message:
     correlation_id: str | None = None
     deadline: float | None = None
     delivery_count: int = 1
+    sent: float | None = None
+    trace: TraceContext | None = None
+
+
+@dataclass(slots=True)
+class Buried:
+    """A dead letter as the memory broker keeps it."""
+
+    id: str
+    message: Message
+    reason: str
+    at: float
 
 
 class _Consumer:
@@ -40,6 +54,7 @@ class _Consumer:
         self.transport = transport
         self.limit = limit
         self.used = 0
+        self.reporter = transport.reporter
         self.loop = asyncio.get_running_loop()
         self.thread = threading.get_ident()
 
@@ -60,7 +75,7 @@ class MemoryBroker:
     _queues: dict[str, deque[Message]] = field(default_factory=dict)
     _consumers: dict[str, list[_Consumer]] = field(default_factory=dict)
     _inboxes: dict[str, Callable[[str | None, bytes], None]] = field(default_factory=dict)
-    dead_letters: dict[str, list[tuple[Message, str]]] = field(default_factory=dict)
+    dead_letters: dict[str, list[Buried]] = field(default_factory=dict)
 
     def publish(self, queue: str, message: Message, *, front: bool = False) -> None:
         """Hand `message` to a consumer with a free slot, else enqueue it (at the front: next)."""
@@ -135,8 +150,42 @@ class MemoryBroker:
 
     def kill(self, queue: str, message: Message, reason: str) -> None:
         """Keep `message` among `queue`'s dead letters."""
+        buried = Buried(secrets.token_hex(6), message, reason, time.time())
         with self._lock:
-            self.dead_letters.setdefault(queue, []).append((message, reason))
+            self.dead_letters.setdefault(queue, []).append(buried)
+
+    def snapshot(self, queue: str) -> tuple[list[Message], list[_Consumer], list[Buried]]:
+        """What `queue` holds now: waiting messages, consumers, dead letters (copies)."""
+        with self._lock:
+            return (
+                list(self._queues.get(queue, ())),
+                list(self._consumers.get(queue, ())),
+                list(self.dead_letters.get(queue, ())),
+            )
+
+    def queue_names(self) -> list[str]:
+        """Every queue that holds messages, consumers or dead letters."""
+        with self._lock:
+            names = {name for name, messages in self._queues.items() if messages}
+            names |= {name for name, consumers in self._consumers.items() if consumers}
+            names |= {name for name, buried in self.dead_letters.items() if buried}
+        return sorted(names)
+
+    def unbury(self, queue: str, ids: list[str] | None) -> list[Buried]:
+        """Take dead letters out (`ids` None: all of them); those taken."""
+        with self._lock:
+            kept: list[Buried] = []
+            taken: list[Buried] = []
+            for buried in self.dead_letters.get(queue, []):
+                (taken if ids is None or buried.id in ids else kept).append(buried)
+            self.dead_letters[queue] = kept
+        return taken
+
+    def forget(self, queue: str) -> None:
+        """Remove `queue`'s messages and dead letters."""
+        with self._lock:
+            self._queues.pop(queue, None)
+            self.dead_letters.pop(queue, None)
 
 
 _brokers: dict[str, MemoryBroker] = {}
@@ -162,6 +211,8 @@ class MemoryDelivery(LedgerDelivery):
         self.body = message.body
         self.deadline = message.deadline
         self.delivery_count = message.delivery_count
+        self.sent = message.sent
+        self.trace = message.trace
 
     @property
     def can_reply(self) -> bool:
@@ -237,21 +288,26 @@ class MemoryClientTransport(ClientTransport):
         self.broker.open_inbox(self._address, self._router.resolve)
         self._open = True
 
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         if not self._open:
             raise TransportError("memory client is closed")
         correlation_id, future = self._router.expect(deadline)
+        message = Message(body, self._address, correlation_id, deadline, 1, time.time(), trace)
         try:
-            self.broker.publish(queue, Message(body, self._address, correlation_id, deadline))
+            self.broker.publish(queue, message)
             return await future
         except BaseException:
             self._router.forget(correlation_id)
             raise
 
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         if not self._open:
             raise TransportError("memory client is closed")
-        self.broker.publish(queue, Message(body, deadline=deadline))
+        self.broker.publish(queue, Message(body, deadline=deadline, sent=time.time(), trace=trace))
 
     async def check(self) -> None:
         if not self._open:
@@ -271,3 +327,67 @@ def client_transport(url: str) -> MemoryClientTransport:
 def worker_transport(url: str, options: WorkerOptions) -> MemoryWorkerTransport:
     """A worker of the in-process broker `url` names."""
     return MemoryWorkerTransport(url, options)
+
+
+class MemoryAdmin(AdminTransport):
+    """What operations see of an in-process broker."""
+
+    def __init__(self, url: str) -> None:
+        self.broker = broker(url)
+
+    async def connect(self) -> None:
+        """Nothing to connect: the broker is in this process."""
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+    async def queues(self) -> list[str]:
+        return self.broker.queue_names()
+
+    async def status(self, queue: str) -> QueueStatus:
+        waiting, consumers, buried = self.broker.snapshot(queue)
+        sent = [message.sent for message in waiting if message.sent is not None]
+        workers = [c.reporter() for c in consumers if c.reporter is not None]
+        return QueueStatus(
+            queue=queue,
+            depth=len(waiting),
+            oldest_wait=time.time() - min(sent) if sent else None,
+            in_flight=sum(consumer.used for consumer in consumers),
+            dead_letters=len(buried),
+            workers=workers,
+        )
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return [_dead_letter(queue, buried) for buried in self.broker.snapshot(queue)[2][:limit]]
+
+    async def replay(self, queue: str, ids: list[str] | None) -> list[DeadLetter]:
+        taken = self.broker.unbury(queue, ids)
+        for buried in taken:
+            message = buried.message
+            self.broker.publish(
+                queue,
+                Message(
+                    message.body, message.reply_to, message.correlation_id, message.deadline,
+                    1, time.time(), message.trace,
+                ),
+            )  # fmt: skip
+        return [_dead_letter(queue, buried) for buried in taken]
+
+    async def purge(self, queue: str, ids: list[str] | None) -> int:
+        return len(self.broker.unbury(queue, ids))
+
+    async def delete_queue(self, queue: str) -> None:
+        self.broker.forget(queue)
+
+
+def _dead_letter(queue: str, buried: Buried) -> DeadLetter:
+    message = buried.message
+    extra = {"reply_to": message.reply_to} if message.reply_to else {}
+    return DeadLetter(
+        buried.id, queue, buried.reason, message.delivery_count, buried.at, message.body, extra
+    )
+
+
+def admin_transport(url: str) -> MemoryAdmin:
+    """What operations see of the in-process broker `url` names."""
+    return MemoryAdmin(url)
