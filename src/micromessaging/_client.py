@@ -24,7 +24,10 @@ from ._exceptions import CallTimeout, ConfigurationError, ProtocolError, Transpo
 from ._protocol import decode_reply, dumps, encode_request, outcome, request_object
 from ._settings import resolve_broker
 from ._types import JSON, Id, Params
+from .observability.client import Observed, client_tracing
+from .observability.stats import ClientStats
 from .transports import ClientTransport, client_transport
+from .transports.base import TraceContext
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -211,6 +214,9 @@ class ClientBase:
         self.broker = resolve_broker(broker)
         self.queue = queue
         self.timeout = timeout
+        self.stats = ClientStats()
+        """What this client's calls did: by method and outcome, in flight, their time."""
+        self._tracing = client_tracing(queue, self.broker)
         self._ids = request_ids()
         self._closed = False
 
@@ -223,6 +229,10 @@ class ClientBase:
             raise AttributeError(name)
         proxy = self.__dict__[name] = MethodProxy(self.call, name)  # found directly next time
         return proxy
+
+    def _observed(self, method: str, id_: Id) -> Observed:
+        """Counts (and, with OpenTelemetry, traces) one call; its ``with`` gives the trace."""
+        return Observed(self.stats, self._tracing, method, id_)
 
     def _timed_out(self, what: str, timeout: float | None) -> CallTimeout:
         timeout = self.timeout if timeout is None else timeout
@@ -249,15 +259,17 @@ class AsyncClient(ClientBase):
         """Call `method` with positional or named params and return its result."""
         id_ = next(self._ids)
         body = encode_request(method, params_from(args, kwargs), id_)
-        return single_result(await self._exchange(body, method, timeout), id_)
+        with self._observed(method, id_) as trace:
+            return single_result(await self._exchange(body, method, timeout, trace), id_)
 
     async def request(
         self, method: str, params: Params = None, *, timeout: float | None = None
     ) -> JSON:
         """Call `method` with explicit params (a list, a dict or None) and return its result."""
         id_ = next(self._ids)
-        reply = await self._exchange(encode_request(method, params, id_), method, timeout)
-        return single_result(reply, id_)
+        body = encode_request(method, params, id_)
+        with self._observed(method, id_) as trace:
+            return single_result(await self._exchange(body, method, timeout, trace), id_)
 
     async def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service runs it, nobody waits for a reply."""
@@ -271,12 +283,15 @@ class AsyncClient(ClientBase):
         """The service's OpenRPC document (``rpc.discover``)."""
         return await self.request("rpc.discover")
 
-    async def _exchange(self, body: bytes, what: str, timeout: float | None) -> bytes:
+    async def _exchange(
+        self, body: bytes, what: str, timeout: float | None, trace: TraceContext | None = None
+    ) -> bytes:
         transport = self._transport or await self._connect()
+        deadline = time.time() + (self.timeout if timeout is None else timeout)
         try:
-            return await transport.request(
-                self.queue, body, time.time() + (self.timeout if timeout is None else timeout)
-            )
+            if trace is None:
+                return await transport.request(self.queue, body, deadline)
+            return await transport.request(self.queue, body, deadline, trace)
         except CallTimeout:
             raise self._timed_out(what, timeout) from None
 

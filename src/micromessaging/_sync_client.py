@@ -27,6 +27,7 @@ from ._exceptions import CallTimeout, TransportError
 from ._protocol import encode_request
 from ._types import JSON, Params
 from .transports import SyncClientTransport, sync_client_transport
+from .transports.base import TraceContext
 
 
 class Batch(BatchBuilder):
@@ -76,13 +77,15 @@ class Client(ClientBase):
         """Call `method` with positional or named params and return its result."""
         id_ = next(self._ids)
         body = encode_request(method, params_from(args, kwargs), id_)
-        return single_result(self._exchange(body, method, timeout), id_)
+        with self._observed(method, id_) as trace:
+            return single_result(self._exchange(body, method, timeout, trace), id_)
 
     def request(self, method: str, params: Params = None, *, timeout: float | None = None) -> JSON:
         """Call `method` with explicit params (a list, a dict or None) and return its result."""
         id_ = next(self._ids)
-        return single_result(self._exchange(encode_request(method, params, id_), method, timeout),
-                             id_)  # fmt: skip
+        body = encode_request(method, params, id_)
+        with self._observed(method, id_) as trace:
+            return single_result(self._exchange(body, method, timeout, trace), id_)
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service runs it, nobody waits for a reply."""
@@ -96,12 +99,15 @@ class Client(ClientBase):
         """The service's OpenRPC document (``rpc.discover``)."""
         return self.request("rpc.discover")
 
-    def _exchange(self, body: bytes, what: str, timeout: float | None) -> bytes:
+    def _exchange(
+        self, body: bytes, what: str, timeout: float | None, trace: TraceContext | None = None
+    ) -> bytes:
         transport = self._transport or self._connect()
+        deadline = time.time() + (self.timeout if timeout is None else timeout)
         try:
-            return transport.request(
-                self.queue, body, time.time() + (self.timeout if timeout is None else timeout)
-            )
+            if trace is None:
+                return transport.request(self.queue, body, deadline)
+            return transport.request(self.queue, body, deadline, trace)
         except CallTimeout:
             raise self._timed_out(what, timeout) from None
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from .base import ClientTransport, SyncClientTransport
+from .base import ClientTransport, SyncClientTransport, TraceContext
 
 T = TypeVar("T")
 
@@ -67,11 +67,15 @@ class ThreadedClientTransport(SyncClientTransport):
     def connect(self) -> None:
         self._loop.run(self._transport.connect())
 
-    def request(self, queue: str, body: bytes, deadline: float) -> bytes:
-        return self._loop.run(self._transport.request(queue, body, deadline))
+    def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
+        return self._loop.run(self._transport.request(queue, body, deadline, trace))
 
-    def send(self, queue: str, body: bytes, deadline: float | None) -> None:
-        self._loop.run(self._transport.send(queue, body, deadline))
+    def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
+        self._loop.run(self._transport.send(queue, body, deadline, trace))
 
     def close(self) -> None:
         try:

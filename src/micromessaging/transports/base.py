@@ -79,15 +79,21 @@ class ClientTransport(ABC):
         """Open connections and start listening for replies; `TransportError` on failure."""
 
     @abstractmethod
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         """Send `body` to `queue` and return the reply's bytes.
 
         `deadline` is in seconds since the epoch: it travels with the message, so that
         workers can skip a request nobody awaits, and the wait ends there with `CallTimeout`.
+        `trace` (W3C trace context) travels with it too; the transport also stamps the
+        time it sent the message, so that workers can tell queue wait from execution.
         """
 
     @abstractmethod
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         """Send `body` to `queue` without waiting for any reply."""
 
     @abstractmethod
@@ -124,11 +130,15 @@ class SyncClientTransport(ABC):
         """Open connections; `TransportError` on failure."""
 
     @abstractmethod
-    def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         """Send `body` to `queue` and return the reply's bytes; `CallTimeout` at `deadline`."""
 
     @abstractmethod
-    def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         """Send `body` to `queue` without waiting for any reply."""
 
     @abstractmethod

@@ -22,7 +22,7 @@ from aiormq.abc import DeliveredMessage
 
 from ..._exceptions import ConfigurationError, TransportError
 from .._shared import ReplyRouter, connection_lost
-from ..base import ClientTransport
+from ..base import ClientTransport, TraceContext
 from .connection import CONNECT_TIMEOUT, Link, describe
 from .frames import HeaderValue, encode_publish
 from .wire import (
@@ -98,7 +98,9 @@ class AmqpClientTransport(ClientTransport):
         except Exception as exc:
             raise TransportError(f"cannot declare queue {queue!r}: {describe(exc)}") from exc
 
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         channel = await self._ready(queue, deadline)
         correlation_id, future = self.router.expect(deadline)
         try:
@@ -108,7 +110,9 @@ class AmqpClientTransport(ClientTransport):
             self.router.forget(correlation_id)
             raise
 
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         channel = await self._ready(queue, deadline or time.time() + CONNECT_TIMEOUT)
         self._publish(channel, queue, body, deadline, None)
 

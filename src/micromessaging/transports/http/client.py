@@ -10,7 +10,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from ..._exceptions import CallTimeout, ProtocolError, TransportError
-from ..base import ClientTransport
+from ..base import ClientTransport, TraceContext
 from .pool import ConnectionPool
 from .wire import CLIENT_KEEP_ALIVE_SECONDS, ClientSettings, encode_deadline
 
@@ -102,7 +102,9 @@ class HttpClientTransport(ClientTransport):
             raise TransportError(f"POST {self._where(queue)} failed: {exc!r}") from exc
         return status, content
 
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         status, content = await self._post(queue, body, deadline)
         if 200 <= status < 300:
             if not content:
@@ -112,7 +114,9 @@ class HttpClientTransport(ClientTransport):
             return content  # so that the caller gets the RemoteError it carries
         raise TransportError(f"{self._where(queue)} answered HTTP {status}: {content[:200]!r}")
 
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         status, content = await self._post(queue, body, deadline)
         if status >= 300:
             detail = _jsonrpc_error(content) or repr(content[:200])

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 
 from ..._exceptions import CallTimeout, TransportError
 from .._shared import ReplyRouter, connection_lost
-from ..base import ClientTransport
+from ..base import ClientTransport, TraceContext
 from . import wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .streams import ensure_work_stream
@@ -83,7 +83,9 @@ class NatsClientTransport(ClientTransport):
             self._queues.add(wire.check_queue(queue))
         return self._nc
 
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         self._live(queue)
         correlation_id, future = self._router.expect(deadline)
         call = _Call(queue, body, deadline, future)
@@ -95,7 +97,9 @@ class NatsClientTransport(ClientTransport):
             self._router.forget(correlation_id)
             self._calls.pop(correlation_id, None)
 
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         nc = self._live(queue)
         headers = wire.deadline_header(deadline) or None
         self._check_size(nc, body, headers)

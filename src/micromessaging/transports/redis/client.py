@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from ..._exceptions import CallTimeout, TransportError
 from .._shared import Backoff, ReplyRouter, connection_lost
-from ..base import ClientTransport
+from ..base import ClientTransport, TraceContext
 from . import calls, wire
 from .connection import (
     CONNECTION_ERRORS,
@@ -68,7 +68,9 @@ class RedisClientTransport(ClientTransport):
         self._open = True
         self._reader_task = asyncio.create_task(self._read_replies())
 
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         if not self._open:
             raise self._failures.closed()
         correlation_id, future = self._router.expect(deadline)
@@ -80,7 +82,9 @@ class RedisClientTransport(ClientTransport):
             self._router.forget(correlation_id)
             raise
 
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         if not self._open:
             raise self._failures.closed()
         pushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -211,7 +215,9 @@ class RedisSeedClientTransport(ClientTransport):
             raise self._failures.unreachable(exc) from exc
         self._open = True
 
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         redis_client = self._redis
         if not self._open or redis_client is None:
             raise self._failures.closed()
@@ -234,7 +240,9 @@ class RedisSeedClientTransport(ClientTransport):
         reply: bytes = got[1]  # type: ignore[assignment]
         return reply
 
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         if not self._open or self._redis is None:
             raise self._failures.closed()
         try:

@@ -23,7 +23,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from ..._exceptions import CallTimeout, TransportError
-from ..base import SyncClientTransport
+from ..base import SyncClientTransport, TraceContext
 from . import calls, compat, wire
 from .connection import CONNECTION_ERRORS, REPLY_BLOCK_SECONDS, RedisSettings
 
@@ -83,7 +83,9 @@ class RedisSyncClientTransport(SyncClientTransport):
             self.close()
             raise self._failures.unreachable(exc) from exc
 
-    def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         redis_client = self._redis
         if self._closed or redis_client is None:
             raise self._failures.closed()
@@ -265,7 +267,9 @@ class RedisSyncClientTransport(SyncClientTransport):
                     waiter.error = error
                     waiter.wake.set()
 
-    def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         if self._closed or self._redis is None:
             raise self._failures.closed()
         try:
@@ -314,7 +318,9 @@ class RedisSeedSyncClientTransport(SyncClientTransport):
             self.close()
             raise self._failures.unreachable(exc) from exc
 
-    def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    def request(
+        self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
+    ) -> bytes:
         redis_client = self._redis
         if redis_client is None:
             raise self._failures.closed()
@@ -334,7 +340,9 @@ class RedisSeedSyncClientTransport(SyncClientTransport):
         reply: bytes = got[1]
         return reply
 
-    def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    def send(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
+    ) -> None:
         if self._redis is None:
             raise self._failures.closed()
         try:
