@@ -12,10 +12,10 @@ class NobodyHome(ClientTransport):
     async def connect(self) -> None:
         pass
 
-    async def request(self, queue: str, body: bytes, deadline: float) -> bytes:
+    async def request(self, queue: str, body: bytes, deadline: float, trace=None) -> bytes:
         raise NoWorkers(queue, "no consumer")
 
-    async def send(self, queue: str, body: bytes, deadline: float | None) -> None:
+    async def send(self, queue: str, body: bytes, deadline: float | None, trace=None) -> None:
         raise NoWorkers(queue)
 
     async def check(self) -> None:

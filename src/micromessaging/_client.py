@@ -289,7 +289,7 @@ class AsyncClient(ClientBase):
         transport = self._transport or await self._connect()
         deadline = time.time() + (self.timeout if timeout is None else timeout)
         try:
-            if trace is None:
+            if not trace:  # the common case: no trace context to carry
                 return await transport.request(self.queue, body, deadline)
             return await transport.request(self.queue, body, deadline, trace)
         except CallTimeout:

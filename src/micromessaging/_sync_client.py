@@ -105,7 +105,7 @@ class Client(ClientBase):
         transport = self._transport or self._connect()
         deadline = time.time() + (self.timeout if timeout is None else timeout)
         try:
-            if trace is None:
+            if not trace:  # the common case: no trace context to carry
                 return transport.request(self.queue, body, deadline)
             return transport.request(self.queue, body, deadline, trace)
         except CallTimeout:
