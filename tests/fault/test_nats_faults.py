@@ -8,80 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from micromessaging import AsyncClient, CallTimeout, TransportError, Worker
+from tests.brokers import NatsNode
 from tests.transports.contract import eventually
 
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-pytestmark = [
-    pytest.mark.fault,
-    pytest.mark.skipif(not os.path.exists(NATS_SERVER), reason="nats-server is not installed"),
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class NatsServer:
-    """A nats-server process of the test's own, with JetStream, restartable on one port."""
-
-    def __init__(self, store: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.store = store
-        self.extra = list(extra)
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)]
-        command += ["-js", "-sd", str(self.store), *self.extra]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    nats_server = NatsServer(tmp_path / "jetstream")
-    nats_server.start()
-    try:
-        yield nats_server
-    finally:
-        nats_server.stop()
+pytestmark = pytest.mark.fault
 
 
 @pytest.fixture(params=["core", "jetstream"])
@@ -89,7 +30,7 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def url_for(server: NatsServer, mode: str, **options: object) -> str:
+def url_for(server: NatsNode, mode: str, **options: object) -> str:
     query = {"reconnect_wait": 0.2, **options}
     if mode == "jetstream":
         query["jetstream"] = 1
@@ -135,8 +76,8 @@ async def eventually_answers(client: AsyncClient, within: float) -> float:
             await asyncio.sleep(0.1)
 
 
-async def test_server_restart_under_workers_and_clients(server: NatsServer, mode: str) -> None:
-    url = url_for(server, mode, ack_wait=2)
+async def test_server_restart_under_workers_and_clients(nats_node: NatsNode, mode: str) -> None:
+    url = url_for(nats_node, mode, ack_wait=2)
     queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
     service = Holder()
     async with (
@@ -146,7 +87,7 @@ async def test_server_restart_under_workers_and_clients(server: NatsServer, mode
         assert await client.add(1, 2) == 3
         in_flight = asyncio.create_task(client.hold(1, "lost"))
         await eventually(lambda: service.calls > 0)
-        server.stop()
+        nats_node.stop()
         started = time.monotonic()
         with pytest.raises(TransportError, match="lost"):
             await in_flight  # its reply can't come back: told now, not at its deadline
@@ -155,7 +96,7 @@ async def test_server_restart_under_workers_and_clients(server: NatsServer, mode
         with pytest.raises((TransportError, CallTimeout)):
             await client.call("add", 1, 1, timeout=1)  # made during the outage
         assert time.monotonic() - started < 2.5
-        server.start()
+        nats_node.start()
         await eventually_answers(client, within=15)
         results = await asyncio.gather(*(client.add(i, 1) for i in range(200)))
         assert results == [i + 1 for i in range(200)]
@@ -203,9 +144,9 @@ def written(path: Path) -> bool:
 
 
 async def test_killed_workers_request_is_answered_by_another(
-    server: NatsServer, tmp_path: Path
+    nats_node: NatsNode, tmp_path: Path
 ) -> None:
-    url = url_for(server, "jetstream", ack_wait=1)
+    url = url_for(nats_node, "jetstream", ack_wait=1)
     queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "started"
     victim = spawn_worker(url, queue, marker)
@@ -226,9 +167,9 @@ async def test_killed_workers_request_is_answered_by_another(
         kill(victim)
 
 
-async def test_killed_core_worker_loses_the_request(server: NatsServer, tmp_path: Path) -> None:
+async def test_killed_core_worker_loses_the_request(nats_node: NatsNode, tmp_path: Path) -> None:
     # Core NATS is at most once: nobody holds the request the killed worker took.
-    url = url_for(server, "core")
+    url = url_for(nats_node, "core")
     queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
     marker = tmp_path / "started"
     victim = spawn_worker(url, queue, marker)
@@ -245,8 +186,10 @@ async def test_killed_core_worker_loses_the_request(server: NatsServer, tmp_path
         kill(victim)
 
 
-async def test_kill_one_of_two_workers_under_1000_calls(server: NatsServer, tmp_path: Path) -> None:
-    url = url_for(server, "jetstream", ack_wait=1)
+async def test_kill_one_of_two_workers_under_1000_calls(
+    nats_node: NatsNode, tmp_path: Path
+) -> None:
+    url = url_for(nats_node, "jetstream", ack_wait=1)
     queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
     workers = [spawn_worker(url, queue, tmp_path / f"w{n}") for n in range(2)]
     try:

@@ -29,15 +29,9 @@ import redis.asyncio as aioredis
 from micromessaging import AsyncClient, CallTimeout, Client, ErrorCode, RemoteError, TransportError
 from micromessaging.transports.redis import RedisSettings
 from micromessaging.transports.redis import wire as wire
+from tests.brokers import RedisNode
 from tests.transports.contract import eventually
-from tests.transports.test_redis import (
-    REDIS_URL,
-    RedisServer,
-    dead_records,
-    delete_queue,
-    queue_keys,
-    redis_server,
-)
+from tests.transports.test_redis import dead_records, delete_queue, queue_keys
 
 REPO = Path(__file__).resolve().parents[2]
 HEARTBEAT = 1.0
@@ -119,10 +113,10 @@ async def registered(url: str, queue: str, count: int, timeout: float = 30) -> s
 
 
 @pytest.fixture
-async def queue() -> AsyncIterator[str]:
+async def queue(redis_url: str) -> AsyncIterator[str]:
     name = f"mm-fault-{uuid.uuid4().hex[:12]}"
     yield name
-    await asyncio.wait_for(delete_queue(REDIS_URL, name), 10)
+    await asyncio.wait_for(delete_queue(redis_url, name), 10)
 
 
 def test_default_recovery_bound_is_at_most_30_seconds() -> None:
@@ -134,17 +128,17 @@ def test_default_recovery_bound_is_at_most_30_seconds() -> None:
 
 
 async def test_kill_9_with_1000_calls_in_flight_across_two_workers(
-    queue: str, tmp_path: Path
+    queue: str, tmp_path: Path, redis_url: str
 ) -> None:
     log = tmp_path / "executions"
-    url = f"{REDIS_URL}?heartbeat={HEARTBEAT:g}"
+    url = f"{redis_url}?heartbeat={HEARTBEAT:g}"
     with workers(url, queue, log, "--concurrency", "32", count=2) as (victim, survivor):
-        ids = await registered(REDIS_URL, queue, 2)
+        ids = await registered(redis_url, queue, 2)
         [victim_id] = [i for i in ids if f".{victim.pid}." in i]
         processing = wire.processing_key(queue, victim_id)
         async with (
-            AsyncClient(REDIS_URL, queue, timeout=60) as client,
-            aioredis.Redis.from_url(REDIS_URL, socket_timeout=5) as redis_client,
+            AsyncClient(redis_url, queue, timeout=60) as client,
+            aioredis.Redis.from_url(redis_url, socket_timeout=5) as redis_client,
         ):
             calls = [asyncio.create_task(client.slow_add(i, 1, 0.02)) for i in range(1000)]
             await eventually(lambda: sum(call.done() for call in calls) >= 200, 30)
@@ -172,13 +166,13 @@ async def test_kill_9_with_1000_calls_in_flight_across_two_workers(
 
 
 async def test_sigterm_finishes_calls_in_flight_and_gives_back_the_rest(
-    queue: str, tmp_path: Path
+    queue: str, tmp_path: Path, redis_url: str
 ) -> None:
     log = tmp_path / "executions"
-    url = f"{REDIS_URL}?heartbeat={HEARTBEAT:g}"
+    url = f"{redis_url}?heartbeat={HEARTBEAT:g}"
     with workers(url, queue, log, "--concurrency", "4") as (worker,):
-        await registered(REDIS_URL, queue, 1)
-        async with AsyncClient(REDIS_URL, queue, timeout=30) as client:
+        await registered(redis_url, queue, 1)
+        async with AsyncClient(redis_url, queue, timeout=30) as client:
             calls = [asyncio.create_task(client.slow_add(i, 1, 1.0)) for i in range(10)]
             await eventually(lambda: len(executions(log)) == 4, 10)
             worker.send_signal(signal.SIGTERM)
@@ -186,8 +180,8 @@ async def test_sigterm_finishes_calls_in_flight_and_gives_back_the_rest(
             assert await asyncio.to_thread(worker.wait, 20) == 0
             for i in started:  # in flight: finished and answered before the exit
                 assert calls[i].done() and calls[i].result() == i + 1
-            assert await queue_keys(REDIS_URL, queue) == [queue]  # nothing but the queue
-            async with aioredis.Redis.from_url(REDIS_URL) as redis_client:
+            assert await queue_keys(redis_url, queue) == [queue]  # nothing but the queue
+            async with aioredis.Redis.from_url(redis_url) as redis_client:
                 assert await redis_client.llen(queue) == 6  # the rest went back, or stayed
             with workers(url, queue, log) as _:  # another worker answers them later
                 results = await asyncio.wait_for(asyncio.gather(*calls), 20)
@@ -196,14 +190,14 @@ async def test_sigterm_finishes_calls_in_flight_and_gives_back_the_rest(
 
 
 async def test_a_request_that_kills_its_workers_is_dead_lettered_and_answered(
-    queue: str, tmp_path: Path
+    queue: str, tmp_path: Path, redis_url: str
 ) -> None:
     log = tmp_path / "executions"
-    url = f"{REDIS_URL}?heartbeat={HEARTBEAT:g}"
+    url = f"{redis_url}?heartbeat={HEARTBEAT:g}"
     options = ("--processes", "2", "--max-deliveries", "3")
     with workers(url, queue, log, *options):
-        await registered(REDIS_URL, queue, 2)
-        async with AsyncClient(REDIS_URL, queue, timeout=60) as client:
+        await registered(redis_url, queue, 2)
+        async with AsyncClient(redis_url, queue, timeout=60) as client:
             started = time.monotonic()
             with pytest.raises(RemoteError) as caught:
                 await client.crash()
@@ -211,29 +205,29 @@ async def test_a_request_that_kills_its_workers_is_dead_lettered_and_answered(
             assert time.monotonic() - started < 3 * (RECOVERY_BOUND + 2)
             assert await client.add(2, 3) == 5
     assert [what for _, what in executions(log)] == ["crash"] * 3
-    (record,) = await dead_records(REDIS_URL, queue)
+    (record,) = await dead_records(redis_url, queue)
     assert orjson.loads(record["body"])["method"] == "crash"
     assert record["header"]["n"] == 4
 
 
 async def test_a_10_mb_message_is_refused_and_the_worker_goes_on(
-    queue: str, tmp_path: Path
+    queue: str, tmp_path: Path, redis_url: str
 ) -> None:
     log = tmp_path / "executions"
-    with workers(REDIS_URL, queue, log) as (worker,):
-        await registered(REDIS_URL, queue, 1)
-        async with AsyncClient(REDIS_URL, queue, timeout=20) as client:
+    with workers(redis_url, queue, log) as (worker,):
+        await registered(redis_url, queue, 1)
+        async with AsyncClient(redis_url, queue, timeout=20) as client:
             with pytest.raises(RemoteError) as caught:
                 await client.echo("x" * (10 * 1024 * 1024))
             assert caught.value.code == ErrorCode.MESSAGE_TOO_LARGE
-            async with aioredis.Redis.from_url(REDIS_URL) as redis_client:
+            async with aioredis.Redis.from_url(redis_url) as redis_client:
                 seed_big = orjson.dumps(
                     {"jsonrpc": "2.0", "method": "echo", "params": ["x" * 10_000_000], "id": 1}
                 )
                 await redis_client.lpush(queue, seed_big)  # seed form: no readable address
             records = []
             for _ in range(200):
-                records = await dead_records(REDIS_URL, queue)
+                records = await dead_records(redis_url, queue)
                 if records:
                     break
                 await asyncio.sleep(0.05)
@@ -297,7 +291,7 @@ def sync_load(client: Client, outcomes: Outcomes, stop: threading.Event) -> None
 
 async def test_redis_restart_under_load(queue: str, tmp_path: Path) -> None:
     timeout = 5.0
-    server = RedisServer()
+    server = RedisNode(base=tmp_path)
     outcomes, sync_outcomes = Outcomes(), Outcomes()
     stop, sync_stop = asyncio.Event(), threading.Event()
     try:
@@ -343,7 +337,7 @@ async def test_redis_restart_under_load(queue: str, tmp_path: Path) -> None:
 
 async def test_10000_calls_then_a_clean_stop_leave_only_the_queues(tmp_path: Path) -> None:
     queue = "calc"  # our own Redis: every key in it is this test's
-    with redis_server() as server:
+    with RedisNode(base=tmp_path) as server:
         url = f"{server.url}?heartbeat={HEARTBEAT:g}"
         with workers(url, queue, tmp_path / "log", "--concurrency", "32", count=2) as procs:
             await registered(server.url, queue, 2)
