@@ -377,6 +377,11 @@ class RabbitNode(Node):
         """Close every client connection (and so every channel) from the broker's side."""
         self.ctl("close_all_connections", reason)
 
+    def close_channels(self) -> None:
+        """End every channel process on the node: each client sees its channels closed by
+        the broker (and then its connection, with INTERNAL_ERROR)."""
+        self.ctl("eval", "[exit(P, kill) || P <- rabbit_channel:list()].")
+
     @contextlib.contextmanager
     def memory_alarm(self) -> Iterator[None]:
         """While inside, a memory alarm blocks every publishing connection."""

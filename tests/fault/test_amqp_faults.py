@@ -1,47 +1,79 @@
-"""RabbitMQ under faults: a broker restarted under load, connections cut, workers killed.
+"""RabbitMQ joins the fault suite; then the faults only RabbitMQ shows.
 
-Broker faults run on a RabbitMQ node of this module's own (its own node name, ports, data
-and log directories, no plugins), started once for the module and always stopped: the
-shared broker on 5672 is never restarted or told to close connections. The node also
-listens for amqps:// (a self-signed certificate), to show TLS end to end. Worker faults
-(kill -9, SIGTERM, a request that crashes its worker) use the shared broker and worker
-subprocesses (``python -m micromessaging worker``) serving `FaultService` below.
+Everything runs on the session's RabbitMQ node of our own (`rabbit_node`: its own node name,
+ports, data and log directories, no plugins; it also listens for amqps:// with a self-signed
+certificate), never on a shared broker: a test that breaks it mends it. Writes are refused
+two ways: every channel closed by the broker (its channel processes ended), and a memory
+alarm, which blocks every publishing connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from urllib.parse import quote
 
-import orjson
 import pytest
 
-from micromessaging import (
-    AsyncClient,
-    CallTimeout,
-    Client,
-    ConfigurationError,
-    ErrorCode,
-    RemoteError,
-    TransportError,
-    Worker,
-)
+from micromessaging import AsyncClient, Client, ConfigurationError, TransportError, Worker
 from tests.brokers import RabbitNode
 from tests.transports.contract import Probe, eventually
-from tests.transports.test_amqp import delete_queues, drain_queue, queue_state
+from tests.transports.test_amqp import delete_queues, drain_queue
 
-REPO = Path(__file__).resolve().parents[2]
+from .suite import FaultSuite
 
 pytestmark = pytest.mark.fault
+
+
+class TestAmqpFaults(FaultSuite):
+    @pytest.fixture
+    def node(self, rabbit_node: RabbitNode) -> RabbitNode:
+        return rabbit_node
+
+    @pytest.fixture
+    def url(self, node: RabbitNode) -> str:
+        return node.url
+
+    @pytest.fixture
+    async def queue(self, node: RabbitNode) -> AsyncIterator[str]:
+        name = f"mm-fault-{uuid.uuid4().hex[:12]}"
+        yield name
+        with contextlib.suppress(Exception):  # a test that failed may have left it down
+            await asyncio.wait_for(delete_queues(node.url, name), 15)
+
+    @pytest.fixture(params=["channels-closed", "memory-alarm"])
+    def write_fault(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    async def stop_broker(self, node: RabbitNode) -> None:
+        await asyncio.to_thread(node.stop_app)  # every connection closed, the queue dropped
+
+    async def start_broker(self, node: RabbitNode) -> None:
+        await asyncio.to_thread(node.start_app)
+
+    def refusing(
+        self, node: RabbitNode, fault: str, queue: str
+    ) -> AbstractAsyncContextManager[None]:
+        @asynccontextmanager
+        async def refused() -> AsyncIterator[None]:
+            if fault == "channels-closed":
+                await asyncio.to_thread(node.close_channels)
+                yield
+            else:
+                with node.memory_alarm():
+                    yield
+
+        return refused()
+
+    async def dead_letters(self, node: RabbitNode, queue: str) -> list[bytes]:
+        return [message.body for message in await drain_queue(node.url, f"{queue}.dead")]
+
+
+# --- RabbitMQ's own -------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -49,77 +81,18 @@ def queue() -> str:
     return f"mm-fault-{uuid.uuid4().hex[:12]}"
 
 
-# --- broker faults -------------------------------------------------------------------------------
-
-
-class Outcomes:
-    """What happened to each call of a steady load: result, error and how long it took."""
-
-    def __init__(self) -> None:
-        self.results: list[tuple[float, float, object]] = []  # (started, took, outcome)
-
-    def since(self, moment: float) -> list[object]:
-        return [outcome for started, _, outcome in self.results if started >= moment]
-
-
-async def steady_load(client: AsyncClient, outcomes: Outcomes, stop: asyncio.Event) -> None:
-    async def lane(n: int) -> None:
-        i = 0
-        while not stop.is_set():
-            i += 1
-            started = time.monotonic()
-            try:
-                outcome: object = await client.add(n, i)
-                assert outcome == n + i
-            except (TransportError, CallTimeout) as exc:
-                outcome = exc
-                await asyncio.sleep(0.05)
-            outcomes.results.append((started, time.monotonic() - started, outcome))
-
-    await asyncio.gather(*(lane(n) for n in range(8)))
-
-
-async def test_broker_restart_under_load(rabbit_node: RabbitNode, queue: str) -> None:
-    timeout = 5.0
-    outcomes, stop = Outcomes(), asyncio.Event()
-    async with (
-        Worker(Probe(), rabbit_node.url, queue, concurrency=8) as worker,
-        AsyncClient(rabbit_node.url, queue, timeout=timeout) as client,
-    ):
-        load = asyncio.create_task(steady_load(client, outcomes, stop))
-        await eventually(lambda: len(outcomes.results) > 50)
-        await asyncio.to_thread(rabbit_node.stop_app)  # closes every connection, drops the queue
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(rabbit_node.start_app)
-        restarted = time.monotonic()
-        # Both ends reconnect by themselves (the queue is declared anew) and go on.
-        await eventually(
-            lambda: sum(not isinstance(o, Exception) for o in outcomes.since(restarted)) > 50, 30
-        )
-        stop.set()
-        await asyncio.wait_for(load, timeout + 5)
-        assert await client.add(20, 22) == 42
-    took = [took for _, took, _ in outcomes.results]
-    errors = [o for _, _, o in outcomes.results if isinstance(o, Exception)]
-    assert max(took) < timeout + 1  # nothing hung
-    assert errors, "the outage went unnoticed?"
-    assert all(isinstance(e, TransportError | CallTimeout) for e in errors)
-    # Calls in flight when the connection dropped failed at once, not at their timeout.
-    assert any(isinstance(e, TransportError) for e in errors)
-    assert worker.stats.completed > 100
-
-
 async def test_calls_in_flight_fail_fast_when_the_connection_is_cut(
     rabbit_node: RabbitNode, queue: str
 ) -> None:
+    probe = Probe()
     async with (
-        Worker(Probe(), rabbit_node.url, queue) as worker,
+        Worker(probe, rabbit_node.url, queue) as worker,
         AsyncClient(rabbit_node.url, queue, timeout=20) as client,
     ):
         pending = [asyncio.create_task(client.slow(2, i)) for i in range(3)]
-        await asyncio.sleep(0.5)
+        await eventually(lambda: len(probe.ran) == 3)  # all three running in the worker
         started = time.monotonic()
-        await asyncio.to_thread(rabbit_node.ctl, "close_all_connections", "test: cut")
+        await asyncio.to_thread(rabbit_node.close_connections, "test: cut")
         for call in pending:
             with pytest.raises(TransportError, match="lost"):
                 await call
@@ -196,131 +169,3 @@ async def test_amqps_with_a_self_signed_certificate(rabbit_node: RabbitNode, que
     assert time.monotonic() - started < 5
     with pytest.raises(ConfigurationError, match="no_verify_ssl must be true or false"):
         await asyncio.wait_for(serve(f"{tls}?no_verify_ssl=", queue), 15)
-
-
-# --- worker faults (shared broker, worker subprocesses) -------------------------------------
-
-
-class FaultService:
-    """Served by worker subprocesses; records each execution in $MM_FAULT_LOG."""
-
-    def _record(self, what: object) -> None:
-        with open(os.environ["MM_FAULT_LOG"], "a") as log:
-            log.write(f"{os.getpid()} {orjson.dumps(what).decode()}\n")
-
-    async def slow_add(self, a: int, b: int, seconds: float) -> int:
-        self._record(a)
-        await asyncio.sleep(seconds)
-        return a + b
-
-    def crash(self) -> None:
-        self._record("crash")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    def add(self, a: int, b: int) -> int:
-        return a + b
-
-
-def executions(log: Path) -> list[tuple[int, object]]:
-    if not log.exists():
-        return []
-    lines = log.read_text().splitlines()
-    return [(int(pid), orjson.loads(what)) for pid, what in (line.split(" ", 1) for line in lines)]
-
-
-@contextlib.contextmanager
-def workers(
-    amqp_url: str, queue: str, log: Path, *options: str, count: int = 1
-) -> Iterator[list[subprocess.Popen[bytes]]]:
-    command = [
-        sys.executable, "-m", "micromessaging", "worker",
-        "tests.fault.test_amqp_faults:FaultService",
-        "--broker", amqp_url, "--queue", queue, "--log-level", "warning", *options,
-    ]  # fmt: skip
-    env = {**os.environ, "MM_FAULT_LOG": str(log)}
-    processes = [
-        subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True) for _ in range(count)
-    ]
-    try:
-        yield processes
-    finally:
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-async def consumers(amqp_url: str, queue: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await queue_state(amqp_url, queue)
-        if state is not None and state[1] >= count:
-            return
-        assert time.monotonic() < deadline, f"{count} consumers never came"
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def shared_queue(amqp_url: str) -> AsyncIterator[str]:
-    name = f"mm-fault-{uuid.uuid4().hex[:12]}"
-    yield name
-    await delete_queues(amqp_url, name)
-
-
-async def test_kill_9_with_1000_calls_in_flight_across_two_workers(
-    shared_queue: str, tmp_path: Path, amqp_url: str
-) -> None:
-    log = tmp_path / "executions"
-    with workers(amqp_url, shared_queue, log, "--concurrency", "32", count=2) as (victim, survivor):
-        await consumers(amqp_url, shared_queue, 2)
-        async with AsyncClient(amqp_url, shared_queue, timeout=60) as client:
-            calls = [asyncio.create_task(client.slow_add(i, 1, 0.02)) for i in range(1000)]
-            await eventually(lambda: sum(call.done() for call in calls) >= 200, 30)
-            victim.kill()  # SIGKILL: no goodbye, ~32 calls unacknowledged in its hands
-            results = await asyncio.gather(*calls)
-            assert survivor.poll() is None
-        assert results == [i + 1 for i in range(1000)]  # each call: one correct answer
-    ran = executions(log)
-    by_victim = {what for pid, what in ran if pid == victim.pid}
-    by_survivor = {what for pid, what in ran if pid == survivor.pid}
-    assert by_victim and by_victim | by_survivor == set(range(1000))
-    # What the victim held when it died was delivered again, and answered by the survivor.
-    assert by_victim & by_survivor
-
-
-async def test_sigterm_finishes_calls_in_flight_and_leaves_the_rest(
-    shared_queue: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amqp_url: str
-) -> None:
-    log = tmp_path / "executions"
-    monkeypatch.setenv("MM_FAULT_LOG", str(log))  # for the in-process worker at the end
-    with workers(amqp_url, shared_queue, log, "--concurrency", "4") as (worker,):
-        await consumers(amqp_url, shared_queue, 1)
-        async with AsyncClient(amqp_url, shared_queue, timeout=30) as client:
-            calls = [asyncio.create_task(client.slow_add(i, 1, 1.0)) for i in range(10)]
-            await eventually(lambda: len(executions(log)) == 4, 10)
-            worker.send_signal(signal.SIGTERM)
-            started = [what for _, what in executions(log)]
-            assert await asyncio.to_thread(worker.wait, 20) == 0
-            for i in started:  # in flight: finished and answered before the exit
-                assert calls[i].done() and calls[i].result() == i + 1
-            assert await queue_state(amqp_url, shared_queue) == (6, 0)  # the rest stayed
-            async with Worker(FaultService(), amqp_url, shared_queue):
-                assert await asyncio.gather(*calls) == [i + 1 for i in range(10)]
-    assert sorted(what for _, what in executions(log)) == list(range(10))  # each ran once
-
-
-async def test_a_request_that_kills_its_workers_is_dead_lettered_and_answered(
-    shared_queue: str, tmp_path: Path, amqp_url: str
-) -> None:
-    log = tmp_path / "executions"
-    with workers(amqp_url, shared_queue, log, "--processes", "2", "--max-deliveries", "3"):
-        await consumers(amqp_url, shared_queue, 2)
-        async with AsyncClient(amqp_url, shared_queue, timeout=60) as client:
-            with pytest.raises(RemoteError) as caught:
-                await client.crash()
-            assert caught.value.code == ErrorCode.DELIVERY_LIMIT
-            await consumers(amqp_url, shared_queue, 2)  # the supervisor restarted the dead ones
-            assert await client.add(2, 3) == 5
-    assert [what for _, what in executions(log)] == ["crash"] * 3
-    (dead,) = await drain_queue(amqp_url, f"{shared_queue}.dead")
-    assert orjson.loads(dead.body)["method"] == "crash"
