@@ -8,6 +8,7 @@ from ._client import AsyncBatch, AsyncClient, BatchCall
 from ._exceptions import (
     CallTimeout,
     ConfigurationError,
+    EncodeError,
     MicromessagingError,
     ProtocolError,
     RemoteError,
@@ -28,6 +29,7 @@ __all__ = [
     "CallTimeout",
     "Client",
     "ConfigurationError",
+    "EncodeError",
     "ErrorCode",
     "MicromessagingError",
     "ProtocolError",

@@ -5,6 +5,7 @@
     ├── CallTimeout          no answer before the call's deadline (also a TimeoutError)
     ├── TransportError       the broker or peer could not be reached, or the link broke
     ├── ProtocolError        the peer sent something that is not valid JSON-RPC
+    ├── EncodeError          params JSON can't carry (also a TypeError)
     └── ConfigurationError   a bad URL, option or missing extra (also a ValueError)
 
 Broker and library errors are converted into these at the transport boundary
@@ -62,3 +63,7 @@ class ProtocolError(MicromessagingError):
 
 class ConfigurationError(MicromessagingError, ValueError):
     """A broker URL, an option or an installed extra is wrong or missing."""
+
+
+class EncodeError(MicromessagingError, TypeError):
+    """A call's params hold something JSON can't carry (a set, NaN, nesting too deep...)."""

@@ -20,11 +20,11 @@ from ._client import (
     BatchBuilder,
     BatchCall,
     ClientBase,
+    encoded,
     params_from,
     single_result,
 )
 from ._exceptions import CallTimeout, TransportError
-from ._protocol import encode_request
 from ._types import JSON, Params
 from .transports import SyncClientTransport, sync_client_transport
 
@@ -75,18 +75,17 @@ class Client(ClientBase):
     def call(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> JSON:
         """Call `method` with positional or named params and return its result."""
         id_ = next(self._ids)
-        body = encode_request(method, params_from(args, kwargs), id_)
+        body = encoded(method, params_from(args, kwargs), id_)
         return single_result(self._exchange(body, method, timeout), id_)
 
     def request(self, method: str, params: Params = None, *, timeout: float | None = None) -> JSON:
         """Call `method` with explicit params (a list, a dict or None) and return its result."""
         id_ = next(self._ids)
-        return single_result(self._exchange(encode_request(method, params, id_), method, timeout),
-                             id_)  # fmt: skip
+        return single_result(self._exchange(encoded(method, params, id_), method, timeout), id_)
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service runs it, nobody waits for a reply."""
-        self._send(encode_request(method, params_from(args, kwargs), None, True))
+        self._send(encoded(method, params_from(args, kwargs), None, True))
 
     def batch(self, *, timeout: float | None = None) -> Batch:
         """Collect calls to send as one batch: ``with client.batch() as b: ...``."""

@@ -38,7 +38,7 @@ from .._asgi import (
 )
 from .._asgi import error_body as asgi_error_body
 from .._exceptions import CallTimeout, TransportError
-from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, ErrorCode
+from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, DecodeError, ErrorCode, loads
 from .._settings import mask_password
 from ..transports import ClientTransport, client_transport
 from .auth import Authenticator, Grant, parse_tokens
@@ -187,8 +187,8 @@ class Gateway:
         self, scope: Scope, send: Send, grant: Grant, queue: str, body: bytes
     ) -> None:
         try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            message = loads(body)  # as the workers read it: integers of any size included
+        except DecodeError:
             await respond(send, 400, error_body(ErrorCode.PARSE_ERROR, "the body is not JSON"))
             return
         items = message if isinstance(message, list) else [message]
