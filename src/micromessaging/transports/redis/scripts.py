@@ -23,23 +23,61 @@ local function bump(item)
 end
 """
 
-SETTLE = """
+# Why a reply must not be pushed onto `key` (false when it may). Envelope replies go to
+# mm:reply:... lists, which only our clients read. A seed-form reply goes to the list its
+# request's id names, so it may go only to a list that does not exist yet, or to one that
+# expires (a reply list already answered): never to a list without a TTL (a queue, a
+# dead-letter list, someone's data), a key of another type, or a registered queue. The
+# workers key is not among KEYS: a name the caller chose can't share a cluster slot anyway.
+_REPLY_GUARD = """
+local function refusal(key)
+  if string.sub(key, 1, 9) == 'mm:reply:' then return false end
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'none' then
+    if kind ~= 'list' then return 'holds a ' .. kind end
+    if redis.call('PTTL', key) < 0 then return 'is a list without a TTL' end
+  end
+  if redis.call('EXISTS', 'mm:' .. key .. ':workers') == 1 then
+    return 'is a registered queue'
+  end
+  return false
+end
+"""
+
+CHECK_REPLY_LIST = (
+    _REPLY_GUARD
+    + """
+-- Before a seed-form request runs: may its reply go to the list its id names?
+-- KEYS: the reply list. Returns why not, or false (nil).
+return refusal(KEYS[1])
+"""
+)
+
+SETTLE = (
+    _REPLY_GUARD
+    + """
 -- Settle the messages finished since the last run, then take up to as many new ones as
 -- the worker has room for (moving them to its processing list), in one round trip.
 -- KEYS: processing list, queue, then one reply list per settled message.
 -- ARGV: reply TTL, how many to take, then per message: the item, its reply ('' for none).
--- Returns {errors, taken}: per message 0 or the error its reply push met; the taken items.
+-- Returns {errors, taken}: per message 0 or the error its reply push met (or why it was
+-- refused: the list became unsafe since the worker checked it); the taken items.
 local ttl = ARGV[1]
 local errors = {}
 for i = 3, #KEYS do
   local item, reply = ARGV[2 * i - 3], ARGV[2 * i - 2]
   errors[i - 2] = 0
   if reply ~= '' then
-    local pushed = redis.pcall('RPUSH', KEYS[i], reply)
-    if type(pushed) == 'table' and pushed.err then
-      errors[i - 2] = pushed.err
+    local refused = refusal(KEYS[i])
+    if refused then
+      errors[i - 2] = 'refused: the list ' .. refused
     else
-      redis.call('EXPIRE', KEYS[i], ttl)
+      local pushed = redis.pcall('RPUSH', KEYS[i], reply)
+      if type(pushed) == 'table' and pushed.err then
+        errors[i - 2] = pushed.err
+      else
+        redis.call('EXPIRE', KEYS[i], ttl)
+      end
     end
   end
   redis.call('LREM', KEYS[1], -1, item)
@@ -52,6 +90,27 @@ for i = 1, tonumber(ARGV[2]) do
 end
 return {errors, taken}
 """
+)
+
+BURY = (
+    _REPLY_GUARD
+    + """
+-- Dead-letter one message: record it, send its error reply when it has a safe address,
+-- remove it from the processing list. The first write fails or all happen (a script that
+-- has not written yet is refused as a whole: OOM, READONLY), so it is retried cleanly.
+-- KEYS: dead-letter list, processing list, reply list. ARGV: record, item, reply ('' for
+-- none), reply TTL. Returns why the reply was refused, or false (nil).
+local refused = false
+if ARGV[3] ~= '' then refused = refusal(KEYS[3]) end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' and not refused then
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+redis.call('LREM', KEYS[2], -1, ARGV[2])
+return refused
+"""
+)
 
 GIVE_BACK = (
     _BUMP.replace("{limit}", "%(limit)d")
