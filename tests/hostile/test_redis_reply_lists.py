@@ -179,7 +179,8 @@ async def _processing_empty(redis: aioredis.Redis, queue: str) -> bool:
 async def test_the_settle_and_bury_scripts_refuse_unsafe_lists_atomically(
     redis: aioredis.Redis, queue: str
 ) -> None:
-    # The scripts' own guard, run directly: each unsafe kind, then a safe one.
+    # The scripts' own guard, run directly: each unsafe kind, then a safe one. SETTLE's
+    # arguments: reply TTL, how many to take, the time and the sweep limit, then the items.
     targets = await protected_keys(redis, uuid.uuid4().hex[:8])
     unsafe = [targets[k] for k in ("queue", "registered", "hash", "expiring string", "stream")]
     safe = f"safe-{uuid.uuid4().hex}"
@@ -189,7 +190,9 @@ async def test_the_settle_and_bury_scripts_refuse_unsafe_lists_atomically(
     before = await keyspace(redis)
     for name in unsafe:
         await redis.lpush(processing, b"item")
-        errors, _ = await settle(keys=[processing, queue, name], args=[30, 0, b"item", b"r"])
+        errors, _, _ = await settle(
+            keys=[processing, queue, name], args=[30, 0, 0, 0, b"item", b"r"]
+        )
         assert b"refused" in errors[0], (name, errors)
         await redis.lpush(processing, b"item")
         refusal = await bury(keys=[dead, processing, name], args=[b"rec", b"item", b"r", 30])
@@ -197,7 +200,9 @@ async def test_the_settle_and_bury_scripts_refuse_unsafe_lists_atomically(
     await redis.delete(dead)
     assert await keyspace(redis) == before
     await redis.lpush(processing, b"item")
-    errors, _ = await settle(keys=[processing, queue, safe], args=[30, 0, b"item", b"reply"])
+    errors, _, _ = await settle(
+        keys=[processing, queue, safe], args=[30, 0, 0, 0, b"item", b"reply"]
+    )
     assert errors == [0]
     assert await redis.lrange(safe, 0, -1) == [b"reply"]
     assert not await redis.exists(processing)

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,8 @@ class TakeStats:
     taken: int = 0
     settles: int = 0
     settled: int = 0
+    swept: int = 0
+    """Requests past their deadline dropped from the queue unrun by the settle script."""
 
 
 class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
@@ -161,8 +164,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         await close_client(redis_client)
         stats = self.stats
         logger.debug(
-            "worker %s took %d messages in %d takes, settled %d in %d runs",
-            self.worker_id, stats.taken, stats.takes, stats.settled, stats.settles,
+            "worker %s took %d messages in %d takes, settled %d in %d runs, dropped %d expired",
+            self.worker_id, stats.taken, stats.takes, stats.settled, stats.settles, stats.swept,
         )  # fmt: skip
 
     def describe(self) -> str:
@@ -319,7 +322,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         room = slots.free + len(batch) if self.receiving else 0
         slots.take(room)
         keys: list[str] = [self._processing, self.queue]
-        args: list[bytes | int] = [wire.REPLY_TTL, room]
+        now = int(time.time() * 1000)
+        args: list[bytes | int] = [wire.REPLY_TTL, room, now, calls.SWEEP_LIMIT]
         for delivery, reply in batch:
             keys.append(delivery.reply_list or self._processing)
             args += (delivery.item, b"" if reply is None else reply)
@@ -328,7 +332,7 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         try:
             if link is None:
                 raise TransportError("the worker is closed")
-            errors, taken = await ledger.retrying(
+            errors, taken, swept = await ledger.retrying(
                 "settling messages", lambda: link.run(SETTLE, keys, args)
             )
         except BaseException as exc:
@@ -342,6 +346,7 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             return
         self.stats.settles += 1
         self.stats.settled += len(batch)
+        self.stats.swept += swept
         for (delivery, _), error in zip(batch, errors, strict=True):
             if error != 0:
                 text = error.decode(errors="replace") if isinstance(error, bytes) else error
