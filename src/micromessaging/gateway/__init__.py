@@ -174,6 +174,12 @@ class Gateway:
         if not grant.may_use(queue):
             await self._forbid(send, grant, f"queue {queue!r}")
             return
+        caller_deadline = request_deadline(scope)
+        if caller_deadline is not None and caller_deadline <= time.time():
+            # The caller has given up already: answered here, the broker never sees it.
+            detail = "the request's X-MM-Deadline has passed"
+            await respond(send, 504, error_body(ErrorCode.DEADLINE_EXCEEDED, detail))
+            return
         try:
             body = await read_body(scope, receive, self.settings.max_body)
         except BodyTooLarge as exc:

@@ -11,6 +11,13 @@ import sys
 
 import click
 
+from .._asgi import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_CONNECTION_LIMIT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_HEADER_SIZE,
+    HttpLimits,
+)
 from .._exceptions import ConfigurationError
 from .._protocol import DEFAULT_MAX_MESSAGE_SIZE
 from .._settings import resolve_broker
@@ -79,6 +86,38 @@ TOKENS_VARIABLE = "MICROMESSAGING_GATEWAY_TOKENS"
     help="Most calls in one batch; more: 413.",
 )
 @click.option(
+    "--max-header-size",
+    envvar="MICROMESSAGING_GATEWAY_MAX_HEADER_SIZE",
+    default=DEFAULT_MAX_HEADER_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    help="Largest request head (request line and headers), in bytes; larger: 431.",
+)
+@click.option(
+    "--header-timeout",
+    envvar="MICROMESSAGING_GATEWAY_HEADER_TIMEOUT",
+    default=DEFAULT_HEADER_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a request head may take to arrive; then 408.",
+)
+@click.option(
+    "--body-timeout",
+    envvar="MICROMESSAGING_GATEWAY_BODY_TIMEOUT",
+    default=DEFAULT_BODY_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a request body may take to arrive after its head; then 408.",
+)
+@click.option(
+    "--connection-limit",
+    envvar="MICROMESSAGING_GATEWAY_CONNECTION_LIMIT",
+    default=DEFAULT_CONNECTION_LIMIT,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Connections one process holds open at once; the next is answered 503.",
+)
+@click.option(
     "--log-level",
     envvar="MICROMESSAGING_LOG_LEVEL",
     default="info",
@@ -96,6 +135,10 @@ def gateway(
     timeout: float,
     max_body: int,
     max_batch: int,
+    max_header_size: int,
+    header_timeout: float,
+    body_timeout: float,
+    connection_limit: int,
     log_level: str,
 ) -> None:
     """Serve POST /<queue> to authenticated callers, forwarding to the queue's workers.
@@ -107,6 +150,8 @@ def gateway(
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
+
+    from .._http_server import protocol_factory
 
     try:
         settings = GatewaySettings(
@@ -134,6 +179,9 @@ def gateway(
         lifespan="on",
         ws="none",
         server_header=False,
+        http=protocol_factory(
+            HttpLimits(max_header_size, header_timeout, body_timeout, connection_limit)
+        ),
     )
 
 
