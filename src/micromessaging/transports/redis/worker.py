@@ -307,8 +307,13 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         When a settle run is already out, this one joins the next and returns at once: the
         slot frees when that run is done (`_send_settles`), and `aclose` waits for it.
         """
+        try:
+            wired = delivery.wire_reply(reply)
+        except TypeError as exc:  # a cid that can't be written back: `read_header` refuses them
+            logger.warning("a reply to %r can't be written: %s", delivery.reply_list, exc)
+            wired = None
         if self.ledger.claim(delivery):
-            await self._settler.send((delivery, delivery.wire_reply(reply)))
+            await self._settler.send((delivery, wired))
 
     async def _send_settles(self, batch: list[tuple[RedisDelivery, bytes | None]]) -> None:
         """Settle a batch, and take as many new messages as will fit, in one round trip.
@@ -371,7 +376,10 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         record = wire.dead_letter_record(
             self.queue, self.worker_id, reason, delivery.header, delivery.body
         )
-        wired = delivery.wire_reply(reply)
+        try:
+            wired = delivery.wire_reply(reply)
+        except TypeError:  # a cid that can't be written back: the record is what counts
+            wired = None
         script = self._bury_script
         if script is None or self._redis is None:
             raise TransportError("the worker is closed")
