@@ -20,11 +20,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
 
 import orjson
 
-JSON = Any
+from ._types import JSON
 
 DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 

@@ -152,3 +152,20 @@ async def test_only_envelopes_past_their_deadline_are_dropped(
     assert await sweep(keys=[queue], args=[now, 100]) == 50
     assert await redis.lrange(queue, 0, -1) == [keep[0]]
     assert calls.SWEEP_LIMIT >= 100
+
+
+async def test_a_client_whose_acl_refuses_scripts_pushes_all_the_same() -> None:
+    acl = ("--user", "pusher", "on", ">pw", "~*", "&*", "+@all", "-eval", "-evalsha")
+    with redis_server(*acl) as own:
+        url = f"redis://pusher:pw@127.0.0.1:{own.port}/0"
+        queue = f"q-{uuid.uuid4().hex[:12]}"
+        async with AsyncClient(url, queue, timeout=5) as client:
+            await client.notify("record", "one")
+            await client.notify("record", "two")
+            sweeps = client._transport._sweeps  # type: ignore[union-attr]
+            assert not sweeps.enabled  # refused once, not asked again
+        admin = aioredis.Redis.from_url(f"redis://127.0.0.1:{own.port}/0")
+        try:
+            assert await admin.llen(queue) == 2
+        finally:
+            await admin.aclose()
