@@ -67,7 +67,7 @@ _WATCHDOG = pytest.StashKey[threading.Timer]()
 # --- brokers --------------------------------------------------------------------------------
 
 
-def _need(kind: BrokerKind) -> None:
+def need(kind: BrokerKind) -> None:
     if not kind.installed():
         pytest.skip(kind.missing)
 
@@ -80,7 +80,7 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def rabbit_node(session_dir: Path) -> Iterator[RabbitNode]:
     """The session's own RabbitMQ node (amqps:// too); a test that breaks it mends it."""
-    _need(RABBITMQ)
+    need(RABBITMQ)
     with RabbitNode(tls=True, base=session_dir) as node:
         yield node
 
@@ -88,7 +88,7 @@ def rabbit_node(session_dir: Path) -> Iterator[RabbitNode]:
 @pytest.fixture
 def redis_node(tmp_path: Path) -> Iterator[RedisNode]:
     """A redis-server of the test's own."""
-    _need(REDIS)
+    need(REDIS)
     with RedisNode(base=tmp_path) as node:
         yield node
 
@@ -96,7 +96,7 @@ def redis_node(tmp_path: Path) -> Iterator[RedisNode]:
 @pytest.fixture
 def make_redis_node(tmp_path: Path) -> Iterator[Callable[..., RedisNode]]:
     """`make_redis_node(*args, tls=False)`: a started redis-server of the test's own."""
-    _need(REDIS)
+    need(REDIS)
     nodes: list[RedisNode] = []
 
     def make(*args: str, tls: bool = False) -> RedisNode:
@@ -112,7 +112,7 @@ def make_redis_node(tmp_path: Path) -> Iterator[Callable[..., RedisNode]]:
 @pytest.fixture
 def make_nats_node(tmp_path: Path) -> Iterator[Callable[..., NatsNode]]:
     """`make_nats_node(*args)`: a started nats-server (JetStream on) of the test's own."""
-    _need(NATS)
+    need(NATS)
     nodes: list[NatsNode] = []
 
     def make(*args: str) -> NatsNode:
@@ -128,7 +128,7 @@ def make_nats_node(tmp_path: Path) -> Iterator[Callable[..., NatsNode]]:
 @pytest.fixture
 def nats_node(tmp_path: Path) -> Iterator[NatsNode]:
     """A nats-server (JetStream on) of the test's own."""
-    _need(NATS)
+    need(NATS)
     with NatsNode(base=tmp_path) as node:
         yield node
 
@@ -140,7 +140,7 @@ def redis_url(session_dir: Path) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    _need(REDIS)
+    need(REDIS)
     with RedisNode(base=session_dir) as node:
         yield node.url
 
@@ -162,7 +162,7 @@ def nats_url(session_dir: Path) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    _need(NATS)
+    need(NATS)
     with NatsNode(base=session_dir) as node:
         yield node.url
 
@@ -182,14 +182,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    # A test skipped for want of a broker is reported at one place, `_need`, so that the
+    # A test skipped for want of a broker is reported at one place, `need`, so that the
     # summary folds each broker's skips into one line instead of one per test.
     report = yield
     if report.skipped and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2])
         if any(kind.missing in reason for kind in KINDS):
             where = os.path.relpath(__file__, item.config.rootpath)
-            report.longrepr = (where, _need.__code__.co_firstlineno, reason)
+            report.longrepr = (where, need.__code__.co_firstlineno, reason)
     return report
 
 
