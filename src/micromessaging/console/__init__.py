@@ -7,3 +7,7 @@ sessions with a CSRF token (session.py). The page is plain HTML, CSS and JavaScr
 ``static/``, shipped in the wheel: no build step, nothing from a CDN. docs/console.md is its
 manual.
 """
+
+from .app import Console, ConsoleSettings
+
+__all__ = ["Console", "ConsoleSettings"]
