@@ -6,7 +6,7 @@ framework's conveniences (templates, form parsing, permissive CORS) are what a p
 this must not have. Routes, relative to where the console is mounted:
 
     GET  /                     the page (with a login: the login page, 401, until logged in)
-    GET  /console.js  /console.css  /login.js
+    GET  /console.js  /console.css  /login.js  /favicon.svg
     GET  api/session           the page's CSRF token, who is logged in, the broker
     GET  api/status            the shared status snapshot (feed.py)
     GET  api/methods?queue=Q   the service's methods, from rpc.discover
@@ -64,8 +64,10 @@ CONTENT_TYPES = {
     "html": b"text/html; charset=utf-8",
     "js": b"text/javascript; charset=utf-8",
     "css": b"text/css; charset=utf-8",
+    "svg": b"image/svg+xml",
 }
-PUBLIC_FILES = ("console.css", "login.js")
+FILES = ("index.html", "login.html", "console.js", "console.css", "login.js", "favicon.svg")
+PUBLIC_FILES = ("console.css", "login.js", "favicon.svg")
 """Served without a session: what the login page needs (no data, nothing of the console)."""
 
 Login = Callable[[str], str | None]
@@ -124,10 +126,7 @@ class Console:
             interval=settings.interval,
         )
         self.services = Services(settings.broker, timeout=settings.timeout)
-        self._files = {
-            name: _static(name)
-            for name in ("index.html", "login.html", "console.js", "console.css", "login.js")
-        }
+        self._files = {name: _static(name) for name in FILES}
         self._reads: dict[str, Callable[[Scope, Session], Awaitable[bytes]]] = {
             "api/session": self._session,
             "api/status": self._status,
@@ -193,7 +192,7 @@ class Console:
             await _respond(send, 200, await self._reads[route](scope, session), "json")
         elif route == "":
             await self._page(scope, send)
-        elif route in self._files and route.endswith((".js", ".css")):
+        elif route in self._files and route.endswith((".js", ".css", ".svg")):
             if route not in PUBLIC_FILES:
                 self._session_of(scope)
             await _respond(send, 200, self._files[route], route.rpartition(".")[2])
