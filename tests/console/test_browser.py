@@ -426,3 +426,38 @@ async def _steady_load(client: AsyncClient) -> None:
     while True:
         await asyncio.gather(*(client.add(i, 1) for i in range(8)))
         await asyncio.sleep(0.01)
+
+
+async def test_the_gateway_console_asks_for_a_console_token(browser: Browser) -> None:
+    from micromessaging.gateway import GatewaySettings
+    from micromessaging.gateway.auth import hash_token, parse_tokens
+
+    from .test_gateway_console import gateway
+
+    url, queue = memory_url(), f"mm-console-{uuid.uuid4().hex[:8]}"
+    entries = (
+        f'[[tokens]]\nname = "ops"\nsha256 = "{hash_token("ops-token")}"\nconsole = true\n'
+        f'[[tokens]]\nname = "app"\nsha256 = "{hash_token("app-token")}"\n'
+        f'allow = {{ {queue} = "*" }}\n'
+    )
+    settings = GatewaySettings(url, tuple(parse_tokens(entries, "test")))
+    async with Worker(Calculator(), url, queue), gateway(settings) as base:
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(base + "/console")
+        assert page.url == base + "/console/"
+        await expect(page.locator("#queues")).to_have_count(0)  # no page before the token
+        for token in ("app-token", "wrong"):
+            await page.locator("#login-token").fill(token)
+            await page.locator("#login-submit").click()
+            await expect(page.locator("#login-problem")).to_have_text("not a console token")
+        await page.locator("#login-token").fill("ops-token")
+        await page.locator("#login-submit").click()
+        await expect(page.locator("#who")).to_have_text("logged in as ops", timeout=WAIT_MS)
+        await expect(field(page, queue, "workers")).to_have_text("1", timeout=WAIT_MS)
+        await choose_queue(page, queue)
+        await call_in_form(page, "subtract", "[5, 3]")
+        await expect(page.locator("#call-output")).to_have_text("2", timeout=WAIT_MS)
+        await page.locator("#logout").click()
+        await expect(page.locator("#login-token")).to_be_visible(timeout=WAIT_MS)
+        await context.close()
