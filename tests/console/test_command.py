@@ -57,3 +57,16 @@ def test_a_busy_port_is_a_usage_error() -> None:
         result = CliRunner().invoke(main, ["console", "-b", "memory://", "--port", str(port)])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_without_the_http_extra_the_console_names_it() -> None:
+    from tests.test_cli import run_without_http
+
+    result = run_without_http("console", "--broker", "memory://")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"error: the console needs the '(uvicorn|httptools)' package: "
+        r'pip install "micromessaging\[http\]"',
+        line,
+    )

@@ -177,3 +177,19 @@ async def test_a_broker_without_an_admin_side_says_so() -> None:
         assert "offers no status" in snapshot["error"]
     finally:
         await feed.aclose()
+
+
+class Broken(Unreachable):
+    """An admin side with a bug: it raises what no transport should let out."""
+
+    async def connect(self) -> None:
+        raise RuntimeError("a bug")
+
+
+async def test_an_admin_side_that_breaks_still_answers_the_pages(caplog) -> None:
+    feed = StatusFeed(Broken, "memory://", interval=0.05)
+    try:
+        assert orjson.loads(await feed.latest())["error"] == "RuntimeError: a bug"
+        assert "the admin side failed" in caplog.text
+    finally:
+        await feed.aclose()

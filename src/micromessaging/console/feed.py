@@ -141,6 +141,10 @@ class StatusFeed:
             error = str(exc)
             if not isinstance(exc, ConfigurationError):
                 await self._disconnect()  # the next snapshot connects afresh
+        except Exception as exc:  # a bug in an admin side must not leave pages waiting
+            logger.exception("console status: the admin side failed")
+            error = f"{type(exc).__name__}: {exc}"
+            await self._disconnect()
         if error is not None:
             logger.warning("console status: %s", error)
         self.generation += 1
