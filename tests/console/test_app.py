@@ -224,3 +224,10 @@ async def test_dead_letters_listed_replayed_and_purged(console) -> None:
             "/api/purge", headers=post, content=orjson.dumps({"queue": console.queue, "ids": "x"})
         )
         assert bad.status_code == 400
+
+
+async def test_a_query_with_too_many_fields_is_a_bad_request(console) -> None:
+    async with console.page() as (client, _):
+        query = "&".join(f"f{i}=1" for i in range(20))
+        response = await client.get(f"/api/dead-letters?queue={console.queue}&{query}")
+        assert response.status_code == 400

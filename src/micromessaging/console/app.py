@@ -201,9 +201,15 @@ class Console:
 
     # --- sessions ---------------------------------------------------------------------
 
-    def _session_of(self, scope: Scope) -> Session:
+    def _valid_session(self, scope: Scope) -> Session | None:
         session = self.sessions.read(header(scope, b"cookie"))
         if session is None or (self.login is not None and not session.who):
+            return None
+        return session
+
+    def _session_of(self, scope: Scope) -> Session:
+        session = self._valid_session(scope)
+        if session is None:
             what = "log in first" if self.login is not None else "load the console page first"
             raise Refused(401, "no session", f"no console session: {what}")
         return session
@@ -212,7 +218,7 @@ class Console:
         return scope.get("scheme") == "https" or header(scope, b"x-forwarded-proto") == b"https"
 
     async def _page(self, scope: Scope, send: Send) -> None:
-        if self.sessions.read(header(scope, b"cookie")) is not None:
+        if self._valid_session(scope) is not None:
             await _respond(send, 200, self._files["index.html"], "html")
         elif self.login is not None:
             await _respond(send, 401, self._files["login.html"], "html")
@@ -314,7 +320,10 @@ class Console:
 
 
 def _query(scope: Scope) -> dict[str, str]:
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=10)
+    try:
+        values = parse_qs(scope.get("query_string", b"").decode("latin-1"), max_num_fields=10)
+    except ValueError:
+        raise Refused(400, "bad request", "too many query parameters") from None
     return {key: found[0] for key, found in values.items()}
 
 

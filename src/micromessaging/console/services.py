@@ -97,10 +97,16 @@ class Services:
         now = time.monotonic()
         kept = self._described.get(queue)
         if kept is None or now - kept[0] > self.describe_ttl or _failed(kept[1]):
+            self._forget_older_than(now - self.describe_ttl)
             task = asyncio.create_task(self._discover(queue))
             task.add_done_callback(_retrieve)  # a page that left no longer awaits it
             kept = self._described[queue] = (now, task)
         return await asyncio.shield(kept[1])
+
+    def _forget_older_than(self, moment: float) -> None:
+        for queue, (asked, task) in list(self._described.items()):
+            if asked < moment and task.done():
+                del self._described[queue]
 
     async def _discover(self, queue: str) -> dict[str, Any]:
         id_ = next(self._ids)
