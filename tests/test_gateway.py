@@ -1,8 +1,9 @@
 """The gateway, driven by a real HTTP client against real workers behind a broker.
 
 The broker is parametrized: memory:// always (gateway and workers in this process), and
-redis:// and amqp:// (RabbitMQ) when their transports are in the tree, against the brokers
-on 127.0.0.1. The --workers test runs the real command, forwarding over http:// (or Redis).
+redis:// and amqp:// (RabbitMQ) when their transports are in the tree, against the
+session's brokers (`redis_url`, `amqp_url`). The --workers test runs the real command,
+forwarding over http:// (or Redis).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def _available(module: str) -> bool:
 
 
 BROKERS = ["memory"]
-BROKERS += ["redis://127.0.0.1:6379"] if _available("redis") else []
-BROKERS += ["amqp://guest:guest@127.0.0.1:5672/"] if _available("amqp") else []
+BROKERS += ["redis"] if _available("redis") else []
+BROKERS += ["amqp"] if _available("amqp") else []
 
 FULL, ADD_ONLY, ELSEWHERE = "full-token", "add-only-token", "elsewhere-token"
 
@@ -102,7 +103,7 @@ async def serving(settings: GatewaySettings) -> AsyncIterator[str]:
 def broker(request) -> str:
     if request.param == "memory":
         return f"memory://gateway-{uuid.uuid4().hex[:8]}"
-    return request.param
+    return request.getfixturevalue(f"{request.param}_url")  # the session's broker
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from ._client import AsyncBatch, AsyncClient, BatchCall
 from ._exceptions import (
     CallTimeout,
     ConfigurationError,
+    EncodeError,
     MicromessagingError,
     NoWorkers,
     ProtocolError,
@@ -30,6 +31,7 @@ __all__ = [
     "CallTimeout",
     "Client",
     "ConfigurationError",
+    "EncodeError",
     "ErrorCode",
     "MicromessagingError",
     "NoWorkers",

@@ -7,6 +7,7 @@ and a body no larger than a limit, and send a complete response in two messages.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._protocol import ErrorCode, dumps, error_response, too_large_response
@@ -33,6 +34,27 @@ A server that answers 413 and closes while the client still writes makes the cli
 reset instead of the answer; below this size the server reads and discards the rest (uvicorn
 does that by itself once the response is complete), above it closing is cheaper.
 """
+
+
+DEFAULT_MAX_HEADER_SIZE = 32 * 1024
+"""Bytes of a request head (request line and headers) a server reads at most: 431 beyond."""
+DEFAULT_HEADER_TIMEOUT = 10.0
+"""Seconds a request head may take to arrive: 408 beyond."""
+DEFAULT_BODY_TIMEOUT = 30.0
+"""Seconds a request body may take to arrive once its head has: 408 beyond."""
+DEFAULT_CONNECTION_LIMIT = 1024
+"""Connections one server (one process) holds open at once; the next is answered 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What an HTTP server allows each caller; enforced by `_http_server` (plain data, so it
+    travels to uvicorn's worker processes)."""
+
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_connections: int = DEFAULT_CONNECTION_LIMIT
 
 
 class BodyTooLarge(Exception):

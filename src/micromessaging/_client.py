@@ -18,10 +18,22 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
-import orjson
-
-from ._exceptions import CallTimeout, ConfigurationError, ProtocolError, TransportError
-from ._protocol import decode_reply, dumps, encode_request, outcome, request_object
+from ._exceptions import (
+    CallTimeout,
+    ConfigurationError,
+    EncodeError,
+    ProtocolError,
+    TransportError,
+)
+from ._protocol import (
+    DecodeError,
+    decode_reply,
+    dumps,
+    encode_request,
+    loads,
+    outcome,
+    request_object,
+)
 from ._settings import resolve_broker
 from ._types import JSON, Id, Params
 from .observability.client import Observed, client_tracing
@@ -35,7 +47,7 @@ DEFAULT_TIMEOUT = 30.0
 def params_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Params:
     """JSON-RPC params from Python arguments: positional or named, never both."""
     if args and kwargs:
-        raise TypeError("JSON-RPC params are either positional or named, not both")
+        raise EncodeError("JSON-RPC params are either positional or named, not both")
     if kwargs:
         return kwargs
     return list(args) if args else None
@@ -62,6 +74,16 @@ class MethodProxy:
         return f"<remote method {self._name}>"
 
 
+def encoded(method: str, params: Params, id_: Id, notification: bool = False) -> bytes:
+    """The request's bytes; `EncodeError` when its params are something JSON can't carry."""
+    if params is not None and not isinstance(params, list | tuple | dict):
+        raise EncodeError(f"params must be a list, a dict or None, not {type(params).__name__}")
+    try:
+        return encode_request(method, params, id_, notification)
+    except TypeError as exc:
+        raise EncodeError(f"the params of {method} can't be sent as JSON: {exc}") from None
+
+
 def request_ids() -> Iterator[str]:
     """Unique request ids: a random prefix per client, then a counter."""
     return map((secrets.token_hex(8) + "{}").format, itertools.count(1))
@@ -70,8 +92,8 @@ def request_ids() -> Iterator[str]:
 def single_result(reply: bytes, id_: Id) -> JSON:
     """The result in the reply to one request; raises the `RemoteError` it carries."""
     try:
-        response = orjson.loads(reply)
-    except orjson.JSONDecodeError:
+        response = loads(reply)  # exact for integers of any size, as every reply is read
+    except DecodeError:
         response = None
     if (
         type(response) is dict
@@ -146,7 +168,10 @@ class BatchBuilder:
         """The batch as bytes."""
         if not self._objects:
             raise ValueError("an empty batch can't be sent")
-        return dumps(self._objects)
+        try:
+            return dumps(self._objects)
+        except TypeError as exc:
+            raise EncodeError(f"the batch can't be sent as JSON: {exc}") from None
 
     def settle(self, reply: bytes | None) -> list[BatchCall]:
         """Hand each call its response from the batch reply."""
@@ -258,7 +283,7 @@ class AsyncClient(ClientBase):
     ) -> JSON:
         """Call `method` with positional or named params and return its result."""
         id_ = next(self._ids)
-        body = encode_request(method, params_from(args, kwargs), id_)
+        body = encoded(method, params_from(args, kwargs), id_)
         with self._observed(method, id_) as trace:
             return single_result(await self._exchange(body, method, timeout, trace), id_)
 
@@ -267,13 +292,13 @@ class AsyncClient(ClientBase):
     ) -> JSON:
         """Call `method` with explicit params (a list, a dict or None) and return its result."""
         id_ = next(self._ids)
-        body = encode_request(method, params, id_)
+        body = encoded(method, params, id_)
         with self._observed(method, id_) as trace:
             return single_result(await self._exchange(body, method, timeout, trace), id_)
 
     async def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service runs it, nobody waits for a reply."""
-        await self._send(encode_request(method, params_from(args, kwargs), None, True))
+        await self._send(encoded(method, params_from(args, kwargs), None, True))
 
     def batch(self, *, timeout: float | None = None) -> AsyncBatch:
         """Collect calls to send as one batch: ``async with client.batch() as b: ...``."""

@@ -6,6 +6,7 @@
     ├── TransportError       the broker or peer could not be reached, or the link broke
     │   └── NoWorkers        the broker is up, but no worker serves the queue
     ├── ProtocolError        the peer sent something that is not valid JSON-RPC
+    ├── EncodeError          params JSON can't carry (also a TypeError)
     └── ConfigurationError   a bad URL, option or missing extra (also a ValueError)
 
 Broker and library errors are converted into these at the transport boundary
@@ -80,3 +81,7 @@ class ProtocolError(MicromessagingError):
 
 class ConfigurationError(MicromessagingError, ValueError):
     """A broker URL, an option or an installed extra is wrong or missing."""
+
+
+class EncodeError(MicromessagingError, TypeError):
+    """A call's params hold something JSON can't carry (a set, NaN, nesting too deep...)."""

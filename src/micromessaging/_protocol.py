@@ -7,14 +7,14 @@ replies (`encode_request`, `decode_reply`), raising `ProtocolError` on a malform
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
-import orjson
-
 from ._exceptions import ProtocolError, RemoteError
+from ._json import DecodeError as DecodeError  # this module's JSON, re-exported: exact
+from ._json import dumps as dumps
+from ._json import loads as loads
 from ._types import JSON, Id, Params
 
 VERSION = "2.0"
@@ -46,45 +46,6 @@ MESSAGES = {
     ErrorCode.MESSAGE_TOO_LARGE: "Message too large",
     ErrorCode.DELIVERY_LIMIT: "Delivery limit reached",
 }
-
-
-# --- JSON ------------------------------------------------------------------------------------
-
-_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-class DecodeError(ValueError):
-    """Bytes that are not one JSON document."""
-
-
-def loads(data: bytes | str) -> JSON:
-    """Parse one JSON document; `DecodeError` on anything else (including NaN and depth > 1024)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(str(exc)) from exc
-
-
-def dumps(value: JSON) -> bytes:
-    """Encode `value` as compact UTF-8 JSON; `TypeError` when it holds something JSON can't.
-
-    Never raises anything else, whatever `value` holds (nesting deeper than the interpreter
-    can follow included), so that an answer can always be built around the failure.
-    """
-    try:
-        return orjson.dumps(value, option=_DUMPS_OPTIONS)
-    except TypeError:
-        # orjson refuses integers beyond 64 bits, lone surrogates and nesting deeper than
-        # 255; the standard library writes the first two (surrogates escaped) and refuses
-        # what is not JSON at all.
-        try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-        except RecursionError:
-            raise TypeError("the value is nested too deeply to encode") from None
-        except (ValueError, TypeError) as exc:
-            raise TypeError(str(exc)) from exc
-        except Exception as exc:  # a hostile __str__, __iter__...: still only a TypeError
-            raise TypeError(f"{type(exc).__name__} while encoding") from exc
 
 
 # --- objects ---------------------------------------------------------------------------------
@@ -259,11 +220,7 @@ def request_object(method: str, params: Params, id: Id, notification: bool = Fal
 
 def encode_request(method: str, params: Params, id: Id, notification: bool = False) -> bytes:
     """Encode one request; `TypeError` when the params hold something JSON can't carry."""
-    obj = request_object(method, params, id, notification)
-    try:
-        return orjson.dumps(obj, option=_DUMPS_OPTIONS)
-    except TypeError:
-        return dumps(obj)
+    return dumps(request_object(method, params, id, notification))
 
 
 def decode_reply(data: bytes) -> JSON:

@@ -20,11 +20,11 @@ from ._client import (
     BatchBuilder,
     BatchCall,
     ClientBase,
+    encoded,
     params_from,
     single_result,
 )
 from ._exceptions import CallTimeout, TransportError
-from ._protocol import encode_request
 from ._types import JSON, Params
 from .transports import SyncClientTransport, sync_client_transport
 from .transports.base import TraceContext
@@ -76,20 +76,20 @@ class Client(ClientBase):
     def call(self, method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> JSON:
         """Call `method` with positional or named params and return its result."""
         id_ = next(self._ids)
-        body = encode_request(method, params_from(args, kwargs), id_)
+        body = encoded(method, params_from(args, kwargs), id_)
         with self._observed(method, id_) as trace:
             return single_result(self._exchange(body, method, timeout, trace), id_)
 
     def request(self, method: str, params: Params = None, *, timeout: float | None = None) -> JSON:
         """Call `method` with explicit params (a list, a dict or None) and return its result."""
         id_ = next(self._ids)
-        body = encode_request(method, params, id_)
+        body = encoded(method, params, id_)
         with self._observed(method, id_) as trace:
             return single_result(self._exchange(body, method, timeout, trace), id_)
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service runs it, nobody waits for a reply."""
-        self._send(encode_request(method, params_from(args, kwargs), None, True))
+        self._send(encoded(method, params_from(args, kwargs), None, True))
 
     def batch(self, *, timeout: float | None = None) -> Batch:
         """Collect calls to send as one batch: ``with client.batch() as b: ...``."""

@@ -4,9 +4,9 @@ Each test serves the console (uvicorn, in this process) over real workers, opens
 and uses it as a person would: queues and methods appear, a call made through the form
 shows its result, a dead letter is replayed and the counts move, a purge asks first, and
 hostile names and bodies stay text. `ConsoleInBrowser` is written once and runs on the
-in-process broker and on the shared Redis; the tests that need no broker of their own
-(escaping, many pages) run in-process. The run writes docs/console.png, the README's
-picture of the page.
+in-process broker and on the session's Redis (`redis_url`, tests/conftest.py); the tests
+that need no broker of their own (escaping, many pages) run in-process. The run writes
+docs/console.png, the README's picture of the page.
 
 Nothing is downloaded: Playwright launches /usr/bin/chromium (a fresh profile each time);
 without it the module skips, in one line.
@@ -41,7 +41,6 @@ from .helpers import CountingAdmin, memory_url, notification, poison, served  # 
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "console.png"
-REDIS = "redis://127.0.0.1:6379/0"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -303,14 +302,14 @@ class TestMemoryConsole(ConsoleInBrowser):
 
 
 class TestRedisConsole(ConsoleInBrowser):
-    """The shared Redis: its admin side reads what the workers' heartbeats say."""
+    """The session's Redis: its admin side reads what the workers' heartbeats say."""
 
     @pytest.fixture
-    async def broker_url(self, queue: str) -> AsyncIterator[str]:
+    async def broker_url(self, redis_url: str, queue: str) -> AsyncIterator[str]:
         # Fails here, in one line, while Redis has no admin side (ConfigurationError).
-        admin_transport(REDIS)
-        yield REDIS
-        client = aioredis.Redis.from_url(REDIS)
+        admin_transport(redis_url)
+        yield redis_url
+        client = aioredis.Redis.from_url(redis_url)
         try:
             keys = [key async for key in client.scan_iter(match=f"*{queue}*", count=1000)]
             if keys:

@@ -1,99 +1,94 @@
-"""NATS under faults: a server restarted under workers and clients, workers killed with -9.
+"""NATS JetStream joins the fault suite; then what only NATS shows, core NATS's faults.
 
-Each test runs its own nats-server (on a free port, JetStream storage in a temp dir) and
-stops it, so the shared server is never disturbed.
+Every test runs a nats-server of its own (`nats_node`: a free port, JetStream storage in its
+temp dir), never the shared one. JetStream runs with a 2 s ack wait (``ack_wait=2``), so that
+a killed worker's requests are redelivered within seconds. Writes are "refused" the ways a
+JetStream worker can lose what it works on: its consumer deleted, and its stream deleted and
+created again (empty, without the consumer); the worker must notice and make them anew.
+Core NATS is at most once: a killed core worker loses the call it held.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
+import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import nats
+import nats.js.errors
 import pytest
 
-from micromessaging import AsyncClient, CallTimeout, TransportError, Worker
+from micromessaging import AsyncClient, CallTimeout, MicromessagingError, TransportError, Worker
+from micromessaging.transports.nats.wire import CONSUMER_NAME, dead_letter_stream_name, stream_name
+from tests.brokers import NatsNode
 from tests.transports.contract import eventually
 
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+from .service import executions, worker_processes
+from .suite import FaultSuite, serving
 
-pytestmark = [
-    pytest.mark.fault,
-    pytest.mark.skipif(not os.path.exists(NATS_SERVER), reason="nats-server is not installed"),
-]
+pytestmark = pytest.mark.fault
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class NatsServer:
-    """A nats-server process of the test's own, with JetStream, restartable on one port."""
-
-    def __init__(self, store: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.store = store
-        self.extra = list(extra)
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)]
-        command += ["-js", "-sd", str(self.store), *self.extra]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    nats_server = NatsServer(tmp_path / "jetstream")
-    nats_server.start()
+@asynccontextmanager
+async def jetstream(node: NatsNode) -> AsyncIterator[nats.js.JetStreamContext]:
+    """A plain nats-py JetStream context on the node."""
+    nc = await nats.connect(node.url)
     try:
-        yield nats_server
+        yield nc.jetstream()
     finally:
-        nats_server.stop()
+        await nc.close()
 
 
-@pytest.fixture(params=["core", "jetstream"])
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+class TestNatsJetStreamFaults(FaultSuite):
+    @pytest.fixture
+    def node(self, nats_node: NatsNode) -> NatsNode:
+        return nats_node
+
+    @pytest.fixture
+    def url(self, node: NatsNode) -> str:
+        return f"{node.url}?jetstream=1&ack_wait=2&reconnect_wait=0.2"
+
+    @pytest.fixture(params=["consumer-deleted", "stream-recreated"])
+    def write_fault(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    async def stop_broker(self, node: NatsNode) -> None:
+        await asyncio.to_thread(node.stop)
+
+    async def start_broker(self, node: NatsNode) -> None:
+        await asyncio.to_thread(node.start)
+
+    def refusing(self, node: NatsNode, fault: str, queue: str) -> AbstractAsyncContextManager[None]:
+        @asynccontextmanager
+        async def refused() -> AsyncIterator[None]:
+            async with jetstream(node) as js:
+                if fault == "consumer-deleted":
+                    await js.delete_consumer(stream_name(queue), CONSUMER_NAME)
+                else:
+                    info = await js.stream_info(stream_name(queue))
+                    await js.delete_stream(stream_name(queue))
+                    await js.add_stream(info.config)
+            yield
+
+        return refused()
+
+    async def dead_letters(self, node: NatsNode, queue: str) -> list[bytes]:
+        name = dead_letter_stream_name(queue)
+        async with jetstream(node) as js:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                state = (await js.stream_info(name)).state
+                return [
+                    (await js.get_msg(name, seq)).data or b""
+                    for seq in range(state.first_seq, state.last_seq + 1)
+                ]
+        return []
 
 
-def url_for(server: NatsServer, mode: str, **options: object) -> str:
-    query = {"reconnect_wait": 0.2, **options}
-    if mode == "jetstream":
-        query["jetstream"] = 1
-    return server.url + "?" + "&".join(f"{key}={value}" for key, value in query.items())
+# --- core NATS: at most once -------------------------------------------------------------
 
 
 class Holder:
@@ -111,17 +106,6 @@ class Holder:
         return a + b
 
 
-class Quick:
-    """Answers at once."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def hold(self, seconds: float, tag: object = None) -> object:
-        self.calls += 1
-        return tag
-
-
 async def eventually_answers(client: AsyncClient, within: float) -> float:
     """Call until a call succeeds; how long it took."""
     started = time.monotonic()
@@ -135,8 +119,8 @@ async def eventually_answers(client: AsyncClient, within: float) -> float:
             await asyncio.sleep(0.1)
 
 
-async def test_server_restart_under_workers_and_clients(server: NatsServer, mode: str) -> None:
-    url = url_for(server, mode, ack_wait=2)
+async def test_core_server_restart_fails_calls_in_flight_at_once(nats_node: NatsNode) -> None:
+    url = f"{nats_node.url}?reconnect_wait=0.2"
     queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
     service = Holder()
     async with (
@@ -146,7 +130,7 @@ async def test_server_restart_under_workers_and_clients(server: NatsServer, mode
         assert await client.add(1, 2) == 3
         in_flight = asyncio.create_task(client.hold(1, "lost"))
         await eventually(lambda: service.calls > 0)
-        server.stop()
+        await asyncio.to_thread(nats_node.stop)
         started = time.monotonic()
         with pytest.raises(TransportError, match="lost"):
             await in_flight  # its reply can't come back: told now, not at its deadline
@@ -155,108 +139,23 @@ async def test_server_restart_under_workers_and_clients(server: NatsServer, mode
         with pytest.raises((TransportError, CallTimeout)):
             await client.call("add", 1, 1, timeout=1)  # made during the outage
         assert time.monotonic() - started < 2.5
-        server.start()
+        await asyncio.to_thread(nats_node.start)
         await eventually_answers(client, within=15)
         results = await asyncio.gather(*(client.add(i, 1) for i in range(200)))
         assert results == [i + 1 for i in range(200)]
 
 
-WORKER_SCRIPT = textwrap.dedent(
-    """
-    import asyncio, os, sys
-    from micromessaging import Worker
-
-    url, queue, marker = sys.argv[1:4]
-
-    class Service:
-        async def hold(self, seconds, tag=None):
-            with open(marker, "a") as f:
-                f.write(f"{tag}\\n")
-            await asyncio.sleep(seconds)
-            return tag
-
-        async def add(self, a, b):
-            await asyncio.sleep(0.005)
-            return a + b
-
-    asyncio.run(Worker(Service(), url, queue, concurrency=16).run())
-    """
-)
-
-
-def spawn_worker(url: str, queue: str, marker: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-c", WORKER_SCRIPT, url, queue, str(marker)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def written(path: Path) -> bool:
-    return path.exists() and bool(path.read_text())
-
-
-async def test_killed_workers_request_is_answered_by_another(
-    server: NatsServer, tmp_path: Path
-) -> None:
-    url = url_for(server, "jetstream", ack_wait=1)
-    queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
-    marker = tmp_path / "started"
-    victim = spawn_worker(url, queue, marker)
-    try:
-        async with AsyncClient(url, queue, timeout=20) as client:
-            call = asyncio.create_task(client.hold(30, "survivor"))
-            await eventually(lambda: written(marker), 15)
-            kill(victim)
-            killed_at = time.monotonic()
-            other = Quick()
-            async with Worker(other, url, queue):
-                other_started = time.monotonic()
-                assert await asyncio.wait_for(call, 45) == "survivor"
-            # Redelivered once ack_wait (1 s) had passed since the victim's last sign of life.
-            assert other.calls == 1
-            assert other_started - killed_at < 5
-    finally:
-        kill(victim)
-
-
-async def test_killed_core_worker_loses_the_request(server: NatsServer, tmp_path: Path) -> None:
+async def test_killed_core_worker_loses_its_call(nats_node: NatsNode, tmp_path: Path) -> None:
     # Core NATS is at most once: nobody holds the request the killed worker took.
-    url = url_for(server, "core")
     queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
-    marker = tmp_path / "started"
-    victim = spawn_worker(url, queue, marker)
-    try:
-        async with AsyncClient(url, queue, timeout=2) as client:
-            call = asyncio.create_task(client.hold(30, "lost"))
-            await eventually(lambda: written(marker), 15)
-            kill(victim)
+    with worker_processes(nats_node.url, queue, tmp_path) as (victim,):
+        await serving(victim)
+        async with AsyncClient(nats_node.url, queue, timeout=2) as client:
+            call = asyncio.create_task(client.slow_add(1, 1, 30))
+            await eventually(lambda: bool(executions(tmp_path / "executions")), 15)
+            victim.kill()
             started = time.monotonic()
-            with pytest.raises(CallTimeout):
+            with pytest.raises(MicromessagingError) as caught:
                 await call
+            assert isinstance(caught.value, CallTimeout | TransportError)
             assert time.monotonic() - started < 3
-    finally:
-        kill(victim)
-
-
-async def test_kill_one_of_two_workers_under_1000_calls(server: NatsServer, tmp_path: Path) -> None:
-    url = url_for(server, "jetstream", ack_wait=1)
-    queue = f"mm-fault-{uuid.uuid4().hex[:8]}"
-    workers = [spawn_worker(url, queue, tmp_path / f"w{n}") for n in range(2)]
-    try:
-        async with AsyncClient(url, queue, timeout=60) as client:
-            await eventually_answers(client, within=20)
-            calls = [asyncio.create_task(client.add(i, 1)) for i in range(1000)]
-            await eventually(lambda: sum(call.done() for call in calls) >= 150, 30)
-            kill(workers[0])
-            results = await asyncio.gather(*calls)
-        assert results == [i + 1 for i in range(1000)]
-    finally:
-        for process in workers:
-            kill(process)

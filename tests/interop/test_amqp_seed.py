@@ -1,8 +1,9 @@
 """The seed's Ruby RabbitMQ programs against ours, in both directions, run with `ruby`.
 
 tests/interop/seed/rabbitmq_*.rb are the blog post's programs, transcribed (each file lists
-its deviations at the top). They connect as Bunny does by default (guest@localhost:5672, the
-shared broker) and take the queue name from $QUEUE, so that every test has its own queue.
+its deviations at the top). They connect as Bunny does by default: to $RABBITMQ_URL, which
+Bunny.new reads itself (the session's broker, `amqp_url`), else guest@localhost:5672; and they
+take the queue name from $QUEUE, so that every test has its own queue.
 Ruby 3 with the bunny gem is needed (.ci/run installs the Debian packages).
 """
 
@@ -14,6 +15,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,23 +25,25 @@ from micromessaging.examples.calculator import Calculator
 from ..transports.test_amqp import delete_queues, queue_state
 
 SEED = os.path.join(os.path.dirname(__file__), "seed")
-BROKER = "amqp://guest:guest@127.0.0.1:5672/"  # where Bunny.new connects
 
 pytestmark = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
 
 
 @pytest.fixture
-async def queue() -> AsyncIterator[str]:
+async def queue(amqp_url: str) -> AsyncIterator[str]:
     name = f"mm-seed-{uuid.uuid4().hex[:12]}"
     yield name
-    await delete_queues(BROKER, name)
+    await delete_queues(amqp_url, name)
 
 
-async def ruby(program: str, queue: str) -> asyncio.subprocess.Process:
+async def ruby(program: str, queue: str, amqp_url: str) -> asyncio.subprocess.Process:
+    # Bunny reads "amqp://host/" as the vhost "" (as the AMQP URI spec says), where
+    # aio-pika reads the default vhost "/": without the path both mean "/".
+    bunny_url = amqp_url[:-1] if urlsplit(amqp_url).path == "/" else amqp_url
     return await asyncio.create_subprocess_exec(
         "ruby",
         os.path.join(SEED, program),
-        env={**os.environ, "QUEUE": queue},
+        env={**os.environ, "QUEUE": queue, "RABBITMQ_URL": bunny_url},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -56,18 +60,18 @@ async def finished(process: asyncio.subprocess.Process, timeout: float = 30) -> 
     return out.decode()
 
 
-async def test_seed_client_gets_answers_from_our_worker_process(queue: str) -> None:
+async def test_seed_client_gets_answers_from_our_worker_process(queue: str, amqp_url: str) -> None:
     worker = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "micromessaging", "worker",
         "micromessaging.examples.calculator:Calculator",
-        "--broker", BROKER, "--queue", queue,
+        "--broker", amqp_url, "--queue", queue,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         # The natural order: the worker is up (its consumer is there) before the client runs.
         async def consuming() -> bool:
-            state = await queue_state(BROKER, queue)
+            state = await queue_state(amqp_url, queue)
             return state is not None and state[1] == 1
 
         for _ in range(300):
@@ -75,33 +79,33 @@ async def test_seed_client_gets_answers_from_our_worker_process(queue: str) -> N
                 break
             assert worker.returncode is None, "the worker exited"
             await asyncio.sleep(0.05)
-        assert await finished(await ruby("rabbitmq_client.rb", queue)) == "1+5.1=6.1\n"
-        assert await finished(await ruby("rabbitmq_client.rb", queue)) == "1+5.1=6.1\n"
+        assert await finished(await ruby("rabbitmq_client.rb", queue, amqp_url)) == "1+5.1=6.1\n"
+        assert await finished(await ruby("rabbitmq_client.rb", queue, amqp_url)) == "1+5.1=6.1\n"
     finally:
         worker.terminate()
         _, err = await asyncio.wait_for(worker.communicate(), 30)
     assert worker.returncode == 0, err.decode()
 
 
-async def test_seed_client_first_then_our_worker(queue: str) -> None:
-    client = await ruby("rabbitmq_client.rb", queue)
+async def test_seed_client_first_then_our_worker(queue: str, amqp_url: str) -> None:
+    client = await ruby("rabbitmq_client.rb", queue, amqp_url)
     # The client declares the queue as our worker does, and its request waits in it.
     for _ in range(200):
-        if await queue_state(BROKER, queue) == (1, 0):
+        if await queue_state(amqp_url, queue) == (1, 0):
             break
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the seed's client never sent its request")
-    async with Worker(Calculator(), BROKER, queue):
+    async with Worker(Calculator(), amqp_url, queue):
         assert await finished(client) == "1+5.1=6.1\n"
 
 
-async def test_our_clients_get_answers_from_the_seed_server(queue: str) -> None:
-    server = await ruby("rabbitmq_server.rb", queue)
+async def test_our_clients_get_answers_from_the_seed_server(queue: str, amqp_url: str) -> None:
+    server = await ruby("rabbitmq_server.rb", queue, amqp_url)
     try:
         assert server.stdout is not None
         assert await asyncio.wait_for(server.stdout.readline(), 30) == b"ready\n"
-        async with AsyncClient(BROKER, queue, timeout=10) as calc:
+        async with AsyncClient(amqp_url, queue, timeout=10) as calc:
             assert await calc.add(1, 5.1) == 6.1
             assert await calc.subtract(42, 23) == 19
             # Many calls in flight over one client: each reply finds its caller by correlation_id.
@@ -109,7 +113,7 @@ async def test_our_clients_get_answers_from_the_seed_server(queue: str) -> None:
             assert results == [i + 0.5 for i in range(100)]
 
         def blocking() -> float:
-            with Client(BROKER, queue, timeout=10) as calc:
+            with Client(amqp_url, queue, timeout=10) as calc:
                 return calc.add(2, 3)
 
         assert await asyncio.to_thread(blocking) == 5

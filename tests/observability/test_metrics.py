@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from micromessaging import AsyncClient, CallTimeout, Client, RemoteError, Worker
 from micromessaging.observability import metrics
 from micromessaging.observability.metrics import WorkerMetrics
-from tests.transports.contract import Probe
+from tests.transports.contract import Probe, eventually
 
 
 def free_port() -> int:
@@ -50,7 +50,7 @@ async def test_a_scraped_worker_counts_the_calls_it_was_sent() -> None:
     url, queue = f"memory://metrics-{uuid.uuid4().hex[:8]}", "calc"
     try:
         async with (
-            Worker(Probe(), url, queue, metrics=WorkerMetrics.for_registry(registry)),
+            Worker(Probe(), url, queue, metrics=WorkerMetrics.for_registry(registry)) as worker,
             AsyncClient(url, queue, timeout=5) as client,
         ):
             for i in range(5):
@@ -62,6 +62,7 @@ async def test_a_scraped_worker_counts_the_calls_it_was_sent() -> None:
                     await client.call(f"no_such_method_{uuid.uuid4().hex}")
             with pytest.raises(CallTimeout):
                 await client.call("slow", 2, timeout=0.2)
+            await eventually(lambda: worker.stats.expired == 1)  # cancelled at its deadline
             samples = await asyncio.to_thread(scrape, port)
     finally:
         server.shutdown()

@@ -8,7 +8,16 @@ A transport joins by subclassing `TransportContract` in its own test module and 
   reply arrives within `wait`);
 - `dead_letters(broker_url, queue)`: the bodies dead-lettered from the queue;
 - `leftovers(broker_url, queue)`: names of broker resources the queue's traffic left behind
-  (reply lists, processing lists, temporary queues), which must be none after a clean stop.
+  (reply lists, processing lists, temporary queues), which must be none after a clean stop;
+- `unreachable_url(broker_url)`: a URL of this transport where nothing listens;
+- `wait_queued(broker_url, queue, client, count)`: wait until `count` requests of `client`
+  wait for a worker (in the broker's queue, or re-sent by the client);
+- `expired_reach_the_worker`: whether a request that expired while waiting still reaches
+  the worker (which skips it, counted in `stats.expired`), or is dropped before;
+- `cut_client(broker_url, client)` / `cut_worker(broker_url, queue)`: close the client's
+  (the queue's workers') broker connections from the broker's side, with
+  `cuts_connections = True`; else the tests that need them skip: not every broker lets a
+  test do that on a shared server.
 
 A transport that cannot show a behaviour (HTTP has no queue to redeliver from) overrides
 that test with a skip that says why.
@@ -25,7 +34,15 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from micromessaging import AsyncClient, CallTimeout, Client, ErrorCode, RemoteError, Worker
+from micromessaging import (
+    AsyncClient,
+    CallTimeout,
+    Client,
+    ErrorCode,
+    RemoteError,
+    TransportError,
+    Worker,
+)
 
 
 class Probe:
@@ -73,6 +90,19 @@ async def eventually(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def answers_again(client: AsyncClient, within: float = 15.0) -> None:
+    """Call until a call is answered (a reconnecting client or worker fails some first)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            assert await client.call("add", 2, 2, timeout=2) == 4
+            return
+        except (TransportError, CallTimeout):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 class TransportContract:
     """Behaviours every transport must show; subclasses provide the hooks above."""
 
@@ -110,6 +140,31 @@ class TransportContract:
 
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
         raise NotImplementedError
+
+    def unreachable_url(self, broker_url: str) -> str:
+        raise NotImplementedError
+
+    async def wait_queued(
+        self, broker_url: str, queue: str, client: AsyncClient, count: int
+    ) -> None:
+        raise NotImplementedError
+
+    expired_reach_the_worker = True
+    workers_connect = True
+    """Whether a worker connects to a broker (an HTTP worker listens instead)."""
+
+    cuts_connections = False
+    """Whether the test can close a client's or a worker's connections from the broker."""
+
+    async def cut_client(self, broker_url: str, client: AsyncClient) -> None:
+        raise NotImplementedError
+
+    async def cut_worker(self, broker_url: str, queue: str) -> None:
+        raise NotImplementedError
+
+    def _need_cuts(self) -> None:
+        if not self.cuts_connections:
+            pytest.skip("this transport's connections can't be cut from the broker's side here")
 
     # --- calls ---------------------------------------------------------------------------
 
@@ -236,12 +291,22 @@ class TransportContract:
             with pytest.raises(CallTimeout):
                 await client.record("too late")
         async with (
-            Worker(probe, broker_url, queue) as worker,
+            Worker(probe, broker_url, queue, concurrency=1) as worker,
             AsyncClient(broker_url, queue, timeout=10) as client,
         ):
-            assert await client.add(1, 1) == 2
+            assert await client.add(1, 1) == 2  # one at a time: the late one came first
             assert "too late" not in probe.ran
-            assert worker.stats.expired >= 0  # HTTP callers hang up instead; nothing queued
+            assert worker.stats.expired == (1 if self.expired_reach_the_worker else 0)
+
+    async def test_requests_wait_for_a_worker(
+        self, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        async with AsyncClient(broker_url, queue, timeout=10) as client:
+            calls = [asyncio.create_task(client.add(i, 1)) for i in range(5)]
+            await self.wait_queued(broker_url, queue, client, 5)
+            assert not any(call.done() for call in calls)
+            async with Worker(probe, broker_url, queue):
+                assert await asyncio.gather(*calls) == [1, 2, 3, 4, 5]
 
     # --- workers -------------------------------------------------------------------------
 
@@ -271,18 +336,83 @@ class TransportContract:
             assert await asyncio.gather(*calls) == [0, 1, 2, 3]
             await asyncio.wait_for(running, 5)
 
-    async def test_caller_gone_does_not_hurt_the_worker(
-        self, worker: Worker, broker_url: str, queue: str
+    async def test_closed_client_fails_its_calls_and_the_worker_goes_on(
+        self, worker: Worker, broker_url: str, queue: str, probe: Probe
     ) -> None:
         client = AsyncClient(broker_url, queue, timeout=10)
         pending = asyncio.create_task(client.slow(0.3, "orphan"))
-        await asyncio.sleep(0.1)
+        await eventually(lambda: ("slow", "orphan") in probe.ran)  # running in the worker
         await client.aclose()
-        with pytest.raises(Exception):  # noqa: B017,PT011 - whatever the transport says
+        with pytest.raises(TransportError):
             await pending
+        with pytest.raises(TransportError):
+            await client.add(1, 1)  # closed is closed: no new connection
+        # The orphan, this worker's only call so far, ends; its reply goes nowhere.
+        await eventually(lambda: worker.stats.completed >= 1)
         async with AsyncClient(broker_url, queue, timeout=10) as other:
-            await asyncio.sleep(0.4)
             assert await other.add(2, 3) == 5
+
+    # --- brokers: where to find them, and losing them -------------------------------------
+
+    async def test_unreachable_broker_is_a_transport_error_quickly(
+        self, broker_url: str, queue: str
+    ) -> None:
+        url = self.unreachable_url(broker_url)
+        started = time.monotonic()
+        with pytest.raises(TransportError):
+            async with AsyncClient(url, queue, timeout=5) as client:
+                await client.add(1, 2)
+
+        def sync_call() -> None:
+            with Client(url, queue, timeout=5) as client:
+                client.add(1, 2)
+
+        with pytest.raises(TransportError):
+            await asyncio.to_thread(sync_call)
+        if self.workers_connect:
+            with pytest.raises(TransportError):
+                async with Worker(Probe(), url, queue, wait_for_broker=0):
+                    pass
+        assert time.monotonic() - started < 10
+
+    @pytest.mark.parametrize("variable", ["REDIS_URL", "CLOUDAMQP_URL", "RABBITMQ_URL"])
+    async def test_platform_variables_name_the_broker(
+        self, variable: str, broker_url: str, queue: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name in ("MICROMESSAGING_BROKER", "REDIS_URL", "CLOUDAMQP_URL", "RABBITMQ_URL"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(variable, broker_url)
+        async with (
+            Worker(Probe(), None, queue) as worker,
+            AsyncClient(None, queue, timeout=10) as client,
+        ):
+            assert worker.broker == client.broker == broker_url
+            assert await client.add(1, 5.1) == 6.1
+
+    async def test_lost_connection_fails_calls_at_once_then_recovers(
+        self, worker: Worker, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        self._need_cuts()
+        async with AsyncClient(broker_url, queue, timeout=30) as client:
+            assert await client.add(1, 1) == 2
+            pending = asyncio.create_task(client.slow(4, "lost"))
+            await eventually(lambda: ("slow", "lost") in probe.ran)
+            started = time.monotonic()
+            await self.cut_client(broker_url, client)
+            with pytest.raises(TransportError):
+                await pending
+            assert time.monotonic() - started < 5  # told now, not at the 30 s timeout
+            await answers_again(client)  # reconnected by itself
+
+    async def test_worker_reconnects_after_losing_its_connections(
+        self, worker: Worker, client: AsyncClient, broker_url: str, queue: str
+    ) -> None:
+        self._need_cuts()
+        assert await client.add(1, 1) == 2
+        await self.cut_worker(broker_url, queue)
+        await answers_again(client)
+        results = await asyncio.gather(*(client.add(i, 1) for i in range(50)))
+        assert results == [i + 1 for i in range(50)]
 
     # --- bad input -----------------------------------------------------------------------
 
@@ -330,12 +460,12 @@ class TransportContract:
 
     # --- hygiene -------------------------------------------------------------------------
 
-    async def test_nothing_left_behind(self, broker_url: str, queue: str) -> None:
+    async def test_nothing_left_behind(self, broker_url: str, queue: str, probe: Probe) -> None:
         async with (
-            Worker(Probe(), broker_url, queue) as _,
+            Worker(probe, broker_url, queue) as _,
             AsyncClient(broker_url, queue, timeout=10) as client,
         ):
             await asyncio.gather(*(client.add(i, 1) for i in range(300)))
             await client.notify("record", 1)
-            await asyncio.sleep(0.2)
+            await eventually(lambda: probe.ran == [1])  # the notification, too, is done
         assert await self.leftovers(broker_url, queue) == []

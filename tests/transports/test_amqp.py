@@ -1,8 +1,8 @@
 """amqp:// joins the transport contract, plus what only RabbitMQ shows.
 
-Integration tests use the shared RabbitMQ on 127.0.0.1:5672 (never restarted here: the
-restart tests run their own node, in tests/fault/test_amqp_faults.py). Every test uses its
-own queue names and deletes its queues afterwards.
+Integration tests use the session's RabbitMQ (the `amqp_url` fixture: the shared broker, or
+the session's own node), never restarted here: the fault tests do that to a node of their
+own. Every test uses its own queue names and deletes its queues afterwards.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import aio_pika
 import orjson
@@ -43,11 +45,9 @@ from micromessaging.transports.amqp.wire import (
     expiration_for,
     parse_url,
 )
+from tests.brokers import free_port, rabbitmqctl_for
 
 from .contract import Probe, TransportContract, eventually
-
-BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-
 
 # --- helpers shared with the fault and interop tests ----------------------------------------
 
@@ -114,10 +114,10 @@ async def publish_raw(
 
 
 @pytest.fixture
-async def queue_name() -> AsyncIterator[str]:
+async def queue_name(amqp_url: str) -> AsyncIterator[str]:
     name = f"mm-test-{uuid.uuid4().hex[:12]}"
     yield name
-    await delete_queues(BROKER, name)
+    await delete_queues(amqp_url, name)
 
 
 # --- the contract ----------------------------------------------------------------------------
@@ -125,14 +125,14 @@ async def queue_name() -> AsyncIterator[str]:
 
 class TestAmqpContract(TransportContract):
     @pytest.fixture
-    def broker_url(self) -> str:
-        return BROKER
+    def broker_url(self, amqp_url: str) -> str:
+        return amqp_url
 
     @pytest.fixture
-    async def queue(self) -> AsyncIterator[str]:
+    async def queue(self, amqp_url: str) -> AsyncIterator[str]:
         name = f"mm-test-{uuid.uuid4().hex[:12]}"
         yield name
-        await delete_queues(BROKER, name)
+        await delete_queues(amqp_url, name)
 
     async def inject(
         self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
@@ -143,6 +143,24 @@ class TestAmqpContract(TransportContract):
     async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
         return [message.body for message in await drain_queue(broker_url, f"{queue}.dead")]
 
+    expired_reach_the_worker = False  # the broker drops it at its expiration
+
+    def unreachable_url(self, broker_url: str) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+
+    async def wait_queued(
+        self, broker_url: str, queue: str, client: AsyncClient, count: int
+    ) -> None:
+        await wait_for_queue_state(broker_url, queue, lambda state: state[0] >= count)
+
+    cuts_connections = True
+
+    async def cut_client(self, broker_url: str, client: AsyncClient) -> None:
+        await close_connections(broker_url, f"micromessaging client {socket.gethostname()} ")
+
+    async def cut_worker(self, broker_url: str, queue: str) -> None:
+        await close_connections(broker_url, f"micromessaging worker {queue} ")
+
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
         left = []
         state = await queue_state(broker_url, queue)
@@ -152,19 +170,55 @@ class TestAmqpContract(TransportContract):
             left.append(f"{state[1]} consumers on {queue}")
         if await queue_state(broker_url, f"{queue}.dead") is not None:
             left.append(f"queue {queue}.dead")
-        left += await our_connections()
+        left += await our_connections(broker_url)
         return left
 
 
-async def our_connections(timeout: float = 3.0) -> list[str]:
-    """Connections this process still holds open on the shared broker (read-only query)."""
+async def wait_for_queue_state(
+    broker: str, name: str, predicate: Callable[[tuple[int, int]], bool], timeout: float = 10
+) -> None:
+    """Wait until the queue's (messages ready, consumers) satisfy `predicate`."""
+    deadline = time.monotonic() + timeout
+    while (state := await queue_state(broker, name)) is None or not predicate(state):
+        assert time.monotonic() < deadline, f"queue {name}: {state}"
+        await asyncio.sleep(0.02)
+
+
+async def close_connections(broker: str, name_prefix: str) -> None:
+    """Close, from the broker's side, this process's connections whose name starts with
+    `name_prefix` (a client or a worker of ours; nobody else's)."""
+    command, env = rabbitmqctl_for(broker)
+    marker = f"pid {os.getpid()}"
+
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            [*command, "-q", *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    listing = await asyncio.to_thread(run, "list_connections", "pid", "client_properties")
+    pids = [
+        line.split("\t", 1)[0]
+        for line in listing.splitlines()
+        if name_prefix in line and f'{marker}"' in line
+    ]
+    assert pids, f"no connection named {name_prefix}... ({marker})"
+    for pid in pids:
+        await asyncio.to_thread(run, "close_connection", pid, "cut by the test")
+
+
+async def our_connections(broker: str, timeout: float = 3.0) -> list[str]:
+    """Connections this process still holds open on the broker (a read-only query)."""
     marker = f"pid {os.getpid()}"
     deadline = time.monotonic() + timeout
+    command, env = rabbitmqctl_for(broker)
     while True:
         try:
             result = await asyncio.to_thread(
                 subprocess.run,
-                ["rabbitmqctl", "-q", "list_connections", "client_properties"],
+                [*command, "-q", "list_connections", "client_properties"],
+                env=env,
                 capture_output=True,
                 text=True,
                 check=False,
@@ -304,7 +358,7 @@ class FakeChannel:
 
 
 async def test_link_batches_writes_and_never_waits_on_a_dead_channel() -> None:
-    link = Link(parse_url(BROKER), "test", on_open=None, on_lost=None)  # type: ignore[arg-type]
+    link = Link(parse_url("amqp://guest:guest@127.0.0.1/"), "test", on_open=None, on_lost=None)  # type: ignore[arg-type]
     old = link.channel = FakeChannel(1, room=1)
     for frame in (b"a", b"b"):
         assert link.write(old, frame)
@@ -333,28 +387,14 @@ class Calculator:
         return a + b
 
 
-@pytest.mark.parametrize("variable", ["CLOUDAMQP_URL", "RABBITMQ_URL"])
-async def test_platform_variables_name_the_broker(
-    variable: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+async def test_bad_credentials_and_vhost_are_transport_errors(
+    queue_name: str, amqp_url: str
 ) -> None:
-    for name in ("MICROMESSAGING_BROKER", "REDIS_URL", "CLOUDAMQP_URL", "RABBITMQ_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(variable, BROKER)
-    async with (
-        Worker(Calculator(), None, queue_name) as worker,
-        AsyncClient(None, queue_name) as client,
-    ):
-        assert worker.broker == client.broker == BROKER
-        assert await client.add(1, 5.1) == 6.1
-
-
-async def test_unreachable_broker_and_bad_credentials_are_transport_errors(
-    queue_name: str,
-) -> None:
+    server = urlsplit(amqp_url)
+    at = f"{server.hostname}:{server.port or 5672}"
     for url in (
-        "amqp://guest:guest@127.0.0.1:1/",
-        "amqp://guest:wrong-secret@127.0.0.1:5672/",
-        "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+        f"amqp://{server.username}:wrong-secret@{at}/",
+        f"amqp://{server.username}:{server.password}@{at}/no-such-vhost",
     ):
         started = time.monotonic()
         with pytest.raises(TransportError) as caught:
@@ -394,10 +434,12 @@ class Replier:
         )
 
 
-async def test_unknown_and_late_replies_are_dropped_and_counted(queue_name: str) -> None:
+async def test_unknown_and_late_replies_are_dropped_and_counted(
+    queue_name: str, amqp_url: str
+) -> None:
     async with (
-        Replier(BROKER, queue_name) as replier,
-        AsyncClient(BROKER, queue_name, timeout=10) as client,
+        Replier(amqp_url, queue_name) as replier,
+        AsyncClient(amqp_url, queue_name, timeout=10) as client,
     ):
         first = asyncio.create_task(client.call("add", 1, 1))
         second = asyncio.create_task(client.call("add", 2, 2))
@@ -428,118 +470,113 @@ async def test_unknown_and_late_replies_are_dropped_and_counted(queue_name: str)
         assert await third == 8
 
 
-async def test_requests_wait_in_the_queue_until_a_worker_comes(queue_name: str) -> None:
-    async with AsyncClient(BROKER, queue_name, timeout=10) as client:
-        calls = [asyncio.create_task(client.add(i, 1)) for i in range(5)]
-        await asyncio.sleep(0.3)
-        assert await queue_state(BROKER, queue_name) == (5, 0)  # declared by the client
-        async with Worker(Calculator(), BROKER, queue_name):
-            assert await asyncio.gather(*calls) == [1, 2, 3, 4, 5]
-
-
-async def test_expired_requests_are_dropped_by_the_broker(queue_name: str) -> None:
-    async with AsyncClient(BROKER, queue_name, timeout=0.3) as client:
+async def test_expired_requests_are_dropped_by_the_broker(queue_name: str, amqp_url: str) -> None:
+    async with AsyncClient(amqp_url, queue_name, timeout=0.3) as client:
         with pytest.raises(CallTimeout):
             await client.add(1, 2)
         await client.notify("add", 1, 2)  # no deadline: it stays
-    await eventually(lambda: True)
-    await asyncio.sleep(0.2)
-    assert await queue_state(BROKER, queue_name) == (1, 0)
+    await wait_for_queue_state(amqp_url, queue_name, lambda state: state == (1, 0))
 
 
-async def test_a_request_past_its_deadline_header_is_not_run(queue_name: str) -> None:
+async def test_a_request_past_its_deadline_header_is_not_run(
+    queue_name: str, amqp_url: str
+) -> None:
     """The broker's expiration aside (clients may not set one), the worker reads the header."""
     probe = Probe()
-    async with Worker(probe, BROKER, queue_name) as worker:
+    async with Worker(probe, amqp_url, queue_name) as worker:
         late = b'{"jsonrpc": "2.0", "method": "record", "params": ["late"], "id": 1}'
         past = deadline_header(time.time() - 1)
-        reply = await publish_raw(BROKER, queue_name, late, wait=0.5, headers={"mm-deadline": past})
+        reply = await publish_raw(
+            amqp_url, queue_name, late, wait=0.5, headers={"mm-deadline": past}
+        )
         assert reply is None  # its caller has gone: nothing is owed
         await eventually(lambda: worker.stats.expired == 1)
     assert "late" not in probe.ran
-    assert await queue_state(BROKER, queue_name) == (0, 0)  # acknowledged, not left behind
+    assert await queue_state(amqp_url, queue_name) == (0, 0)  # acknowledged, not left behind
 
 
 async def test_missing_reply_to_is_dead_lettered_and_the_worker_goes_on(
-    queue_name: str,
+    queue_name: str, amqp_url: str
 ) -> None:
     probe = Probe()
     async with (
-        Worker(probe, BROKER, queue_name) as worker,
-        AsyncClient(BROKER, queue_name) as client,
+        Worker(probe, amqp_url, queue_name) as worker,
+        AsyncClient(amqp_url, queue_name) as client,
     ):
         owes = b'{"jsonrpc": "2.0", "method": "record", "params": ["lost"], "id": 1}'
-        await publish_raw(BROKER, queue_name, owes, wait=None)
+        await publish_raw(amqp_url, queue_name, owes, wait=None)
         notification = b'{"jsonrpc": "2.0", "method": "record", "params": ["note"]}'
-        await publish_raw(BROKER, queue_name, notification, wait=None)
+        await publish_raw(amqp_url, queue_name, notification, wait=None)
         await eventually(lambda: "note" in probe.ran)
         await eventually(lambda: worker.stats.dead_lettered == 1)
         assert await client.add(1, 1) == 2
-    (dead,) = await drain_queue(BROKER, f"{queue_name}.dead")
+    (dead,) = await drain_queue(amqp_url, f"{queue_name}.dead")
     assert dead.body == owes
     assert dead.headers[DEAD_REASON] == "no reply address"
     assert "lost" not in probe.ran
 
 
-async def test_reply_to_a_queue_that_is_gone_is_dropped(queue_name: str) -> None:
+async def test_reply_to_a_queue_that_is_gone_is_dropped(queue_name: str, amqp_url: str) -> None:
     async with (
-        Worker(Calculator(), BROKER, queue_name) as worker,
-        AsyncClient(BROKER, queue_name) as client,
+        Worker(Calculator(), amqp_url, queue_name) as worker,
+        AsyncClient(amqp_url, queue_name) as client,
     ):
         request = b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1}'
         for reply_to in ("no-such-queue-" + uuid.uuid4().hex, "amq.rabbitmq.reply-to.bogus"):
             await publish_raw(
-                BROKER, queue_name, request, wait=None, reply_to=reply_to, correlation_id="x"
+                amqp_url, queue_name, request, wait=None, reply_to=reply_to, correlation_id="x"
             )
         await eventually(lambda: worker.stats.completed >= 2)
         assert await client.add(2, 2) == 4
         assert worker.stats.transport_errors == 0
 
 
-async def test_a_worker_whose_queue_is_deleted_declares_it_again(queue_name: str) -> None:
-    async with Worker(Calculator(), BROKER, queue_name), AsyncClient(BROKER, queue_name) as c:
+async def test_a_worker_whose_queue_is_deleted_declares_it_again(
+    queue_name: str, amqp_url: str
+) -> None:
+    async with Worker(Calculator(), amqp_url, queue_name), AsyncClient(amqp_url, queue_name) as c:
         assert await c.add(1, 1) == 2
-        await delete_queues(BROKER, queue_name)  # the broker cancels the worker's consumer
+        await delete_queues(amqp_url, queue_name)  # the broker cancels the worker's consumer
         for _ in range(100):
-            if await queue_state(BROKER, queue_name) == (0, 1):
+            if await queue_state(amqp_url, queue_name) == (0, 1):
                 break
             await asyncio.sleep(0.05)
         assert await c.add(2, 2) == 4
 
 
-async def test_prefetch_is_the_concurrency(queue_name: str) -> None:
+async def test_prefetch_is_the_concurrency(queue_name: str, amqp_url: str) -> None:
     probe = Probe()
     async with (
-        Worker(probe, BROKER, queue_name, concurrency=2) as worker,
-        AsyncClient(BROKER, queue_name, timeout=10) as client,
+        Worker(probe, amqp_url, queue_name, concurrency=2) as worker,
+        AsyncClient(amqp_url, queue_name, timeout=10) as client,
     ):
         calls = [asyncio.create_task(client.slow(0.6, i)) for i in range(5)]
         await eventually(lambda: len(probe.ran) == 2)
-        await asyncio.sleep(0.2)
+        # The rest wait in the broker, not in the worker: 3 ready, none sent to it.
+        await wait_for_queue_state(amqp_url, queue_name, lambda state: state == (3, 1))
         assert len(probe.ran) == 2
-        assert await queue_state(BROKER, queue_name) == (3, 1)  # the rest wait in the broker
         assert await asyncio.gather(*calls) == list(range(5))
         assert worker.stats.completed == 5
 
 
 async def test_redelivered_requests_are_counted_then_dead_lettered_with_an_answer(
-    queue_name: str,
+    queue_name: str, amqp_url: str
 ) -> None:
     """A worker that dies holding a request (here: gives it back unsettled) makes the broker
     redeliver it; after max_deliveries deliveries the caller gets DELIVERY_LIMIT."""
     probe = Probe()
     counts, deadlines = [], set()
-    async with AsyncClient(BROKER, queue_name, timeout=20) as client:
+    async with AsyncClient(amqp_url, queue_name, timeout=20) as client:
         call = asyncio.create_task(client.call("record", "poison"))
         for _ in range(3):
             taken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-            transport = AmqpWorkerTransport(BROKER, WorkerOptions(queue_name, concurrency=1))
+            transport = AmqpWorkerTransport(amqp_url, WorkerOptions(queue_name, concurrency=1))
             await transport.start(lambda d, f=taken: f.done() or f.set_result(d))
             delivery = await asyncio.wait_for(taken, 10)
             counts.append(delivery.delivery_count)
             deadlines.add(delivery.deadline)
             await transport.aclose()  # like a crash: unsettled, back to the queue
-        async with Worker(probe, BROKER, queue_name, max_deliveries=3) as worker:
+        async with Worker(probe, amqp_url, queue_name, max_deliveries=3) as worker:
             with pytest.raises(RemoteError) as caught:
                 await call
             assert caught.value.code == ErrorCode.DELIVERY_LIMIT
@@ -547,14 +584,14 @@ async def test_redelivered_requests_are_counted_then_dead_lettered_with_an_answe
     assert counts == [1, 2, 3]
     assert len(deadlines) == 1  # the copies carry the caller's deadline unchanged
     assert "poison" not in probe.ran
-    (dead,) = await drain_queue(BROKER, f"{queue_name}.dead")
+    (dead,) = await drain_queue(amqp_url, f"{queue_name}.dead")
     assert orjson.loads(dead.body)["params"] == ["poison"]
     assert dead.headers[DELIVERIES] == 4
     assert "delivered 4 times" in dead.headers[DEAD_REASON]
 
 
-async def test_quorum_queues_count_deliveries_themselves(queue_name: str) -> None:
-    url = BROKER.rstrip("/") + "/?queue_type=quorum"
+async def test_quorum_queues_count_deliveries_themselves(queue_name: str, amqp_url: str) -> None:
+    url = amqp_url.rstrip("/") + "/?queue_type=quorum"
     counts = []
     async with AsyncClient(url, queue_name, timeout=20) as client:
         call = asyncio.create_task(client.call("record", "poison"))
@@ -574,21 +611,23 @@ async def test_quorum_queues_count_deliveries_themselves(queue_name: str) -> Non
 
 
 async def test_a_queue_declared_otherwise_is_used_as_it_is(
-    queue_name: str, caplog: pytest.LogCaptureFixture
+    queue_name: str, caplog: pytest.LogCaptureFixture, amqp_url: str
 ) -> None:
-    quorum = BROKER.rstrip("/") + "/?queue_type=quorum"
+    quorum = amqp_url.rstrip("/") + "/?queue_type=quorum"
     async with (
         Worker(Calculator(), quorum, queue_name),
-        Worker(Calculator(), BROKER, queue_name),  # classic by default: declared otherwise
-        AsyncClient(BROKER, queue_name) as client,
+        Worker(Calculator(), amqp_url, queue_name),  # classic by default: declared otherwise
+        AsyncClient(amqp_url, queue_name) as client,
     ):
         assert await client.add(1, 2) == 3
     assert "exists with other arguments" in caplog.text
 
 
-async def test_a_seed_style_declaration_agrees_with_our_worker(queue_name: str) -> None:
-    async with Worker(Calculator(), BROKER, queue_name):
-        connection = await aio_pika.connect(BROKER)
+async def test_a_seed_style_declaration_agrees_with_our_worker(
+    queue_name: str, amqp_url: str
+) -> None:
+    async with Worker(Calculator(), amqp_url, queue_name):
+        connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
             # Bunny's ch.queue('calc', auto_delete: false): classic, non-durable, no arguments.
@@ -596,9 +635,9 @@ async def test_a_seed_style_declaration_agrees_with_our_worker(queue_name: str) 
 
 
 async def test_notifications_and_requests_without_a_channel_fail_clearly(
-    queue_name: str,
+    queue_name: str, amqp_url: str
 ) -> None:
-    transport = client_transport(BROKER)
+    transport = client_transport(amqp_url)
     with pytest.raises(TransportError, match="not connected"):
         await transport.request(queue_name, b"{}", time.time() + 1)
     await transport.connect()

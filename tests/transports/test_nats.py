@@ -1,7 +1,7 @@
 """nats:// joins the transport contract, in core mode and in JetStream mode; NATS specifics.
 
-These talk to the NATS server (with JetStream) on 127.0.0.1:4222, or the one
-MICROMESSAGING_NATS_URL names.
+These talk to the session's NATS server with JetStream (the `nats_url` fixture: the shared
+one, or a node of the session's own).
 """
 
 from __future__ import annotations
@@ -9,13 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,24 +35,9 @@ from micromessaging.transports.nats.wire import (
     parse_url,
     stream_name,
 )
+from tests.brokers import NatsNode, free_port, self_signed_certificate
 
 from .contract import Probe, TransportContract, eventually
-
-NATS_URL = os.environ.get("MICROMESSAGING_NATS_URL", "nats://127.0.0.1:4222")
-
-
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 1):
-            return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _reachable(NATS_URL), reason=f"no NATS server at {NATS_URL} (nats-server -js)"
-)
 
 
 def with_options(url: str, **options: object) -> str:
@@ -112,13 +93,13 @@ class TestNatsContract(TransportContract):
     """Core NATS: request/reply with a queue group."""
 
     @pytest.fixture
-    def broker_url(self) -> str:
-        return NATS_URL
+    def broker_url(self, nats_url: str) -> str:
+        return nats_url
 
     @pytest.fixture(autouse=True)
-    async def dead_letter_spy(self, queue: str) -> AsyncIterator[list[bytes]]:
+    async def dead_letter_spy(self, queue: str, nats_url: str) -> AsyncIterator[list[bytes]]:
         # Core NATS keeps nothing: dead letters are seen only by who listens when they pass.
-        nc = await raw_connection(NATS_URL)
+        nc = self._spy = await raw_connection(nats_url)
         self._dead: list[bytes] = []
         sub = await nc.subscribe(DEAD_LETTER_PREFIX + queue, cb=self._keep_dead)
         await nc.flush()
@@ -143,8 +124,24 @@ class TestNatsContract(TransportContract):
             await nc.close()
 
     async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
-        await asyncio.sleep(0.1)
+        # Published before the reply that the test saw: here once the spy's connection
+        # has caught up with everything up to now.
+        await self._spy.flush()
         return list(self._dead)
+
+    expired_reach_the_worker = False  # nothing holds it: the caller stops sending it
+
+    def unreachable_url(self, broker_url: str) -> str:
+        return f"nats://127.0.0.1:{free_port()}"
+
+    async def wait_queued(
+        self, broker_url: str, queue: str, client: AsyncClient, count: int
+    ) -> None:
+        # Core NATS holds nothing: with no responder, the client sends its requests again
+        # and again until a worker subscribes.
+        connection = client._transport._nc  # type: ignore[union-attr]
+        sent = connection.stats["out_msgs"]
+        await eventually(lambda: connection.stats["out_msgs"] >= sent + 2 * count)
 
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
         # The server holds no messages for core subjects; what could be left is interest: a
@@ -172,13 +169,13 @@ class TestNatsJetStreamContract(TestNatsContract):
     """JetStream: a work-queue stream per queue, acknowledged after the reply."""
 
     @pytest.fixture
-    def broker_url(self) -> str:
-        return with_options(NATS_URL, jetstream=1, ack_wait=5)
+    def broker_url(self, nats_url: str) -> str:
+        return with_options(nats_url, jetstream=1, ack_wait=5)
 
     @pytest.fixture(autouse=True)
-    async def dead_letter_spy(self, queue: str) -> AsyncIterator[list[bytes]]:
+    async def dead_letter_spy(self, queue: str, nats_url: str) -> AsyncIterator[list[bytes]]:
         yield []
-        await delete_streams(NATS_URL, queue)
+        await delete_streams(nats_url, queue)
 
     async def inject(
         self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
@@ -209,6 +206,24 @@ class TestNatsJetStreamContract(TestNatsContract):
         finally:
             await nc.close()
 
+    expired_reach_the_worker = True  # stored in the stream, skipped by the worker
+
+    async def wait_queued(
+        self, broker_url: str, queue: str, client: AsyncClient, count: int
+    ) -> None:
+        nc = await raw_connection(broker_url)
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + 10
+            while True:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    if (await js.stream_info(stream_name(queue))).state.messages >= count:
+                        return
+                assert time.monotonic() < deadline, "the requests never reached the stream"
+                await asyncio.sleep(0.02)
+        finally:
+            await nc.close()
+
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
         # The stream and its consumer are the queue itself; requests left in it are not.
         nc = await raw_connection(broker_url)
@@ -233,27 +248,27 @@ class TestNatsJetStreamContract(TestNatsContract):
 
 
 @pytest.fixture(params=["core", "jetstream"])
-def url(request: pytest.FixtureRequest) -> str:
+def url(request: pytest.FixtureRequest, nats_url: str) -> str:
     if request.param == "core":
-        return NATS_URL
-    return with_options(NATS_URL, jetstream=1, ack_wait=5)
+        return nats_url
+    return with_options(nats_url, jetstream=1, ack_wait=5)
 
 
 @pytest.fixture
-async def queue(url: str) -> AsyncIterator[str]:
+async def queue(url: str, nats_url: str) -> AsyncIterator[str]:
     name = f"mm-test-{uuid.uuid4().hex[:12]}"
     yield name
     if "jetstream" in url:
-        await delete_streams(NATS_URL, name)
+        await delete_streams(nats_url, name)
 
 
 # --- interoperability -------------------------------------------------------------------
 
 
-async def test_a_plain_nats_request_calls_our_worker() -> None:
+async def test_a_plain_nats_request_calls_our_worker(nats_url: str) -> None:
     queue = f"mm-test-{uuid.uuid4().hex[:12]}"
-    async with Worker(Probe(), NATS_URL, queue):
-        nc = await raw_connection(NATS_URL)
+    async with Worker(Probe(), nats_url, queue):
+        nc = await raw_connection(nats_url)
         try:
             body = b'{"jsonrpc": "2.0", "id": "Ke43jnGeQsk2z9GYvFmrax", "method": "add", '
             body += b'"params": [1, 5.1]}'
@@ -276,9 +291,9 @@ def _add(i: int) -> dict[str, object]:
     return {"jsonrpc": "2.0", "id": i, "method": "add", "params": [i, 1]}
 
 
-async def test_our_client_calls_a_plain_nats_responder() -> None:
+async def test_our_client_calls_a_plain_nats_responder(nats_url: str) -> None:
     queue = f"mm-test-{uuid.uuid4().hex[:12]}"
-    nc = await raw_connection(NATS_URL)
+    nc = await raw_connection(nats_url)
 
     async def respond(msg: nats.aio.msg.Msg) -> None:
         request = orjson.loads(msg.data)
@@ -288,7 +303,7 @@ async def test_our_client_calls_a_plain_nats_responder() -> None:
     await nc.subscribe(queue, queue="responders", cb=respond)
     await nc.flush()
     try:
-        async with AsyncClient(NATS_URL, queue, timeout=5) as client:
+        async with AsyncClient(nats_url, queue, timeout=5) as client:
             assert await client.add(1, 5.1) == 6.1
     finally:
         await nc.close()
@@ -310,18 +325,25 @@ async def test_one_reply_subscription_for_many_calls(url: str, queue: str) -> No
         assert len(before) == (2 if "jetstream" in url else 1)
 
 
-async def test_our_headers_travel_with_the_request(url: str, queue: str) -> None:
+async def test_our_headers_travel_with_the_request(url: str, queue: str, nats_url: str) -> None:
     async with AsyncClient(url, queue, timeout=2) as client:
         if "jetstream" in url:
             pending = asyncio.create_task(client.add(1, 2))
-            await asyncio.sleep(0.3)  # no worker: the request waits in the stream
-            nc = await raw_connection(NATS_URL)
-            msg = await nc.jetstream().get_last_msg(stream_name(queue), queue)
-            await nc.close()
+            nc = await raw_connection(nats_url)
+            try:  # no worker: the request waits in the stream
+                deadline = time.monotonic() + 5
+                while True:
+                    with contextlib.suppress(nats.js.errors.NotFoundError):
+                        msg = await nc.jetstream().get_last_msg(stream_name(queue), queue)
+                        break
+                    assert time.monotonic() < deadline, "the request never reached the stream"
+                    await asyncio.sleep(0.02)
+            finally:
+                await nc.close()
             headers = msg.headers or {}
             assert headers[REPLY_TO].startswith("_INBOX.")
         else:
-            nc = await raw_connection(NATS_URL)
+            nc = await raw_connection(nats_url)
             seen: asyncio.Future[nats.aio.msg.Msg] = asyncio.get_running_loop().create_future()
             await nc.subscribe(queue, cb=functools.partial(_set, seen))
             await nc.flush()
@@ -357,15 +379,6 @@ async def test_worker_holds_no_more_than_its_concurrency(url: str, queue: str) -
     assert service.calls == 12  # bounced requests were sent again, and ran once each
 
 
-async def test_a_request_waits_for_a_worker_to_subscribe(url: str, queue: str) -> None:
-    async with AsyncClient(url, queue, timeout=10) as client:
-        call = asyncio.create_task(client.add(2, 3))
-        await asyncio.sleep(0.5)  # core: no responders, sent again; JetStream: stored
-        assert not call.done()
-        async with Worker(Probe(), url, queue):
-            assert await asyncio.wait_for(call, 5) == 5
-
-
 async def test_stopping_worker_hands_its_backlog_to_another(queue: str, url: str) -> None:
     first, second = Overlap(), Overlap()
     async with AsyncClient(url, queue, timeout=15) as client:
@@ -382,11 +395,11 @@ async def test_stopping_worker_hands_its_backlog_to_another(queue: str, url: str
     assert second.calls >= 4
 
 
-async def test_requeued_too_often_is_dead_lettered(url: str, queue: str) -> None:
+async def test_requeued_too_often_is_dead_lettered(url: str, queue: str, nats_url: str) -> None:
     # A worker stops while a call runs past its grace: the request goes back (core: the
     # caller sends it again, count + 1; JetStream: NAK, redelivered). The next worker allows
     # one delivery only, so it dead-letters the request and answers the caller with an error.
-    spy = await raw_connection(NATS_URL)
+    spy = await raw_connection(nats_url)
     dead: list[bytes] = []
     await spy.subscribe(DEAD_LETTER_PREFIX + queue, cb=functools.partial(_keep, dead))
     await spy.flush()
@@ -417,8 +430,8 @@ async def _keep(into: list[bytes], msg: nats.aio.msg.Msg) -> None:
     into.append(msg.data)
 
 
-async def test_long_call_is_not_redelivered_while_its_worker_lives() -> None:
-    url = with_options(NATS_URL, jetstream=1, ack_wait=1)
+async def test_long_call_is_not_redelivered_while_its_worker_lives(nats_url: str) -> None:
+    url = with_options(nats_url, jetstream=1, ack_wait=1)
     queue = f"mm-test-{uuid.uuid4().hex[:12]}"
     service = Overlap()
     try:
@@ -431,11 +444,11 @@ async def test_long_call_is_not_redelivered_while_its_worker_lives() -> None:
             await asyncio.sleep(1.5)
         assert service.calls == 1  # in-progress signals kept the request from going elsewhere
     finally:
-        await delete_streams(NATS_URL, queue)
+        await delete_streams(nats_url, queue)
 
 
-async def test_stored_request_past_its_deadline_is_skipped() -> None:
-    url = with_options(NATS_URL, jetstream=1)
+async def test_stored_request_past_its_deadline_is_skipped(nats_url: str) -> None:
+    url = with_options(nats_url, jetstream=1)
     queue = f"mm-test-{uuid.uuid4().hex[:12]}"
     service = Overlap()
     try:
@@ -445,12 +458,12 @@ async def test_stored_request_past_its_deadline_is_skipped() -> None:
         async with Worker(service, url, queue) as worker:
             await eventually(lambda: worker.stats.expired == 1)
         assert service.calls == 0
-        nc = await raw_connection(NATS_URL)
+        nc = await raw_connection(nats_url)
         state = (await nc.jetstream().stream_info(stream_name(queue))).state
         await nc.close()
         assert state.messages == 0  # acknowledged, not left for the next worker
     finally:
-        await delete_streams(NATS_URL, queue)
+        await delete_streams(nats_url, queue)
 
 
 # --- size -------------------------------------------------------------------------------
@@ -472,52 +485,21 @@ async def test_reply_too_large_for_nats_fails_fast(url: str, queue: str) -> None
 # --- connections and URLs ---------------------------------------------------------------
 
 
-async def test_unreachable_server_fails_fast() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+async def test_tls_with_a_self_signed_certificate(
+    tmp_path: Path, make_nats_node: Callable[..., NatsNode]
+) -> None:
+    cert, key = await asyncio.to_thread(self_signed_certificate, tmp_path)
+    server = make_nats_node("--tls", "--tlscert", str(cert), "--tlskey", str(key))
+    url = f"tls://127.0.0.1:{server.port}?tls_insecure=1"
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    async with Worker(Probe(), url, queue), AsyncClient(url, queue, timeout=5) as client:
+        assert await client.add(1, 5.1) == 6.1
     started = time.monotonic()
-    with pytest.raises(TransportError, match="can't connect"):
-        async with AsyncClient(f"nats://127.0.0.1:{port}", "calc", timeout=1):
-            pass
-    assert time.monotonic() - started < 3
-
-
-async def test_closed_client_fails_its_calls(url: str, queue: str) -> None:
-    client = AsyncClient(url, queue, timeout=10)
-    await client._connect()
-    pending = asyncio.create_task(client.add(1, 1))
-    await asyncio.sleep(0.1)
-    await client.aclose()
-    with pytest.raises(TransportError):
-        await pending
-
-
-async def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
-    from tests.fault.test_nats_faults import NATS_SERVER, NatsServer
-
-    if not (shutil.which(NATS_SERVER) and shutil.which("openssl")):
-        pytest.skip("needs nats-server and openssl")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-    command += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
-    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
-    await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True)
-    server = NatsServer(tmp_path / "js", "--tls", "--tlscert", str(cert), "--tlskey", str(key))
-    server.start()
-    try:
-        url = f"tls://127.0.0.1:{server.port}?tls_insecure=1"
-        queue = f"mm-test-{uuid.uuid4().hex[:12]}"
-        async with Worker(Probe(), url, queue), AsyncClient(url, queue, timeout=5) as client:
-            assert await client.add(1, 5.1) == 6.1
-        started = time.monotonic()
-        with pytest.raises(TransportError, match="can't connect") as caught:
-            async with AsyncClient(f"tls://127.0.0.1:{server.port}?connect_timeout=0.5", queue):
-                pass  # the certificate is self-signed: refused unless tls_insecure=1
-        assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
-        assert time.monotonic() - started < 3  # bounded by 3 x connect_timeout
-    finally:
-        server.stop()
+    with pytest.raises(TransportError, match="can't connect") as caught:
+        async with AsyncClient(f"tls://127.0.0.1:{server.port}?connect_timeout=0.5", queue):
+            pass  # the certificate is self-signed: refused unless tls_insecure=1
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert time.monotonic() - started < 3  # bounded by 3 x connect_timeout
 
 
 def test_url_options() -> None:

@@ -1,24 +1,18 @@
 """redis:// joins the transport contract; then what is Redis's own: wire forms, bad input, URLs.
 
-Integration tests against the shared Redis (MICROMESSAGING_TEST_REDIS, default
-redis://127.0.0.1:6379/0) with unique queue names; the TLS and ACL tests start their own
-redis-server (`RedisServer`, also used by the fault tests).
+Integration tests against the session's Redis (the `redis_url` fixture: the shared one, or a
+node of the session's own) with unique queue names; the TLS and ACL tests start redis-servers
+of their own (`make_redis_node`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -36,76 +30,11 @@ from micromessaging import (
 from micromessaging.transports import WorkerOptions, client_transport, worker_transport
 from micromessaging.transports.redis import RedisSettings
 from micromessaging.transports.redis import wire as wire
+from tests.brokers import RedisNode, free_port
 
 from .contract import Probe, TransportContract, eventually
 
-REDIS_URL = os.environ.get("MICROMESSAGING_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
 # --- helpers shared with the fault and interop tests -------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server of our own, on its own port and temp dir, for tests that break it."""
-
-    def __init__(self, *args: str, port: int | None = None, tls: bool = False) -> None:
-        self.port = port or free_port()
-        self.args = args
-        self.tls = tls
-        self.dir = Path(tempfile.mkdtemp(prefix="mm-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        port_args = ["--port", str(self.port)]
-        if self.tls:
-            cert, key = self.dir / "cert.pem", self.dir / "key.pem"
-            if not cert.exists():
-                subprocess.run(
-                    ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                     "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                    check=True, capture_output=True,
-                )  # fmt: skip
-            port_args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
-                         str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-                         "--tls-auth-clients", "no"]  # fmt: skip
-        self.process = subprocess.Popen(
-            ["redis-server", *port_args, "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), *self.args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return self
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        """Stop it at once, as a crash would (its data goes: no persistence)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def close(self) -> None:
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
@@ -124,16 +53,6 @@ async def serving(
         yield worker
     finally:
         await asyncio.wait_for(worker.__aexit__(None, None, None), worker.grace + 15)
-
-
-@contextlib.contextmanager
-def redis_server(*args: str, tls: bool = False) -> Iterator[RedisServer]:
-    """A started `RedisServer`, always stopped and removed afterwards."""
-    server = RedisServer(*args, tls=tls)
-    try:
-        yield server.start()
-    finally:
-        server.close()
 
 
 async def queue_keys(url: str, queue: str) -> list[str]:
@@ -203,6 +122,14 @@ async def redis_call(url: str, method: str, *args: object) -> object:
         await client.aclose()
 
 
+async def eventually_async(predicate, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the coroutine function `predicate()` returns true."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def wait_for_key(url: str, key: str, timeout: float = 10) -> None:
     """Wait until `key` exists."""
     deadline = time.monotonic() + timeout
@@ -236,11 +163,11 @@ async def dead_records(url: str, queue: str) -> list[dict]:
 class RedisContractHooks(TransportContract):
     """The contract's hooks for Redis; subclasses choose the client's wire form."""
 
-    url = REDIS_URL
+    wire_query = ""
 
     @pytest.fixture
-    def broker_url(self) -> str:
-        return self.url
+    def broker_url(self, redis_url: str) -> str:
+        return redis_url + self.wire_query
 
     @pytest.fixture
     async def worker(self, broker_url: str, queue: str, probe: Probe) -> AsyncIterator[Worker]:
@@ -248,18 +175,19 @@ class RedisContractHooks(TransportContract):
             yield w
 
     @pytest.fixture(autouse=True)
-    async def _clean_queue(self, queue: str) -> AsyncIterator[None]:
-        self._replies_before = await asyncio.wait_for(reply_lists(REDIS_URL), 10)
+    async def _clean_queue(self, queue: str, redis_url: str) -> AsyncIterator[None]:
+        self.redis_url = redis_url  # without the wire option, for redis-py
+        self._replies_before = await asyncio.wait_for(reply_lists(redis_url), 10)
         yield
-        await asyncio.wait_for(delete_queue(REDIS_URL, queue), 10)
+        await asyncio.wait_for(delete_queue(redis_url, queue), 10)
 
     async def inject(
         self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
     ) -> bytes | None:
         reply_to = wire.reply_key(f"inject-{uuid.uuid4().hex}")
         header = {"mm": 1, "reply_to": reply_to, "cid": "c1", "n": delivery_count}
-        await push_raw(REDIS_URL, queue, orjson.dumps(header) + b"\n" + body)
-        message = await pop_reply(REDIS_URL, reply_to, wait)
+        await push_raw(self.redis_url, queue, orjson.dumps(header) + b"\n" + body)
+        message = await pop_reply(self.redis_url, reply_to, wait)
         if message is None:
             return None
         cid, reply = wire.decode_reply(message)
@@ -268,12 +196,37 @@ class RedisContractHooks(TransportContract):
 
     async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
         return [
-            wire.dead_letter_body(orjson.dumps(r)) for r in await dead_records(REDIS_URL, queue)
+            wire.dead_letter_body(orjson.dumps(r))
+            for r in await dead_records(self.redis_url, queue)
         ]
 
+    def unreachable_url(self, broker_url: str) -> str:
+        return f"redis://127.0.0.1:{free_port()}/0{self.wire_query}"
+
+    async def wait_queued(
+        self, broker_url: str, queue: str, client: AsyncClient, count: int
+    ) -> None:
+        async def queued() -> bool:
+            return await redis_call(self.redis_url, "llen", queue) >= count
+
+        await eventually_async(queued)
+
+    cuts_connections = True
+
+    async def cut_client(self, broker_url: str, client: AsyncClient) -> None:
+        transport = client._transport
+        client_id = getattr(transport, "client_id", None)
+        prefix = "mm:seed-client:" if client_id is None else f"mm:client:{client_id}"
+        assert await kill_connections(self.redis_url, prefix) >= 1
+
+    async def cut_worker(self, broker_url: str, queue: str) -> None:
+        assert await kill_connections(self.redis_url, f"mm:worker:{queue}:") >= 1
+
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
-        keys = [k for k in await queue_keys(REDIS_URL, queue) if k != wire.dead_letter_key(queue)]
-        new_replies = await reply_lists(REDIS_URL) - self._replies_before
+        keys = [
+            k for k in await queue_keys(self.redis_url, queue) if k != wire.dead_letter_key(queue)
+        ]
+        new_replies = await reply_lists(self.redis_url) - self._replies_before
         return keys + sorted(new_replies)
 
 
@@ -284,7 +237,7 @@ class TestRedisContract(RedisContractHooks):
 class TestRedisSeedWireContract(RedisContractHooks):
     """``?wire=seed``: our client speaking the seed's protocol to our worker."""
 
-    url = REDIS_URL + "?wire=seed"
+    wire_query = "?wire=seed"
 
     async def test_expired_request_is_not_run(self) -> None:
         pytest.skip("the seed's wire carries no deadline: a seed-form request is always run")
@@ -300,10 +253,10 @@ class TestRedisSeedWireContract(RedisContractHooks):
 
 
 @pytest.fixture
-async def queue() -> AsyncIterator[str]:
+async def queue(redis_url: str) -> AsyncIterator[str]:
     name = f"mm-test-{uuid.uuid4().hex[:12]}"
     yield name
-    await asyncio.wait_for(delete_queue(REDIS_URL, name), 10)
+    await asyncio.wait_for(delete_queue(redis_url, name), 10)
 
 
 @pytest.fixture
@@ -312,8 +265,8 @@ def probe() -> Probe:
 
 
 @pytest.fixture
-async def worker(queue: str, probe: Probe) -> AsyncIterator[Worker]:
-    async with serving(probe, REDIS_URL, queue) as w:
+async def worker(queue: str, probe: Probe, redis_url: str) -> AsyncIterator[Worker]:
+    async with serving(probe, redis_url, queue) as w:
         yield w
 
 
@@ -328,19 +281,21 @@ def envelope(header: dict[str, object], body: bytes) -> bytes:
     return orjson.dumps(header) + b"\n" + body
 
 
-async def test_seed_form_reply_goes_to_the_list_named_by_the_id(worker: Worker, queue: str) -> None:
+async def test_seed_form_reply_goes_to_the_list_named_by_the_id(
+    worker: Worker, queue: str, redis_url: str
+) -> None:
     id_ = f"{queue}-call"
-    await push_raw(REDIS_URL, queue, seed_request("add", [1, 5.1], id_))
-    await wait_for_key(REDIS_URL, id_)
-    assert 0 < await redis_call(REDIS_URL, "ttl", id_) <= wire.REPLY_TTL  # the seed's EXPIRE
-    reply = orjson.loads(await pop_reply(REDIS_URL, id_) or b"null")
+    await push_raw(redis_url, queue, seed_request("add", [1, 5.1], id_))
+    await wait_for_key(redis_url, id_)
+    assert 0 < await redis_call(redis_url, "ttl", id_) <= wire.REPLY_TTL  # the seed's EXPIRE
+    reply = orjson.loads(await pop_reply(redis_url, id_) or b"null")
     assert reply == {"jsonrpc": "2.0", "result": 6.1, "id": id_}
 
 
-async def test_seed_form_integer_id_and_batch(worker: Worker, queue: str) -> None:
+async def test_seed_form_integer_id_and_batch(worker: Worker, queue: str, redis_url: str) -> None:
     number = int(uuid.uuid4().int % 10**15)
-    await push_raw(REDIS_URL, queue, seed_request("add", [2, 3], number))
-    assert orjson.loads(await pop_reply(REDIS_URL, str(number)) or b"null")["result"] == 5
+    await push_raw(redis_url, queue, seed_request("add", [2, 3], number))
+    assert orjson.loads(await pop_reply(redis_url, str(number)) or b"null")["result"] == 5
     first, second = f"{queue}-b1", f"{queue}-b2"
     batch = orjson.dumps(
         [
@@ -349,22 +304,21 @@ async def test_seed_form_integer_id_and_batch(worker: Worker, queue: str) -> Non
             {"jsonrpc": "2.0", "method": "subtract", "params": [5, 3], "id": second},
         ]
     )
-    await push_raw(REDIS_URL, queue, batch)
-    replies = orjson.loads(await pop_reply(REDIS_URL, first) or b"null")  # the first id's list
+    await push_raw(redis_url, queue, batch)
+    replies = orjson.loads(await pop_reply(redis_url, first) or b"null")  # the first id's list
     assert {r["id"]: r["result"] for r in replies} == {first: 3, second: 2}
 
 
 async def test_seed_form_without_id_runs_as_a_notification(
-    worker: Worker, queue: str, probe: Probe
+    worker: Worker, queue: str, probe: Probe, redis_url: str
 ) -> None:
-    await push_raw(REDIS_URL, queue, seed_request("record", ["no id"]))
-    await eventually(lambda: "no id" in probe.ran)
-    await asyncio.sleep(0.1)
-    assert await dead_records(REDIS_URL, queue) == []
+    await push_raw(redis_url, queue, seed_request("record", ["no id"]))
+    await eventually(lambda: "no id" in probe.ran)  # run, so not dead-lettered
+    assert await dead_records(redis_url, queue) == []
 
 
 async def test_bad_input_is_answered_or_dead_lettered_and_the_worker_goes_on(
-    worker: Worker, queue: str, probe: Probe
+    worker: Worker, queue: str, probe: Probe, redis_url: str
 ) -> None:
     body = seed_request("record", ["ran"], f"{queue}-x")
     dead = {
@@ -388,48 +342,50 @@ async def test_bad_input_is_answered_or_dead_lettered_and_the_worker_goes_on(
         seed_request("echo", ["x" * (10 * 1024 * 1024)], f"{queue}-big"): "exceeds the limit",
     }
     for message in dead:
-        await push_raw(REDIS_URL, queue, message)
-    records = await wait_for_dead(REDIS_URL, queue, len(dead))
+        await push_raw(redis_url, queue, message)
+    records = await wait_for_dead(redis_url, queue, len(dead))
     assert len(records) == len(dead)
     reasons = [record["reason"] for record in records]
     for expected in dead.values():
         assert any(expected in reason for reason in reasons), (expected, reasons)
     assert "ran" not in probe.ran  # refused before running, every one of them
-    await asyncio.sleep(0.2)
-    assert not await redis_call(REDIS_URL, "exists", queue)  # no loop refilled it
-    assert len(await dead_records(REDIS_URL, queue)) == len(dead)
 
     # An envelope without reply_to is answered the seed way; a 10 MB envelope is answered.
-    await push_raw(REDIS_URL, queue, envelope({"mm": 1, "cid": "c"}, body))
-    assert orjson.loads(await pop_reply(REDIS_URL, f"{queue}-x") or b"null")["result"] is None
+    await push_raw(redis_url, queue, envelope({"mm": 1, "cid": "c"}, body))
+    assert orjson.loads(await pop_reply(redis_url, f"{queue}-x") or b"null")["result"] is None
+    # Taken after all of the refused ones: had a refusal looped, the queue would be refilled.
+    assert not await redis_call(redis_url, "exists", queue)
+    assert len(await dead_records(redis_url, queue)) == len(dead)
     big = seed_request("echo", ["x" * (10 * 1024 * 1024)], 1)
     reply_to = wire.reply_key(uuid.uuid4().hex)
-    await push_raw(REDIS_URL, queue, envelope({"mm": 1, "reply_to": reply_to, "cid": "b"}, big))
-    cid, reply = wire.decode_reply(await pop_reply(REDIS_URL, reply_to) or b"")
+    await push_raw(redis_url, queue, envelope({"mm": 1, "reply_to": reply_to, "cid": "b"}, big))
+    cid, reply = wire.decode_reply(await pop_reply(redis_url, reply_to) or b"")
     assert cid == "b"
     assert orjson.loads(reply)["error"]["code"] == ErrorCode.MESSAGE_TOO_LARGE
-    async with AsyncClient(REDIS_URL, queue, timeout=10) as client:
+    async with AsyncClient(redis_url, queue, timeout=10) as client:
         assert await client.add(1, 1) == 2
 
 
 async def test_expired_request_is_acknowledged_and_not_run(
-    worker: Worker, queue: str, probe: Probe
+    worker: Worker, queue: str, probe: Probe, redis_url: str
 ) -> None:
     reply_to = wire.reply_key(uuid.uuid4().hex)
     late = {"mm": 1, "reply_to": reply_to, "cid": "c", "deadline": int(time.time() * 1000) - 1}
-    await push_raw(REDIS_URL, queue, envelope(late, seed_request("record", ["late"], 1)))
-    async with AsyncClient(REDIS_URL, queue, timeout=10) as client:
+    await push_raw(redis_url, queue, envelope(late, seed_request("record", ["late"], 1)))
+    async with AsyncClient(redis_url, queue, timeout=10) as client:
         assert await client.add(1, 1) == 2  # taken after the late one, so that one is done
     assert "late" not in probe.ran
-    assert not await redis_call(REDIS_URL, "exists", reply_to)
-    assert [k for k in await queue_keys(REDIS_URL, queue) if ":processing:" in k] == []
+    assert not await redis_call(redis_url, "exists", reply_to)
+    assert [k for k in await queue_keys(redis_url, queue) if ":processing:" in k] == []
 
 
-async def test_start_recovers_what_dead_workers_left(queue: str, probe: Probe) -> None:
+async def test_start_recovers_what_dead_workers_left(
+    queue: str, probe: Probe, redis_url: str
+) -> None:
     # A worker that died holding three messages: registered, no heartbeat.
     dead, orphan = "dead-worker", "orphan-worker"
     reply_to = wire.reply_key(uuid.uuid4().hex)
-    client = aioredis.Redis.from_url(REDIS_URL)
+    client = aioredis.Redis.from_url(redis_url)
     try:
         await client.sadd(wire.workers_key(queue), dead)
         await client.lpush(
@@ -445,10 +401,10 @@ async def test_start_recovers_what_dead_workers_left(queue: str, probe: Probe) -
         await client.lpush(
             wire.processing_key(queue, orphan), seed_request("add", [3, 3], f"{queue}-orphan")
         )
-        async with serving(probe, REDIS_URL, queue, max_deliveries=3):
-            seed = orjson.loads(await pop_reply(REDIS_URL, f"{queue}-seed") or b"null")
+        async with serving(probe, redis_url, queue, max_deliveries=3):
+            seed = orjson.loads(await pop_reply(redis_url, f"{queue}-seed") or b"null")
             assert seed["result"] == 2
-            orphaned = orjson.loads(await pop_reply(REDIS_URL, f"{queue}-orphan") or b"null")
+            orphaned = orjson.loads(await pop_reply(redis_url, f"{queue}-orphan") or b"null")
             assert orphaned["result"] == 6
             replies = {}
             for _ in range(2):
@@ -459,7 +415,7 @@ async def test_start_recovers_what_dead_workers_left(queue: str, probe: Probe) -
             assert replies["e"]["result"] == 4
             assert replies["p"]["error"]["code"] == ErrorCode.DELIVERY_LIMIT
             assert "poison" not in probe.ran
-            records = await dead_records(REDIS_URL, queue)
+            records = await dead_records(redis_url, queue)
             assert [r["header"]["n"] for r in records] == [4]
             assert not await client.exists(wire.processing_key(queue, dead))
             assert not await client.sismember(wire.workers_key(queue), dead)
@@ -468,13 +424,13 @@ async def test_start_recovers_what_dead_workers_left(queue: str, probe: Probe) -
         await client.aclose()
 
 
-async def test_running_worker_keys_and_clean_stop(queue: str, probe: Probe) -> None:
-    async with serving(probe, REDIS_URL + "?heartbeat=2", queue):
-        keys = await queue_keys(REDIS_URL, queue)
+async def test_running_worker_keys_and_clean_stop(queue: str, probe: Probe, redis_url: str) -> None:
+    async with serving(probe, redis_url + "?heartbeat=2", queue):
+        keys = await queue_keys(redis_url, queue)
         assert wire.workers_key(queue) in keys
         [heartbeat] = [key for key in keys if ":heartbeat:" in key]
-        assert 0 < await redis_call(REDIS_URL, "pttl", heartbeat) <= 2000
-    assert await queue_keys(REDIS_URL, queue) == []
+        assert 0 < await redis_call(redis_url, "pttl", heartbeat) <= 2000
+    assert await queue_keys(redis_url, queue) == []
 
 
 def test_worker_describes_itself_without_password() -> None:
@@ -487,31 +443,33 @@ def test_worker_describes_itself_without_password() -> None:
 
 
 async def test_abandoned_calls_go_back_counted_and_unstarted_ones_uncounted(
-    queue: str, probe: Probe
+    queue: str, probe: Probe, redis_url: str
 ) -> None:
-    async with AsyncClient(REDIS_URL, queue, timeout=30) as client:
-        worker = Worker(probe, REDIS_URL, queue, concurrency=2, grace=0.2)
+    async with AsyncClient(redis_url, queue, timeout=30) as client:
+        worker = Worker(probe, redis_url, queue, concurrency=2, grace=0.2)
         running = asyncio.create_task(worker.run())
         await worker.started()
         calls = [asyncio.create_task(client.slow(5, i)) for i in range(5)]
         await eventually(lambda: len(probe.ran) == 2)
         worker.stop()  # the two running ones outlive the grace period and are abandoned
         await asyncio.wait_for(running, 10)
-        items = await redis_call(REDIS_URL, "lrange", queue, 0, -1)
+        items = await redis_call(redis_url, "lrange", queue, 0, -1)
         counts = sorted(wire.split_envelope(item)[0].get("n", 1) for item in items)
         assert counts == [1, 1, 1, 2, 2]
         # The next worker answers them all (the abandoned ones run a second time).
         probe.ran.clear()
-        async with serving(Probe(), REDIS_URL, queue, concurrency=8):
+        async with serving(Probe(), redis_url, queue, concurrency=8):
             assert sorted(await asyncio.gather(*calls)) == [0, 1, 2, 3, 4]
 
 
-async def test_64_calls_in_flight_use_few_connections(worker: Worker, queue: str) -> None:
-    async with AsyncClient(REDIS_URL, queue, timeout=30) as client:
+async def test_64_calls_in_flight_use_few_connections(
+    worker: Worker, queue: str, probe: Probe, redis_url: str
+) -> None:
+    async with AsyncClient(redis_url, queue, timeout=30) as client:
         calls = asyncio.gather(*(client.slow(0.3, i) for i in range(64)))
-        await asyncio.sleep(0.15)
+        await eventually(lambda: len(probe.ran) >= worker.concurrency)  # all pushed, running
         name = f"mm:client:{client._transport.client_id}"  # type: ignore[union-attr]
-        listing = await redis_call(REDIS_URL, "client_list")
+        listing = await redis_call(redis_url, "client_list")
         assert len([c for c in listing if c["name"] == name]) <= 2  # pushes + replies
         assert await calls == list(range(64))
 
@@ -530,94 +488,69 @@ def test_url_options() -> None:
     assert type(client_transport("rediss://h")).__name__ == "RedisClientTransport"
 
 
-async def test_unreachable_redis_is_a_transport_error(queue: str) -> None:
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    started = time.monotonic()
-    with pytest.raises(TransportError):
-        async with AsyncClient(url, queue):
-            pass
-    with pytest.raises(TransportError):
-        async with serving(Probe(), url, queue, wait_for_broker=0):
-            pass
-    with pytest.raises(TransportError), Client(url, queue):
-        pass
-    assert time.monotonic() - started < 10
-
-
-async def test_redis_url_is_used_when_no_broker_is_given(
-    queue: str, probe: Probe, monkeypatch: pytest.MonkeyPatch
+async def test_password_acl_user_and_database_number(
+    queue: str, probe: Probe, make_redis_node: Callable[..., RedisNode]
 ) -> None:
-    monkeypatch.delenv("MICROMESSAGING_BROKER", raising=False)
-    monkeypatch.setenv("REDIS_URL", REDIS_URL)
-    async with serving(probe, None, queue) as worker, AsyncClient(None, queue) as client:
-        assert worker.broker == REDIS_URL
-        assert await client.add(2, 3) == 5
-
-
-async def test_password_acl_user_and_database_number(queue: str, probe: Probe) -> None:
     acl = ("--user", "alice", "on", ">s3cret", "~*", "&*", "+@all", "--requirepass", "rootpw")
-    with redis_server(*acl) as server:
-        url = f"redis://alice:s3cret@127.0.0.1:{server.port}/3"
-        async with serving(probe, url, queue), AsyncClient(url, queue) as client:
-            assert await client.add(1, 2) == 3
-            assert await client.add(1, 3) == 4
-        default_user = f"redis://:rootpw@127.0.0.1:{server.port}/3"
-        async with serving(probe, default_user, queue), AsyncClient(default_user, queue) as client:
-            assert await client.add(1, 4) == 5
-        with Client(url, queue) as sync_client:
-            assert sync_client.notify("record", "synced") is None
-        assert await redis_call(default_user, "llen", queue) == 1  # database 3, not 0
-        with pytest.raises(TransportError):
-            async with AsyncClient(f"redis://alice:wrong@127.0.0.1:{server.port}/3", queue):
-                pass
+    server = make_redis_node(*acl)
+    url = f"redis://alice:s3cret@127.0.0.1:{server.port}/3"
+    async with serving(probe, url, queue), AsyncClient(url, queue) as client:
+        assert await client.add(1, 2) == 3
+        assert await client.add(1, 3) == 4
+    default_user = f"redis://:rootpw@127.0.0.1:{server.port}/3"
+    async with serving(probe, default_user, queue), AsyncClient(default_user, queue) as client:
+        assert await client.add(1, 4) == 5
+    with Client(url, queue) as sync_client:
+        assert sync_client.notify("record", "synced") is None
+    assert await redis_call(default_user, "llen", queue) == 1  # database 3, not 0
+    with pytest.raises(TransportError):
+        async with AsyncClient(f"redis://alice:wrong@127.0.0.1:{server.port}/3", queue):
+            pass
 
 
-async def test_tls_with_a_self_signed_certificate(queue: str, probe: Probe) -> None:
-    with redis_server(tls=True) as server:
-        url = server.url + "?ssl_cert_reqs=none"
-        async with serving(probe, url, queue), AsyncClient(url, queue) as client:
-            assert await client.add(1, 5.1) == 6.1
+async def test_tls_with_a_self_signed_certificate(
+    queue: str, probe: Probe, make_redis_node: Callable[..., RedisNode]
+) -> None:
+    server = make_redis_node(tls=True)
+    url = server.url + "?ssl_cert_reqs=none"
+    async with serving(probe, url, queue), AsyncClient(url, queue) as client:
+        assert await client.add(1, 5.1) == 6.1
 
-            def sync_call() -> object:
-                with Client(url, queue) as sync_client:
-                    return sync_client.add(2, 5)
+        def sync_call() -> object:
+            with Client(url, queue) as sync_client:
+                return sync_client.add(2, 5)
 
-            assert await asyncio.to_thread(sync_call) == 7
-            async with AsyncClient(url + "&wire=seed", queue) as seed_client:
-                assert await seed_client.add(3, 5) == 8
-        with pytest.raises(TransportError):  # verified by default: a self-signed one fails
-            async with AsyncClient(server.url, queue):
-                pass
+        assert await asyncio.to_thread(sync_call) == 7
+        async with AsyncClient(url + "&wire=seed", queue) as seed_client:
+            assert await seed_client.add(3, 5) == 8
+    with pytest.raises(TransportError):  # verified by default: a self-signed one fails
+        async with AsyncClient(server.url, queue):
+            pass
 
 
-async def kill_connections(name_prefix: str) -> int:
+async def kill_connections(redis_url: str, name_prefix: str) -> int:
     """CLIENT KILL every connection whose name starts with `name_prefix`."""
     killed = 0
-    for connection in await redis_call(REDIS_URL, "client_list"):
+    for connection in await redis_call(redis_url, "client_list"):
         if connection["name"].startswith(name_prefix):
-            killed += await redis_call(REDIS_URL, "client_kill_filter", connection["id"])
+            killed += await redis_call(redis_url, "client_kill_filter", connection["id"])
     return killed
 
 
-async def test_lost_reply_connection_fails_calls_at_once_then_recovers(
-    worker: Worker, queue: str
+def wait_until(predicate, timeout: float = 5) -> None:  # type: ignore[no-untyped-def]
+    """`eventually` for threads: wait until `predicate()` is true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.005)
+
+
+async def test_sync_client_lost_reply_connection_and_timeout(
+    worker: Worker, queue: str, probe: Probe, redis_url: str
 ) -> None:
-    async with AsyncClient(REDIS_URL, queue, timeout=30) as client:
-        assert await client.add(1, 1) == 2
-        pending = asyncio.create_task(client.slow(2, "lost"))
-        await asyncio.sleep(0.2)
-        started = time.monotonic()
-        assert await kill_connections(f"mm:client:{client._transport.client_id}") >= 1
-        with pytest.raises(TransportError):
-            await pending
-        assert time.monotonic() - started < 2
-        assert await client.add(2, 2) == 4  # reconnected by itself
-
-
-async def test_sync_client_lost_reply_connection_and_timeout(worker: Worker, queue: str) -> None:
     # The blocking client runs on a thread, so that the worker keeps serving on this loop.
     def scenario() -> None:
-        with Client(REDIS_URL, queue, timeout=30) as client:
+        with Client(redis_url, queue, timeout=30) as client:
             assert client.add(1, 1) == 2
             with pytest.raises(CallTimeout):
                 client.call("slow", 2, timeout=0.3)
@@ -631,9 +564,9 @@ async def test_sync_client_lost_reply_connection_and_timeout(worker: Worker, que
 
             thread = threading.Thread(target=call)
             thread.start()
-            time.sleep(0.3)
+            wait_until(lambda: ("slow", "lost") in probe.ran)  # its reply is awaited
             prefix = f"mm:client:{client._transport.client_id}"  # type: ignore[union-attr]
-            assert asyncio.run(kill_connections(prefix)) >= 1
+            assert asyncio.run(kill_connections(redis_url, prefix)) >= 1
             thread.join(2)
             assert not thread.is_alive()
             assert isinstance(outcome[0], TransportError)
@@ -643,11 +576,11 @@ async def test_sync_client_lost_reply_connection_and_timeout(worker: Worker, que
 
 
 async def test_sync_client_shares_pushes_and_reads_among_64_threads(
-    worker: Worker, queue: str
+    worker: Worker, queue: str, redis_url: str
 ) -> None:
     def scenario() -> dict[tuple[int, int], object]:
         results: dict[tuple[int, int], object] = {}
-        with Client(REDIS_URL, queue, timeout=30) as client:
+        with Client(redis_url, queue, timeout=30) as client:
 
             def work(n: int) -> None:
                 for i in range(20):
@@ -665,13 +598,13 @@ async def test_sync_client_shares_pushes_and_reads_among_64_threads(
 
 
 async def test_sync_call_is_not_held_up_by_a_slow_one_in_another_thread(
-    worker: Worker, queue: str
+    worker: Worker, queue: str, probe: Probe, redis_url: str
 ) -> None:
     def scenario() -> float:
-        with Client(REDIS_URL, queue, timeout=10) as client:
+        with Client(redis_url, queue, timeout=10) as client:
             slow = threading.Thread(target=client.slow, args=(1.5, "slow"))
             slow.start()  # alone: it pushes and then reads replies for everyone
-            time.sleep(0.3)
+            wait_until(lambda: ("slow", "slow") in probe.ran)
             started = time.monotonic()
             assert client.add(1, 2) == 3
             took = time.monotonic() - started
@@ -679,12 +612,3 @@ async def test_sync_call_is_not_held_up_by_a_slow_one_in_another_thread(
             return took
 
     assert await asyncio.wait_for(asyncio.to_thread(scenario), 20) < 0.5
-
-
-async def test_worker_reconnects_after_losing_its_connections(worker: Worker, queue: str) -> None:
-    async with AsyncClient(REDIS_URL, queue, timeout=10) as client:
-        assert await client.add(1, 1) == 2
-        assert await kill_connections(f"mm:worker:{queue}:") >= 1
-        assert await asyncio.gather(*(client.add(i, 1) for i in range(50))) == [
-            i + 1 for i in range(50)
-        ]

@@ -12,6 +12,13 @@ import sys
 
 import click
 
+from .._asgi import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_CONNECTION_LIMIT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_HEADER_SIZE,
+    HttpLimits,
+)
 from .._settings import resolve_broker
 from . import options
 from .exits import CommandError, errors_to_exits, missing_extra
@@ -61,6 +68,37 @@ TOKENS_VARIABLE = "MICROMESSAGING_GATEWAY_TOKENS"
     type=click.IntRange(min=1),
     help="Most calls in one batch; more: 413.",
 )
+@options.option(
+    "--max-header-size",
+    envvar="MICROMESSAGING_GATEWAY_MAX_HEADER_SIZE",
+    default=DEFAULT_MAX_HEADER_SIZE,
+    type=click.IntRange(min=1024),
+    metavar="BYTES",
+    help="Largest request head (request line and headers), in bytes; larger: 431.",
+)
+@options.option(
+    "--header-timeout",
+    envvar="MICROMESSAGING_GATEWAY_HEADER_TIMEOUT",
+    default=DEFAULT_HEADER_TIMEOUT,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds a request head may take to arrive; then 408.",
+)
+@options.option(
+    "--body-timeout",
+    envvar="MICROMESSAGING_GATEWAY_BODY_TIMEOUT",
+    default=DEFAULT_BODY_TIMEOUT,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds a request body may take to arrive after its head; then 408.",
+)
+@options.option(
+    "--connection-limit",
+    envvar="MICROMESSAGING_GATEWAY_CONNECTION_LIMIT",
+    default=DEFAULT_CONNECTION_LIMIT,
+    type=click.IntRange(min=1),
+    help="Connections one process holds open at once; the next is answered 503.",
+)
 @options.log_level()
 @click.pass_context
 def gateway(
@@ -73,6 +111,10 @@ def gateway(
     timeout: float,
     max_message_size: int,
     max_batch: int,
+    max_header_size: int,
+    header_timeout: float,
+    body_timeout: float,
+    connection_limit: int,
     log_level: str,
 ) -> None:
     """Serve POST /<queue> to authenticated callers, forwarding to the queue's workers.
@@ -86,6 +128,7 @@ def gateway(
     try:
         import uvicorn
 
+        from .._http_server import protocol_factory
         from ..gateway import SETTINGS_VARIABLE, GatewaySettings, describe
         from ..gateway.auth import load_tokens
     except ModuleNotFoundError as exc:
@@ -114,6 +157,9 @@ def gateway(
         lifespan="on",
         ws="none",
         server_header=False,
+        http=protocol_factory(
+            HttpLimits(max_header_size, header_timeout, body_timeout, connection_limit)
+        ),
     )
 
 

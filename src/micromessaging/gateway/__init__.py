@@ -41,7 +41,7 @@ from .._asgi import (
 )
 from .._asgi import error_body as asgi_error_body
 from .._exceptions import CallTimeout, TransportError
-from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, ErrorCode
+from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, DecodeError, ErrorCode, loads
 from .._settings import mask_password
 from ..console import Console, ConsoleSettings
 from ..transports import ClientTransport, client_transport
@@ -210,6 +210,12 @@ class Gateway:
         if not grant.may_use(queue):
             await self._forbid(send, grant, f"queue {queue!r}")
             return
+        caller_deadline = request_deadline(scope)
+        if caller_deadline is not None and caller_deadline <= time.time():
+            # The caller has given up already: answered here, the broker never sees it.
+            detail = "the request's X-MM-Deadline has passed"
+            await respond(send, 504, error_body(ErrorCode.DEADLINE_EXCEEDED, detail))
+            return
         try:
             body = await read_body(scope, receive, self.settings.max_body)
         except BodyTooLarge as exc:
@@ -223,8 +229,8 @@ class Gateway:
         self, scope: Scope, send: Send, grant: Grant, queue: str, body: bytes
     ) -> None:
         try:
-            message = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            message = loads(body)  # as the workers read it: integers of any size included
+        except DecodeError:
             await respond(send, 400, error_body(ErrorCode.PARSE_ERROR, "the body is not JSON"))
             return
         items = message if isinstance(message, list) else [message]

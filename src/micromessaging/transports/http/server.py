@@ -7,7 +7,8 @@ the way a broker spreads messages over the workers of one queue. Linux lets only
 of the same user share a port this way.
 
 uvicorn's own signal handling is left out: the process that embeds the server (the worker
-command) owns SIGTERM and SIGINT, and stops the server through `EmbeddedServer.stop`.
+command) owns SIGTERM and SIGINT, and stops the server through `EmbeddedServer.stop`. Its
+HTTP protocol is uvicorn's with the limits uvicorn lacks (`micromessaging._http_server`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Generator
 
 import uvicorn
 
-from ..._asgi import ASGIApp
+from ..._asgi import ASGIApp, HttpLimits
 from ..._exceptions import TransportError
+from ..._http_server import protocol_factory
 from .wire import KEEP_ALIVE_SECONDS
 
 logger = logging.getLogger("micromessaging.transport")
@@ -66,10 +68,12 @@ class EmbeddedServer:
         *,
         certfile: str | None = None,
         keyfile: str | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         config = uvicorn.Config(
             app,
             interface="asgi3",
+            http=protocol_factory(limits or HttpLimits()),
             lifespan="off",
             proxy_headers=False,
             ws="none",

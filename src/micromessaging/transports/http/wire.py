@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from ..._asgi import HttpLimits
 from ..._exceptions import ConfigurationError
 from .._shared import UrlOptions
 from .._shared import encode_deadline as shared_encode_deadline
@@ -36,7 +37,18 @@ def encode_deadline(deadline: float) -> bytes:
 
 
 URL_OPTIONS = frozenset(
-    {"backlog", "certfile", "keyfile", "cafile", "max_connections", "max_reply_size"}
+    {
+        "backlog",
+        "certfile",
+        "keyfile",
+        "cafile",
+        "max_connections",
+        "max_reply_size",
+        "max_header_size",
+        "header_timeout",
+        "body_timeout",
+        "connection_limit",
+    }
 )
 """Every option an http(s):// URL may carry (one set, so a URL serves client and worker)."""
 
@@ -61,6 +73,8 @@ class ServerAddress:
     backlog: int = DEFAULT_BACKLOG
     certfile: str | None = None
     keyfile: str | None = None
+    limits: HttpLimits = field(default_factory=HttpLimits)
+    """What the server allows each caller: head size, head and body time, connections."""
 
     @property
     def scheme(self) -> str:
@@ -71,7 +85,9 @@ class ServerAddress:
     def from_url(cls, url: str) -> ServerAddress:
         """Parse ``http://HOST[:PORT][/PREFIX][?backlog=N]`` or ``https://...?certfile=&keyfile=``.
 
-        With no port in the URL the port is ``$PORT`` (the Heroku convention).
+        With no port in the URL the port is ``$PORT`` (the Heroku convention). The server's
+        limits: ``max_header_size`` (bytes), ``header_timeout`` and ``body_timeout``
+        (seconds), ``connection_limit`` (connections held at once).
         """
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -98,7 +114,19 @@ class ServerAddress:
             backlog=options.count("backlog", DEFAULT_BACKLOG, minimum=1),
             certfile=certfile,
             keyfile=keyfile,
+            limits=limits_from(options),
         )
+
+
+def limits_from(options: UrlOptions) -> HttpLimits:
+    """The server limits a worker URL sets (the defaults for those it doesn't)."""
+    default = HttpLimits()
+    return HttpLimits(
+        max_header_size=options.count("max_header_size", default.max_header_size, minimum=1024),
+        header_timeout=options.seconds("header_timeout", default.header_timeout, maximum=3600),
+        body_timeout=options.seconds("body_timeout", default.body_timeout, maximum=3600),
+        max_connections=options.count("connection_limit", default.max_connections, minimum=1),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,11 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
     async def _open(self) -> None:
         sock = bind(self.address.host, self.address.port)
         server = EmbeddedServer(
-            self.app, sock, certfile=self.address.certfile, keyfile=self.address.keyfile
+            self.app,
+            sock,
+            certfile=self.address.certfile,
+            keyfile=self.address.keyfile,
+            limits=self.address.limits,
         )
         await server.start()
         self._server = server

@@ -8,6 +8,7 @@ how a reply is read, the errors raised, the pool they connect with - is here, on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,14 +16,23 @@ from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissi
 
 from ..._exceptions import TransportError
 from .._shared import Refused, looks_refused
-from . import wire
+from . import scripts, wire
 from .connection import LINK_ERRORS, RedisSettings, transport_error
+
+logger = logging.getLogger("micromessaging.transport.redis")
 
 REFUSALS = (AuthenticationError, AuthorizationError, NoPermissionError)
 REPLY_BATCH = 512
 """The most replies one read takes from the reply list."""
 SEED_MAX_CONNECTIONS = 64
 """Calls in flight at once over ``?wire=seed`` (each holds a connection for its BRPOP)."""
+SWEEP_LIMIT = 500
+"""The most expired requests one sweep drops, so that one run of the script stays short."""
+SWEEP_INTERVAL = 1.0
+"""Seconds between one client's sweeps of one queue, unless the last found more to drop."""
+SWEEP_MARGIN = 1.0
+"""Seconds past its deadline before a client drops a request (a worker drops it at the
+deadline, by its own clock): room for clocks a little out of step."""
 
 
 def client_name(client_id: str) -> str:
@@ -41,6 +51,49 @@ def push_commands(messages: Iterable[tuple[str, bytes]]) -> list[tuple[Any, ...]
     for queue, message in messages:
         by_queue.setdefault(queue, []).append(message)
     return [("LPUSH", queue, *items) for queue, items in by_queue.items()]
+
+
+class Sweeps:
+    """When a client drops expired requests from the queues it pushes to, worker or none.
+
+    A sweep (`scripts.SWEEP`) goes out with a push, in the same write, at most once per
+    `SWEEP_INTERVAL` per queue, and again at the next push while a sweep finds a full
+    `SWEEP_LIMIT` to drop; so a queue nobody serves holds no more abandoned calls than its
+    clients push in a second or so. A Redis that refuses the script (an ACL without EVAL)
+    is not asked again. Its state is a dict and counters: threads may share it.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+        self.enabled = True
+        self.swept = 0
+        """Expired requests this client has dropped."""
+
+    def due(self, queues: Iterable[str], now: float) -> list[tuple[Any, ...]]:
+        """The sweep commands to send with a push to `queues` at `now` (epoch seconds)."""
+        if not self.enabled:
+            return []
+        if len(self._next) > 10_000:
+            self._next.clear()  # a client of very many queues: forget, sweep them again
+        cutoff = int((now - SWEEP_MARGIN) * 1000)
+        commands: list[tuple[Any, ...]] = []
+        for queue in queues:
+            if self._next.get(queue, 0.0) <= now:
+                self._next[queue] = now + SWEEP_INTERVAL
+                commands.append(("EVAL", scripts.SWEEP, 1, queue, cutoff, SWEEP_LIMIT))
+        return commands
+
+    def done(self, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+        """Count what the sweeps dropped; a queue with more to drop is swept again next."""
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception):
+                if isinstance(reply, NoPermissionError) or "NOPERM" in str(reply):
+                    self.enabled = False
+                logger.debug("sweeping %r failed: %s", command[3], reply)
+            elif isinstance(reply, int):
+                self.swept += reply
+                if reply >= SWEEP_LIMIT:
+                    self._next[command[3]] = 0.0
 
 
 def read_command(reply_list: str, block: float) -> tuple[Any, ...]:

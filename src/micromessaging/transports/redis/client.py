@@ -51,6 +51,7 @@ class RedisClientTransport(ClientTransport):
         self._prefix = wire.request_prefix(self.reply_list)
         self._router = ReplyRouter()
         self._pusher: Batcher[_Push] = Batcher(self._push)
+        self._sweeps = calls.Sweeps()
         self._push_link: Link | None = None
         self._read_link: Link | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -96,17 +97,19 @@ class RedisClientTransport(ClientTransport):
         link = self._push_link
         assert link is not None
         commands = calls.push_commands((queue, message) for queue, message, _, _ in batch)
+        sweeps = self._sweeps.due((command[1] for command in commands), time.time())
         try:
             try:
-                replies = await link.pipeline(*commands)
+                replies = await link.pipeline(*commands, *sweeps)
             except LINK_ERRORS:
                 # Most likely a connection Redis closed while idle (a restart, a timeout):
                 # try once more on a new one. Should the first push have landed after all,
                 # the request runs twice and its second reply is dropped as unknown.
-                replies = await link.pipeline(*commands)
-            for reply in replies:
+                replies = await link.pipeline(*commands, *sweeps)
+            for reply in replies[: len(commands)]:
                 if isinstance(reply, Exception):
                     raise reply
+            self._sweeps.done(sweeps, replies[len(commands) :])
         except CONNECTION_ERRORS as exc:
             error = self._failures.sending(exc)
             for _, _, future, _ in batch:

@@ -61,6 +61,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._reading = False
         self._outbox: list[tuple[str, bytes, _Waiter]] = []
         self._pushing = False
+        self._sweeps = calls.Sweeps()
         self._closed = False
         self._redis: redis.Redis | None = None
         self._reader: redis.Redis | None = None
@@ -133,13 +134,18 @@ class RedisSyncClientTransport(SyncClientTransport):
                     return
             try:
                 commands = calls.push_commands((name, item) for name, item, _ in batch)
-                if len(commands) == 1:
+                sweeps = self._sweeps.due((command[1] for command in commands), time.time())
+                if len(commands) == 1 and not sweeps:
                     compat.execute(redis_client, commands[0])
                 else:
                     with redis_client.pipeline(transaction=False) as pipe:
-                        for command in commands:
+                        for command in (*commands, *sweeps):
                             compat.execute(pipe, command)
-                        pipe.execute()
+                        replies = pipe.execute(raise_on_error=False)
+                    for reply in replies[: len(commands)]:
+                        if isinstance(reply, Exception):
+                            raise reply
+                    self._sweeps.done(sweeps, replies[len(commands) :])
             except BaseException as exc:
                 broken = isinstance(exc, CONNECTION_ERRORS)
                 error = self._failures.sending(exc)
@@ -169,16 +175,18 @@ class RedisSyncClientTransport(SyncClientTransport):
             block = max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001)
             connection = compat.dedicated_connection(self._reader)
             read = calls.read_command(self.reply_list, block)
+            sweeps = self._sweeps.due((queue,), time.time())
+            commands = [("LPUSH", queue, message), *sweeps, read]
             replies: list[Any] = []
             try:
                 try:
                     # Straight to the connection: a redis-py pipeline costs more than it saves.
-                    compat.send_commands(connection, [("LPUSH", queue, message), read])
+                    compat.send_commands(connection, commands)
                 finally:
                     # The pusher's role goes back now, not after the reply: what other
                     # callers queued meanwhile must not wait for it.
                     self._send_outbox(redis_client)
-                for _ in range(2):
+                for _ in commands:
                     try:
                         replies.append(connection.read_response())
                     except ResponseError as exc:
@@ -187,7 +195,8 @@ class RedisSyncClientTransport(SyncClientTransport):
                 connection.disconnect()
                 self._fail_all(self._failures.reading(exc))
                 return
-            pushed, got = replies
+            pushed, *swept, got = replies
+            self._sweeps.done(sweeps, swept)
             if isinstance(pushed, Exception):
                 waiter.error = self._failures.sending(pushed)
             elif isinstance(got, Exception):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..._json import DecodeError, dumps, loads
 from .._shared import decode_deadline, encode_deadline
 
 VERSION = 1
@@ -24,6 +25,9 @@ REPLY_TTL = 30
 """Seconds a reply list lives after its last reply: the seed's EXPIRE, so nothing leaks."""
 REPLY_LIST_LIMIT = 512
 """The longest reply list name accepted from a message."""
+SEED_REPLY_MINIMUM = 8
+"""The shortest seed-form reply list name: an id must look like a unique name (the seed's
+client sends 32 hex digits), so that `0` or `a` can't name a top-level key."""
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -71,8 +75,8 @@ def split_envelope(message: bytes) -> tuple[dict[str, object] | None, bytes]:
     if end < 0 or end == len(message) - 1:
         return None, message
     try:
-        header = orjson.loads(message[:end])
-    except orjson.JSONDecodeError:
+        header = loads(message[:end])  # exact: a cid of any size comes back as it went
+    except DecodeError:
         return None, message
     if type(header) is not dict or "mm" not in header:
         return None, message
@@ -104,8 +108,11 @@ def encode_request_fast(prefix: bytes, cid: str, deadline: float, body: bytes) -
 
 
 def encode_reply(cid: object, body: bytes) -> bytes:
-    """The reply envelope carrying `body` back to the caller that sent `cid`."""
-    return orjson.dumps({"mm": VERSION, "cid": cid}) + b"\n" + body
+    """The reply envelope carrying `body` back to the caller that sent `cid`.
+
+    `TypeError` for a cid that can't be written back: `read_header` refuses those.
+    """
+    return dumps({"mm": VERSION, "cid": cid}) + b"\n" + body
 
 
 def decode_reply(message: bytes) -> tuple[str | None, bytes]:
@@ -141,6 +148,12 @@ def read_header(header: dict[str, object], queue: str) -> Envelope:
     count = header.get("n", 1)
     if type(count) is not int or count < 1:
         raise ValueError(f"n must be a positive integer, not {count!r}")
+    cid = header.get("cid")
+    if type(cid) is not str:
+        try:
+            dumps(cid)
+        except TypeError:  # nested deeper than a writer follows: it could not go back
+            raise ValueError("the cid can't be written back into a reply") from None
     reply_to = header.get("reply_to")
     if (
         type(reply_to) is str
@@ -148,12 +161,12 @@ def read_header(header: dict[str, object], queue: str) -> Envelope:
         and len(REPLY_PREFIX) < len(reply_to) <= REPLY_LIST_LIMIT
         and reply_to != queue
     ):  # the usual case, checked quickly
-        return Envelope(True, reply_to, None, header.get("cid"), deadline, count)
+        return Envelope(True, reply_to, None, cid, deadline, count)
     if "reply_to" not in header:
-        return Envelope(False, None, None, header.get("cid"), deadline, count)
+        return Envelope(False, None, None, cid, deadline, count)
     refusal = envelope_reply_refusal(reply_to, queue)
     usable = reply_to if refusal is None else None
-    return Envelope(True, usable, refusal, header.get("cid"), deadline, count)  # type: ignore[arg-type]
+    return Envelope(True, usable, refusal, cid, deadline, count)  # type: ignore[arg-type]
 
 
 # --- reply addresses -------------------------------------------------------------------------
@@ -164,11 +177,12 @@ def seed_reply_list(body: bytes) -> str | None:
 
     This is the one place the transport reads a JSON-RPC body, because the seed's wire
     format puts the reply address there. A batch replies to the list of its first id.
-    None when the body is not JSON or carries no string or integer id.
+    None when the body is not JSON or carries no string or integer id. Integers of any size
+    are read exactly, as the seed's Ruby server reads them.
     """
     try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        obj = loads(body)
+    except DecodeError:
         return None
     if type(obj) is list:
         obj = next((item for item in obj if type(item) is dict and "id" in item), None)
@@ -183,14 +197,20 @@ def seed_reply_list(body: bytes) -> str | None:
 
 
 def seed_reply_refusal(name: str, queue: str) -> str | None:
-    """Why a seed-form reply must not go to list `name`, or None when it may.
+    """Why a seed-form reply must not go to list `name`, judged by the name alone, or None.
 
     Replies must never land on a request queue: a response there is an invalid request,
     whose error reply would go to the same id again, for ever. Our own keys (mm:) and
-    dead-letter lists are refused too.
+    dead-letter lists are refused too, and names too short to be unique. What the name
+    holds in Redis is checked there (`scripts.CHECK_REPLY_LIST`, `seed_reply_unsafe`).
     """
     if not name:
         return "the reply list name (the request id) is empty"
+    if len(name) < SEED_REPLY_MINIMUM:
+        return (
+            f"the reply list name {name!r} is shorter than {SEED_REPLY_MINIMUM} characters: "
+            "a request id must be a unique name"
+        )
     if len(name) > REPLY_LIST_LIMIT:
         return f"the reply list name is longer than {REPLY_LIST_LIMIT} characters"
     if name == queue:
@@ -200,6 +220,12 @@ def seed_reply_refusal(name: str, queue: str) -> str | None:
     if name.endswith(":dead"):
         return f"the reply list {name[:80]!r} is a dead-letter list"
     return None
+
+
+def seed_reply_unsafe(name: str, refusal: bytes | str) -> str:
+    """The reason for a refusal the reply list check script returned (`scripts`)."""
+    text = refusal.decode(errors="replace") if isinstance(refusal, bytes) else refusal
+    return f"the reply list {name[:80]!r} {text}: not a reply list of the seed form"
 
 
 def envelope_reply_refusal(reply_to: object, queue: str) -> str | None:
@@ -233,7 +259,11 @@ def dead_letter_record(
         record["body"] = body.decode()
     except UnicodeDecodeError:
         record["body_base64"] = base64.b64encode(body).decode()
-    return orjson.dumps(record)
+    try:
+        return dumps(record)
+    except TypeError:  # a header nested too deeply to write back: the body is what matters
+        record["header"] = None
+        return dumps(record)
 
 
 def dead_letter_body(record: bytes) -> bytes:

@@ -2,10 +2,13 @@
 
 A worker moves each message it takes from the queue into its own processing list (BLMOVE,
 or a script taking a batch when there is a backlog), so nothing it holds is lost if it dies
-(see `liveness`). Settling is one script run for every message finished since the last one
-went out: push each reply, set its list's expiry, remove the message from the processing
-list, and take as many new messages as the freed slots allow. The bookkeeping (slots,
-settle once, retries while Redis refuses for the moment, give-back) is the shared `Ledger`.
+(see `liveness`). A seed-form message, whose reply goes to the list its id names, costs one
+round trip more before it runs: that list must be free to write (`scripts.CHECK_REPLY_LIST`),
+and the settle script checks again where it pushes. Settling is one script run for every
+message finished since the last one went out: push each reply, set its list's expiry, remove
+the message from the processing list, and take as many new messages as the freed slots
+allow. The bookkeeping (slots, settle once, retries while Redis refuses for the moment,
+give-back) is the shared `Ledger`.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import logging
 import os
 import secrets
 import socket
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from ..._exceptions import TransportError
 from .._shared import LedgerDelivery, WorkerTransportBase
@@ -78,6 +85,8 @@ class TakeStats:
     taken: int = 0
     settles: int = 0
     settled: int = 0
+    swept: int = 0
+    """Requests past their deadline dropped from the queue unrun by the settle script."""
 
 
 class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
@@ -97,6 +106,9 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         self._liveness: Liveness | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._rejects: set[asyncio.Task[None]] = set()
+        self._checks: set[asyncio.Task[None]] = set()
+        self._check_script: AsyncScript | None = None
+        self._bury_script: AsyncScript | None = None
 
     def _transient(self, exc: BaseException) -> bool:
         return is_transient(exc)
@@ -106,6 +118,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
     async def _open(self) -> None:
         pool = self._settings.pool(f"mm:worker:{self.queue}:{self.worker_id}")
         self._redis = self._settings.client(pool)
+        self._check_script = self._redis.register_script(scripts.CHECK_REPLY_LIST)
+        self._bury_script = self._redis.register_script(scripts.BURY)
         self._take_link = Link(pool, block=BLOCK_SECONDS)
         self._settle_link = Link(pool)
         self._liveness = Liveness(self._redis, self.queue, self.worker_id, self._settings.heartbeat)
@@ -123,6 +137,10 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             # processing list, and `aclose` gives it back.
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
+        checks = list(self._checks)
+        for task in checks:
+            task.cancel()  # their messages go back unstarted, uncounted
+        await asyncio.gather(*checks, return_exceptions=True)
 
     async def _give_back(self, deliveries: list[RedisDelivery]) -> None:
         liveness, self._liveness = self._liveness, None
@@ -146,8 +164,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         await close_client(redis_client)
         stats = self.stats
         logger.debug(
-            "worker %s took %d messages in %d takes, settled %d in %d runs",
-            self.worker_id, stats.taken, stats.takes, stats.settled, stats.settles,
+            "worker %s took %d messages in %d takes, settled %d in %d runs, dropped %d expired",
+            self.worker_id, stats.taken, stats.takes, stats.settled, stats.settles, stats.swept,
         )  # fmt: skip
 
     def describe(self) -> str:
@@ -197,14 +215,57 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         problem = self._address(delivery)
         if not self.receiving:
             self.ledger.slots.release()  # type: ignore[union-attr]  # given back, unstarted
-        elif problem is None:
-            self.hand_over(delivery, reserved=True)
-        else:
+        elif problem is not None:
             # Refused before any worker sees it: dead-lettered here, its slot freed after.
             self.ledger.admit(delivery, reserved=True)
-            task = asyncio.create_task(self._reject(delivery, problem))
-            self._rejects.add(task)
-            task.add_done_callback(self._rejects.discard)
+            self._spawn(self._rejects, self._reject(delivery, problem))
+        elif delivery.reply_list is not None and not delivery.envelope_reply:
+            self.ledger.admit(delivery, reserved=True)
+            self._spawn(self._checks, self._check_then_deliver(delivery, delivery.reply_list))
+        else:
+            self.hand_over(delivery, reserved=True)
+
+    @staticmethod
+    def _spawn(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _check_then_deliver(self, delivery: RedisDelivery, name: str) -> None:
+        """Hand over a seed-form message once its reply list is known to be free to write.
+
+        The id of a seed-form request names its reply list, and a caller may name any key:
+        another queue (which the reply and its EXPIRE would destroy), someone's data. Such
+        a message is handed over without an address, so the worker dead-letters it unrun.
+        """
+        script = self._check_script
+        assert script is not None
+        try:
+            refusal = await self.ledger.retrying(
+                "checking a reply list", lambda: script(keys=[name, wire.workers_key(name)])
+            )
+        except asyncio.CancelledError:
+            self._forget(delivery)  # stopping: it goes back to the queue unstarted
+            raise
+        except Exception as exc:
+            logger.error("checking the reply list %r failed: %s", name[:80], exc)
+            if delivery in self.ledger and self.ledger.claim(delivery):
+                self.ledger.strand(delivery)  # given back when the worker closes
+            return
+        if refusal:
+            delivery.refusal = wire.seed_reply_unsafe(name, refusal)
+            delivery.reply_list = None
+        deliver = self._deliver
+        if deliver is None:
+            self._forget(delivery)
+            return
+        deliver(delivery)
+
+    def _forget(self, delivery: RedisDelivery) -> None:
+        """Drop an unstarted delivery from the books; it stays in the processing list, to be
+        given back uncounted."""
+        if delivery in self.ledger and self.ledger.claim(delivery):
+            self.ledger.release(delivery)
 
     def _address(self, delivery: RedisDelivery) -> str | None:
         """Fill in where the reply goes; the reason to dead-letter the message now, if any."""
@@ -229,7 +290,7 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         name = wire.seed_reply_list(delivery.body)
         if name is not None:
             delivery.refusal = wire.seed_reply_refusal(name, self.queue)
-            delivery.reply_list = None if delivery.refusal else name
+            delivery.reply_list = None if delivery.refusal else name  # checked in Redis next
         return None
 
     async def _reject(self, delivery: RedisDelivery, reason: str) -> None:
@@ -246,8 +307,13 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         When a settle run is already out, this one joins the next and returns at once: the
         slot frees when that run is done (`_send_settles`), and `aclose` waits for it.
         """
+        try:
+            wired = delivery.wire_reply(reply)
+        except TypeError as exc:  # a cid that can't be written back: `read_header` refuses them
+            logger.warning("a reply to %r can't be written: %s", delivery.reply_list, exc)
+            wired = None
         if self.ledger.claim(delivery):
-            await self._settler.send((delivery, delivery.wire_reply(reply)))
+            await self._settler.send((delivery, wired))
 
     async def _send_settles(self, batch: list[tuple[RedisDelivery, bytes | None]]) -> None:
         """Settle a batch, and take as many new messages as will fit, in one round trip.
@@ -261,7 +327,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         room = slots.free + len(batch) if self.receiving else 0
         slots.take(room)
         keys: list[str] = [self._processing, self.queue]
-        args: list[bytes | int] = [wire.REPLY_TTL, room]
+        now = int(time.time() * 1000)
+        args: list[bytes | int] = [wire.REPLY_TTL, room, now, calls.SWEEP_LIMIT]
         for delivery, reply in batch:
             keys.append(delivery.reply_list or self._processing)
             args += (delivery.item, b"" if reply is None else reply)
@@ -270,7 +337,7 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         try:
             if link is None:
                 raise TransportError("the worker is closed")
-            errors, taken = await ledger.retrying(
+            errors, taken, swept = await ledger.retrying(
                 "settling messages", lambda: link.run(SETTLE, keys, args)
             )
         except BaseException as exc:
@@ -284,9 +351,11 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             return
         self.stats.settles += 1
         self.stats.settled += len(batch)
+        self.stats.swept += swept
         for (delivery, _), error in zip(batch, errors, strict=True):
             if error != 0:
-                logger.warning("a reply to %r was not pushed: %s", delivery.reply_list, error)
+                text = error.decode(errors="replace") if isinstance(error, bytes) else error
+                logger.warning("a reply to %r was not pushed: %s", delivery.reply_list, text)
             ledger.release(delivery)
         if not self.receiving:
             taken = []  # stopping: they stay in the processing list, given back unstarted
@@ -307,20 +376,20 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         record = wire.dead_letter_record(
             self.queue, self.worker_id, reason, delivery.header, delivery.body
         )
-        wired = delivery.wire_reply(reply)
-        redis_client = self._redis
-        if redis_client is None:
+        try:
+            wired = delivery.wire_reply(reply)
+        except TypeError:  # a cid that can't be written back: the record is what counts
+            wired = None
+        script = self._bury_script
+        if script is None or self._redis is None:
             raise TransportError("the worker is closed")
-        async with redis_client.pipeline(transaction=True) as pipe:
-            pipe.rpush(self._dead, record)
-            if wired is not None and delivery.reply_list is not None:
-                pipe.rpush(delivery.reply_list, wired)
-                pipe.expire(delivery.reply_list, wire.REPLY_TTL)
-            pipe.lrem(self._processing, -1, delivery.item)  # type: ignore[arg-type]
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, Exception):
-                if is_transient(result):
-                    raise result  # the transaction did not happen: try it again
-                logger.warning("dead-lettering a message from %r: %s", self.queue, result)
+        reply_list = delivery.reply_list
+        if reply_list is None or wired is None:
+            reply_list, wired = self._dead, b""  # no reply: the key is only a placeholder
+        refused = await script(
+            keys=[self._dead, self._processing, reply_list],
+            args=[record, delivery.item, wired, wire.REPLY_TTL],
+        )
+        if refused:
+            logger.warning("the reply to %r was not pushed: the list %s", reply_list, refused)
         logger.warning("dead-lettered a message from %r: %s", self.queue, reason)

@@ -1,0 +1,84 @@
+"""What the benchmarks share: worker processes, load loops, and same-run ratios.
+
+Every benchmark measures what users run: the seed's plain `Calculator` (ordinary ``def``
+methods) served by ``micromessaging worker`` with every reliability feature on, against a
+baseline run in the same rounds, interleaved, so that both see the same noisy machine.
+Figures are medians; ratios are medians of per-round ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+CALCULATOR = "micromessaging.examples.calculator:Calculator"
+ASYNC_SERVICE = "micromessaging.bench:BenchService"
+HERE = Path(__file__).resolve().parent
+
+
+@contextlib.contextmanager
+def worker(
+    broker: str,
+    queue: str,
+    *,
+    target: str = CALCULATOR,
+    concurrency: int = 64,
+    processes: int = 1,
+    extra: tuple[str, ...] = (),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``micromessaging worker`` serving `target` on `queue`, stopped (SIGTERM) at the end."""
+    command = [
+        sys.executable, "-m", "micromessaging", "worker", target, "--broker", broker,
+        "--queue", queue, "--concurrency", str(concurrency), "--processes", str(processes),
+        "--log-level", "warning", *extra,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=HERE, start_new_session=True)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+async def in_flight(call: Callable[[int], Awaitable[object]], calls: int, lanes: int) -> float:
+    """Calls per second with `lanes` calls outstanding at all times."""
+    numbers = iter(range(calls))
+
+    async def lane() -> None:
+        for i in numbers:
+            assert await call(i) == i + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+    return calls / (time.perf_counter() - started)
+
+
+async def sequential(call: Callable[[int], Awaitable[object]], calls: int) -> float:
+    """Seconds per call, one after another."""
+    started = time.perf_counter()
+    for i in range(calls):
+        assert await call(i) == i + 1
+    return (time.perf_counter() - started) / calls
+
+
+def median_ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median of the per-round ratios ours/theirs."""
+    return statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
+
+
+def verdict(ok: bool) -> str:
+    """How a figure compares with its target, in words."""
+    return "met" if ok else "NOT met"
