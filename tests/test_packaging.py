@@ -57,3 +57,15 @@ def test_a_license_file_ships() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "2026 micromessaging team" in text
     assert PROJECT["license"] == "MIT"
+
+
+def test_the_wheel_ships_the_console_page(tmp_path) -> None:
+    from zipfile import ZipFile
+
+    from hatchling.builders.wheel import WheelBuilder
+
+    from micromessaging.console.app import FILES
+
+    [wheel] = WheelBuilder(str(ROOT)).build(directory=str(tmp_path), versions=["standard"])
+    names = set(ZipFile(wheel).namelist())
+    assert {f"micromessaging/console/static/{name}" for name in FILES} <= names

@@ -1,5 +1,5 @@
 """The command line: ``micromessaging worker | call | describe | status | dead-letters | bench |
-demo | gateway``.
+demo | gateway | console``.
 
 One command per module; the options they share, with their environment variables, are in
 `options`, and the exit codes in `exits`. The commands use the public API and the
@@ -15,6 +15,7 @@ import click
 from .. import __version__
 from .bench import bench
 from .call import call
+from .console import console
 from .dead_letters import dead_letters
 from .demo import demo
 from .describe import describe
@@ -47,7 +48,7 @@ def main() -> None:
     """
 
 
-for command in (worker, call, describe, status, dead_letters, bench, demo, gateway):
+for command in (worker, call, describe, status, dead_letters, bench, demo, gateway, console):
     main.add_command(command)
 
 __all__ = ["main"]

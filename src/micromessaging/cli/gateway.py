@@ -194,11 +194,19 @@ def _allow_entry(allow: tuple[str, ...], all_methods: str) -> str:
     metavar="QUEUE[:METHOD,...]",
     help="Print a whole tokens-file entry granting these queues (all methods, or those named).",
 )
-def hash_token_command(make_new: bool, name: str, allow: tuple[str, ...]) -> None:
+@options.option(
+    "--console",
+    "console",
+    envvar="MICROMESSAGING_HASH_TOKEN_CONSOLE",
+    is_flag=True,
+    help="Print a whole tokens-file entry that logs in to the web console at /console.",
+)
+def hash_token_command(make_new: bool, name: str, allow: tuple[str, ...], console: bool) -> None:
     """Print the SHA-256 a tokens file stores for a token read from stdin (or --new).
 
     \b
     micromessaging gateway hash-token --new --name web --allow calc:add,subtract >> tokens.toml
+    micromessaging gateway hash-token --new --name ops --console >> tokens.toml
     """
     try:
         from ..gateway.auth import ALL_METHODS, hash_token, new_token
@@ -214,8 +222,12 @@ def hash_token_command(make_new: bool, name: str, allow: tuple[str, ...]) -> Non
     if not token:
         raise CommandError("no token given on stdin")
     digest = hash_token(token)
-    if not allow:
+    if not allow and not console:
         click.echo(digest)
         return
-    entry = _allow_entry(allow, ALL_METHODS)
-    click.echo(f'[[tokens]]\nname = "{name}"\nsha256 = "{digest}"\nallow = {entry}')
+    lines = ["[[tokens]]", f'name = "{name}"', f'sha256 = "{digest}"']
+    if allow:
+        lines.append(f"allow = {_allow_entry(allow, ALL_METHODS)}")
+    if console:
+        lines.append("console = true")
+    click.echo("\n".join(lines))

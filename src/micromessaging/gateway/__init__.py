@@ -4,7 +4,9 @@
 the gateway checks the token and every method against the token's grant, then forwards the
 body unchanged over the broker (any transport: ``client_transport(broker)``) and answers with
 the workers' reply. Nothing of a refused request reaches the broker. ``GET /healthz`` says
-whether the gateway can reach its broker. docs/gateway.md describes the whole of it.
+whether the gateway can reach its broker. With a console token in the tokens file, the
+web console is mounted at ``/console/`` (the page at ``GET /console``; ``POST /console``
+still calls the queue named console). docs/gateway.md describes the whole of it.
 
 The app is built from `GatewaySettings`; `app_from_environment` is the factory uvicorn's
 worker processes import (``--processes N``), reading the settings the command put in the
@@ -18,8 +20,9 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -40,6 +43,7 @@ from .._asgi import error_body as asgi_error_body
 from .._exceptions import CallTimeout, TransportError
 from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, DecodeError, ErrorCode, loads
 from .._settings import mask_password
+from ..console import Console, ConsoleSettings
 from ..transports import ClientTransport, client_transport
 from .auth import Authenticator, Grant, parse_tokens
 
@@ -55,6 +59,7 @@ FORBIDDEN = -32011
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$")
 HEALTH_CHECK_TIMEOUT = 2.0
+CONSOLE_PATH = "/console"
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,11 @@ class GatewaySettings:
     timeout: float = 30.0
     max_body: int = DEFAULT_MAX_MESSAGE_SIZE
     max_batch: int = 100
+    console_secret: str = field(default_factory=lambda: secrets.token_hex(32))
+    """Signs console sessions; one per gateway run, shared by its processes."""
 
     def to_json(self) -> str:
-        """The settings as JSON (token hashes included: never a plaintext token)."""
+        """The settings as JSON (token hashes and the console's secret: never a token)."""
         return orjson.dumps(
             {
                 "broker": self.broker,
@@ -76,6 +83,7 @@ class GatewaySettings:
                 "timeout": self.timeout,
                 "max_body": self.max_body,
                 "max_batch": self.max_batch,
+                "console_secret": self.console_secret,
             }
         ).decode()
 
@@ -90,6 +98,7 @@ class GatewaySettings:
             timeout=data["timeout"],
             max_body=data["max_body"],
             max_batch=data["max_batch"],
+            console_secret=data["console_secret"],
         )
 
 
@@ -110,6 +119,17 @@ class Gateway:
         self.auth = Authenticator(settings.grants)
         self._transport: ClientTransport | None = None
         self._connecting = asyncio.Lock()
+        self.console: Console | None = None
+        """The web console at /console/, when some token may use it."""
+        if any(grant.console for grant in settings.grants):
+            console = ConsoleSettings(
+                broker=settings.broker,
+                timeout=settings.timeout,
+                prefix=CONSOLE_PATH,
+                allowed_hosts=None,  # a login guards it, not the Host header
+                secret=bytes.fromhex(settings.console_secret),
+            )
+            self.console = Console(console, login=self._console_login)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -145,15 +165,31 @@ class Gateway:
         return self._transport
 
     async def aclose(self) -> None:
-        """Close the connection to the broker."""
+        """Close the connection to the broker (and the console's)."""
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.aclose()
+        if self.console is not None:
+            await self.console.aclose()
+
+    def _console_login(self, token: str) -> str | None:
+        grant = self.auth.identify(b"Bearer " + token.encode())
+        if grant is None or not grant.console:
+            logger.warning("console login refused: not a console token")
+            return None
+        logger.info("console login by token %r", grant.name)
+        return grant.name
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path == "/healthz" and scope["method"] in ("GET", "HEAD"):
             await self._health(send)
+            return
+        if self.console is not None and (
+            path.startswith(CONSOLE_PATH + "/")
+            or (path == CONSOLE_PATH and scope["method"] in ("GET", "HEAD"))
+        ):
+            await self.console(scope, receive, send)
             return
         queue = path[1:]
         if not QUEUE_NAME.match(queue):

@@ -8,9 +8,12 @@ A tokens document, in JSON or TOML, lists one entry per token:
     allow = { calc = ["add", "subtract"], reports = "*" }
 
 ``allow`` maps a queue to the methods the token may call there, or to ``"*"`` for all of
-them. The plaintext token is never stored: a presented token is hashed and compared with
-every stored hash with `hmac.compare_digest`, each time all of them, so that neither the
-comparison nor which entry matched shows in the time taken.
+them. ``console = true`` lets the token log in to the web console at ``/console``, which
+shows every queue and may call, replay and purge on any: a grant of its own, apart from
+``allow`` (a console-only token leaves ``allow`` out). The plaintext token is never
+stored: a presented token is hashed and compared with every stored hash with
+`hmac.compare_digest`, each time all of them, so that neither the comparison nor which
+entry matched shows in the time taken.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class Grant:
     name: str
     digest: bytes
     allow: Mapping[str, frozenset[str] | None]
+    console: bool = False
+    """Whether the token logs in to the web console (apart from what it may call)."""
 
     def may_use(self, queue: str) -> bool:
         """Whether the token may call anything on `queue`."""
@@ -64,11 +69,14 @@ class Grant:
 
     def as_entry(self) -> dict[str, Any]:
         """The grant as a tokens-document entry (hash included, no plaintext to include)."""
-        return {
+        entry: dict[str, Any] = {
             "name": self.name,
             "sha256": self.digest.hex(),
             "allow": {q: ALL_METHODS if m is None else sorted(m) for q, m in self.allow.items()},
         }
+        if self.console:
+            entry["console"] = True
+        return entry
 
 
 def _grant(entry: object, where: str) -> Grant:
@@ -81,9 +89,16 @@ def _grant(entry: object, where: str) -> Grant:
             f"{where}: token {name!r} needs sha256 = the token's SHA-256 in 64 hex digits "
             "(store the hash, never the token: micromessaging gateway hash-token)"
         )
+    console = entry.get("console", False)
+    if not isinstance(console, bool):
+        raise ConfigurationError(f"{where}: token {name!r}: console must be true or false")
     allow_in = entry.get("allow")
-    if not isinstance(allow_in, dict) or not allow_in:
-        raise ConfigurationError(f"{where}: token {name!r} needs allow = {{queue = [methods]}}")
+    if allow_in is None and console:
+        allow_in = {}  # a console-only token
+    elif not isinstance(allow_in, dict) or not (allow_in or console):
+        raise ConfigurationError(
+            f"{where}: token {name!r} needs allow = {{queue = [methods]}}, or console = true"
+        )
     allow: dict[str, frozenset[str] | None] = {}
     for queue, methods in allow_in.items():
         if methods == ALL_METHODS:
@@ -94,7 +109,7 @@ def _grant(entry: object, where: str) -> Grant:
             raise ConfigurationError(
                 f"{where}: token {name!r}: allow.{queue} must be a list of method names or '*'"
             )
-    return Grant(name, bytes.fromhex(digest.lower()), allow)
+    return Grant(name, bytes.fromhex(digest.lower()), allow, console)
 
 
 def parse_tokens(text: str, where: str) -> list[Grant]:
