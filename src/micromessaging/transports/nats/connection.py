@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from ..._exceptions import TransportError
 from ..._settings import mask_password
 from .._shared import Refused, looks_refused
+from .compat import Client
 from .wire import NatsSettings
 
 logger = logging.getLogger("micromessaging.transport.nats")
@@ -37,7 +38,7 @@ async def open_connection(
     on_reconnect: Callback | None = None,
 ) -> NATS:
     """A connected client that reconnects forever; `TransportError` when connecting fails."""
-    connection = NATS()
+    connection = Client()
     seen: list[Exception] = []
 
     async def log_error(exc: Exception) -> None:
