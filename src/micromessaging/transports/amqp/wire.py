@@ -31,6 +31,8 @@ DELIVERIES = "mm-deliveries"
 """Header: how many times the message has been handed to a worker (our count, classic queues)."""
 QUORUM_DELIVERIES = "x-delivery-count"
 """Header set by quorum queues: how many times the message went back to the queue."""
+COUNT_LIMIT = 2**31
+"""Counts read off a message are capped here, so that one raised by one still encodes."""
 DEAD_REASON = "mm-dead-reason"
 """Header on a dead letter: why the worker gave up on it."""
 
@@ -104,9 +106,10 @@ def delivery_count_of(
     """
     counted = headers.get(QUORUM_DELIVERIES) if headers and quorum else None
     if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0:
-        return counted + 1, False
+        return min(counted, COUNT_LIMIT) + 1, False
     ours = headers.get(DELIVERIES) if headers else None
     count = ours if isinstance(ours, int) and not isinstance(ours, bool) and ours > 0 else 1
+    count = min(count, COUNT_LIMIT)
     if redelivered:
         return count + 1, True
     return count, False

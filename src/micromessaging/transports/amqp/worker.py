@@ -101,6 +101,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         self._dead_queue_declared = False
         self._resuming: asyncio.Task[None] | None = None
         self._replies: ReplyAddresses | None = None
+        self._counts_itself = False
         self.recounted = 0
         self._recounting: set[asyncio.Future[bool]] = set()
 
@@ -139,7 +140,10 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
 
     async def _declare(self) -> None:
         assert self._link is not None
-        await self._link.declare_queue(self.queue)
+        as_asked = await self._link.declare_queue(self.queue)
+        # x-delivery-count counts deliveries only on a queue known to be a quorum queue: on
+        # any other it is a header its publisher wrote, and would let a caller lower a count.
+        self._counts_itself = as_asked and self.settings.queue_type == "quorum"
 
     async def _consume_again(self, channel: Channel) -> None:
         assert self._link is not None
@@ -168,9 +172,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
             return
         headers = message.header.properties.headers
         deadline = deadline_of(headers)
-        count, recount = delivery_count_of(
-            headers, frame.redelivered, quorum=self.settings.queue_type == "quorum"
-        )
+        count, recount = delivery_count_of(headers, frame.redelivered, quorum=self._counts_itself)
         if recount and (deadline is None or deadline > time.time()):
             recounting = asyncio.ensure_future(
                 self._recount(channel, frame.delivery_tag, message, count)
