@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -81,6 +81,17 @@ async def until(predicate: Callable[[], object], timeout: float = 10.0, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"not in time: {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+async def until_true(
+    check: Callable[[], Awaitable[object]], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Wait for `await check()` to hold, asking often; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in time: {what or check}")
+        await asyncio.sleep(0.02)
 
 
 def error_code(reply: bytes | None) -> int | None:

@@ -321,7 +321,10 @@ async def deadline_passed(h: Harness) -> None:
     before = h.worker.stats.expired
     past = str(int((time.time() - 5) * 1000))
     assert await h.send(request("record", ["late"]), {DEADLINE: past}, wait=0.5) is None
-    await until(lambda: h.worker.stats.expired == before + 1)
+    if h.jetstream:
+        await h.quiet()  # acknowledged by the transport as it came, unrun
+    else:
+        await until(lambda: h.worker.stats.expired == before + 1)
     assert "late" not in h.service.ran
 
 

@@ -59,6 +59,7 @@ URL_OPTIONS = frozenset(
         "reconnect_wait",
         "connect_timeout",
         "backlog",
+        "max_age",
     }
 )
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -77,14 +78,16 @@ class NatsSettings:
     connect_timeout: float = 2.0
     backlog: int | None = None
     """Core-mode workers: requests held beyond the concurrency before bouncing (None: 1024)."""
+    max_age: float | None = None
+    """JetStream: seconds a request may wait in a stream this end creates (None: for ever)."""
 
 
 def parse_url(url: str) -> NatsSettings:
     """Settings from ``nats://[user:pass@]host[:port][,host2:port2...][?option=value...]``.
 
-    Options: ``jetstream`` (durable mode), ``ack_wait`` (seconds, JetStream), ``inbox_prefix``,
-    ``tls_insecure`` (accept any certificate), ``reconnect_wait``, ``connect_timeout`` and
-    ``backlog`` (core-mode workers).
+    Options: ``jetstream`` (durable mode), ``ack_wait`` and ``max_age`` (seconds, JetStream),
+    ``inbox_prefix``, ``tls_insecure`` (accept any certificate), ``reconnect_wait``,
+    ``connect_timeout`` and ``backlog`` (core-mode workers).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -115,6 +118,7 @@ def parse_url(url: str) -> NatsSettings:
         reconnect_wait=options.seconds("reconnect_wait", 0.5),
         connect_timeout=options.seconds("connect_timeout", 2.0),
         backlog=options.count("backlog", 0) if "backlog" in options else None,
+        max_age=options.seconds("max_age", 0) if "max_age" in options else None,
     )
 
 
