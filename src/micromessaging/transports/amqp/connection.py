@@ -39,6 +39,8 @@ logger = logging.getLogger("micromessaging.transport.amqp")
 compat.read_leniently()
 
 CONNECT_TIMEOUT = 10.0
+PROBES = 8
+"""Passive declarations (`Link.probe_queue`) under way at once."""
 _REFUSALS = (
     aiormq.exceptions.AuthenticationError,
     aiormq.exceptions.ProbableAuthenticationError,
@@ -77,8 +79,9 @@ class Link:
         self._wrappers: dict[Channel, aio_pika.Channel] = {}
         self._side: Channel | None = None
         self._side_lock = asyncio.Lock()
-        self._probe: Channel | None = None
-        self._probe_lock = asyncio.Lock()
+        self._probes: list[Channel] = []
+        """Open probe channels, free for the next probe."""
+        self._probe_slots = asyncio.Semaphore(PROBES)
         self._opened = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -225,28 +228,31 @@ class Link:
         """What queue `name` is, as a passive declaration from this connection finds it.
 
         A queue exclusive to another connection (a caller's reply queue) is locked to us
-        (RESOURCE_LOCKED); a shared one declares fine. Each refusal closes the channel, so
-        probes have a channel of their own, opened again as needed, one probe at a time.
+        (RESOURCE_LOCKED); a shared one declares fine. Each refusal closes its channel, so
+        probes have bare aiormq channels of their own, at most `PROBES` at once, each opened
+        again as needed.
         """
-        async with self._probe_lock:
-            if self._probe is None or self._probe.is_closed:
-                if self.connection is None or self._closing:
-                    raise TransportError("the AMQP connection is closed")
-                if self._probe is not None:
-                    self._wrappers.pop(self._probe, None)
-                wrapper = aio_pika.Channel(self.connection, publisher_confirms=False)
-                await wrapper.initialize(timeout=CONNECT_TIMEOUT)
-                self._probe = cast(Channel, await wrapper.get_underlay_channel())
-                self._wrappers[self._probe] = wrapper
+        async with self._probe_slots:
+            channel = self._probes.pop() if self._probes else await self._probe_channel()
             try:
-                await self._probe.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
+                await channel.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
             except aiormq.exceptions.ChannelLockedResource:
                 return QueueKind.EXCLUSIVE
             except aiormq.exceptions.ChannelNotFoundEntity:
                 return QueueKind.MISSING
             except aiormq.exceptions.ChannelAccessRefused:
                 return QueueKind.UNKNOWN
+            finally:
+                if not channel.is_closed and not self._closing:
+                    self._probes.append(channel)
             return QueueKind.SHARED
+
+    async def _probe_channel(self) -> Channel:
+        transport = self.connection.transport if self.connection is not None else None
+        if transport is None or self._closing:
+            raise ConnectionError(f"no connection to {self.where} at the moment")
+        channel = await transport.connection.channel(timeout=CONNECT_TIMEOUT)
+        return cast(Channel, channel)
 
     def write(self, channel: Channel, data: bytes) -> bool:
         """Send encoded frames on `channel` at the end of this loop turn; False if it is gone."""
@@ -306,9 +312,11 @@ class Link:
         if self._unblocker is not None and not self._unblocker.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._unblocker, 2)
-        for channel in [c for c in (self.channel, self._side, self._probe) if c is not None]:
+        channels = [c for c in (self.channel, self._side, *self._probes) if c is not None]
+        for channel in channels:
             await self._close_channel(channel)
-        self.channel = self._side = self._probe = None
+        self.channel = self._side = None
+        self._probes.clear()
         self._opened.clear()
         if self.connection is not None:
             with contextlib.suppress(Exception):

@@ -191,11 +191,12 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         try:
             await self._address(delivery)
         except Exception as exc:
-            logger.warning("could not check a reply address (%s); the request goes back", exc)
-            self._link.write(channel, encode_nack(channel.number, frame.delivery_tag))
+            if self.receiving:
+                logger.warning("could not check a reply address (%s); it goes back", exc)
+            self._nack(delivery)
             return
         if not self.receiving:
-            self._link.write(channel, encode_nack(channel.number, frame.delivery_tag))
+            self._nack(delivery)
             return
         self.hand_over(delivery)
 
