@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from ..._exceptions import CallTimeout, TransportError
+from .._shared import wait_shared
 from . import wire
 from .connection import NATS_ERRORS
 from .streams import ensure_work_stream
@@ -100,16 +101,6 @@ class StoredRequests:
             ready.add_done_callback(_retrieve)
         return ready
 
-    async def _ready(self, queue: str, timeout: float) -> None:
-        ready = self.set_up(queue)
-        if not ready.done():
-            # A waiter of its own: thousands of callers shielding one future would each
-            # cost a scan of its callbacks when they time out.
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            ready.add_done_callback(functools.partial(_wake, waiter))
-            await asyncio.wait_for(waiter, timeout)
-        ready.result()
-
     async def notify(
         self, queue: str, body: bytes, headers: dict[str, str], deadline: float | None
     ) -> None:
@@ -117,7 +108,7 @@ class StoredRequests:
         timeout = wire.remaining(deadline) if deadline else self._settings.connect_timeout
         try:
             for attempt in (1, 2):
-                await self._ready(queue, timeout)
+                await wait_shared(self.set_up(queue), timeout)
                 try:
                     await self.js.publish(queue, body, timeout=timeout, headers=headers)
                     return
@@ -269,11 +260,6 @@ def gave_up(future: asyncio.Future[bytes]) -> bool:
     if not future.done() or future.cancelled():
         return True
     return isinstance(future.exception(), CallTimeout)
-
-
-def _wake(waiter: asyncio.Future[None], _: object) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
