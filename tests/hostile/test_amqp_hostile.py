@@ -423,6 +423,24 @@ async def reply_queue_gone(h: Harness) -> None:
     assert h.worker.stats.dead_lettered == 0
 
 
+@case
+async def notification_with_a_hostile_reply(h: Harness) -> None:
+    # Owes no reply: it runs, and nothing is published to the queue it names.
+    body = b'{"jsonrpc": "2.0", "method": "record", "params": ["note"]}'
+    await h.publish(body, reply_to=h.canary, correlation_id="forged")
+    await until(lambda: "note" in h.service.ran, what="the notification ran")
+    assert h.worker.stats.dead_lettered == 0
+
+
+@case
+async def batch_with_a_hostile_reply(h: Harness) -> None:
+    batch = b"[" + request("record", ["a"], 1) + b"," + request("record", ["b"], 2) + b"]"
+    await h.publish(batch, reply_to=h.canary + ".dead", correlation_id="forged")
+    (dead,) = await h.dead_lettered(1)
+    assert dead.body == batch
+    assert h.service.ran == []
+
+
 # --- bytes no library would write ------------------------------------------------------------
 
 

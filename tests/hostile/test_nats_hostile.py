@@ -458,6 +458,46 @@ async def reply_not_utf8(h: Harness) -> None:
     assert "reply subject" in headers[REASON]
 
 
+@case("jetstream")
+async def reply_header_not_utf8(h: Harness) -> None:
+    # Stored as sent (raw bytes on a socket): the header reads as U+FFFD, not an inbox.
+    block = b"NATS/1.0\r\n" + REPLY_TO.encode() + b": _INBOX.\xff\xfe\r\n\r\n"
+    line = f"HPUB {h.queue} {len(block)} {len(block) + len(REQUEST)}\r\n"
+    await h.raw(line.encode() + block + REQUEST + b"\r\n")
+    ((_, headers),) = await h.dead_lettered(1)
+    assert "reply subject" in headers[REASON]
+
+
+@case("jetstream")
+async def two_reply_headers(h: Harness) -> None:
+    # Whichever of the two nats-py keeps, it is checked: the hostile one is refused.
+    hostile = f"$JS.API.STREAM.PURGE.{stream_name(h.canary)}"
+    for first, second in ((hostile, "_INBOX.fine"), ("_INBOX.fine", hostile)):
+        block = f"NATS/1.0\r\n{REPLY_TO}: {first}\r\n{REPLY_TO}: {second}\r\n\r\n".encode()
+        line = f"HPUB {h.queue} {len(block)} {len(block) + len(REQUEST)}\r\n"
+        await h.raw(line.encode() + block + REQUEST + b"\r\n")
+    await until(lambda: settled(h.worker) >= 2, what="both settled")
+
+
+@case()
+async def notification_with_a_hostile_reply(h: Harness) -> None:
+    # Owes no reply: it runs, and nothing is published anywhere.
+    body = b'{"jsonrpc": "2.0", "method": "record", "params": ["note"]}'
+    hostile = f"$JS.API.STREAM.PURGE.{stream_name(h.canary)}"
+    if h.jetstream:
+        await h.js.publish(h.queue, body, headers={REPLY_TO: hostile})
+    else:
+        await h.nc.publish(h.queue, body, reply=hostile)
+    await until(lambda: "note" in h.service.ran, what="the notification ran")
+    assert await h.dead_letters() == []
+
+
+@case()
+async def hundreds_of_headers(h: Harness) -> None:
+    headers = {f"X-Junk-{i}": "v" * 100 for i in range(500)}
+    assert error_code(await h.send(REQUEST, headers)) is None
+
+
 # --- volume ----------------------------------------------------------------------------------
 
 
