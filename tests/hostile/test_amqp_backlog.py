@@ -45,16 +45,25 @@ async def queue(channel: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
 
 
 async def test_first_calls_time_out_on_time(queue: str) -> None:
-    async def one(client: AsyncClient, i: int) -> float:
-        started = time.monotonic()
-        with pytest.raises(CallTimeout):
-            await client.add(i, 1)
-        return time.monotonic() - started - 1.0
+    async def lateness(client: AsyncClient) -> float:
+        async def one(i: int) -> float:
+            started = time.monotonic()
+            with pytest.raises(CallTimeout):
+                await client.add(i, 1)
+            return time.monotonic() - started - 1.0
 
+        return max(await asyncio.gather(*(one(i) for i in range(20_000))))
+
+    # The in-memory transport waits for nothing but the reply: how late its timeouts fire
+    # is this machine's floor (the event loop's own work, the load of others).
+    async with AsyncClient(f"memory://{queue}", queue, timeout=1.0) as client:
+        floor = await lateness(client)
     async with AsyncClient(BROKER, queue, timeout=1.0) as client:
-        late = sorted(await asyncio.gather(*(one(client, i) for i in range(20_000))))
+        late = await lateness(client)
     # Before: TransportError("declaring queue ... took too long"), 5 - 6 s after the call.
-    assert late[-1] < 1.0, f"up to {late[-1]:.2f}s late"
+    # Now 0.3 - 0.6 s late alone on this machine: 20,000 calls wake at once when the queue
+    # is declared, and publish in one turn of the loop.
+    assert late < floor + 1.5, f"up to {late:.2f}s late (in memory: {floor:.2f}s)"
 
 
 async def test_requests_whose_reply_queues_are_gone_do_not_run(
@@ -78,5 +87,6 @@ async def test_requests_whose_reply_queues_are_gone_do_not_run(
         took = time.monotonic() - started
         await until(lambda: worker.stats.expired == 1000, what="all skipped")
     assert service.ran == []
-    # A passive declaration each (about 1.5 ms; running them would cost what they cost).
-    assert took < 5, f"the first live call took {took:.2f}s"
+    # A passive declaration each: about 1.5 ms here (1.5 - 2 s for 1,000), slower when the
+    # machine is loaded; running them would cost what they cost, for nobody.
+    assert took < 10, f"the first live call took {took:.2f}s"

@@ -441,6 +441,23 @@ async def batch_with_a_hostile_reply(h: Harness) -> None:
     assert h.service.ran == []
 
 
+@case
+async def dead_letter_queue_deleted(h: Harness) -> None:
+    # Unlucky rather than hostile: an operator deleted the dead-letter queue while the
+    # worker ran. The next dead letter must not vanish (the default exchange drops what it
+    # can't route, and confirms it all the same).
+    await h.publish(REQUEST, correlation_id="first")
+    await h.dead_lettered(1)
+    channel = await h.connection.channel()
+    await channel.queue_delete(h.queue + ".dead")
+    await h.publish(REQUEST, correlation_id="second")
+    await until(lambda: h.worker.stats.dead_lettered == 2, what="dead-lettered again")
+    deadline = time.monotonic() + 10
+    while await h.depth(h.queue + ".dead") < 1:
+        assert time.monotonic() < deadline, "the second dead letter was lost"
+        await asyncio.sleep(0.02)
+
+
 # --- bytes no library would write ------------------------------------------------------------
 
 

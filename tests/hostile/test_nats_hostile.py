@@ -498,6 +498,17 @@ async def hundreds_of_headers(h: Harness) -> None:
     assert error_code(await h.send(REQUEST, headers)) is None
 
 
+@case("jetstream")
+async def dead_letter_stream_deleted(h: Harness) -> None:
+    # Unlucky rather than hostile: an operator deleted the dead-letter stream. Dead letters
+    # must not retry for ever, each holding a slot: the stream is made again.
+    await h.js.delete_stream(dead_letter_stream_name(h.queue))
+    for _ in range(CONCURRENCY + 1):
+        await h.js.publish(h.queue, REQUEST, headers={REPLY_TO: "not an inbox"})
+    letters = await h.dead_lettered(CONCURRENCY + 1)
+    assert all("reply subject" in headers[REASON] for _, headers in letters)
+
+
 # --- volume ----------------------------------------------------------------------------------
 
 

@@ -98,7 +98,6 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         self.prefetch = min(options.concurrency, MAX_PREFETCH)
         self._link: Link | None = None
         self._consumer: tuple[Channel, str] | None = None
-        self._dead_queue_declared = False
         self._resuming: asyncio.Task[None] | None = None
         self._replies: ReplyAddresses | None = None
         self._counts_itself = False
@@ -116,7 +115,6 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
 
     async def _opened(self, channel: Channel) -> None:
         assert self._link is not None
-        self._dead_queue_declared = False
         await self._declare()
         await channel.basic_qos(prefetch_count=self.prefetch)
         channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
@@ -270,9 +268,9 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
     async def _bury(self, delivery: AmqpDelivery, reason: str, reply: bytes | None) -> None:
         """Copy a delivery into the dead-letter queue, confirmed; then reply and acknowledge."""
         assert self._link is not None
-        if not self._dead_queue_declared:
-            await self._link.declare_queue(self.dead_queue)
-            self._dead_queue_declared = True
+        # Declared every time: the default exchange drops (and confirms) a message to a queue
+        # that was deleted meanwhile, and dead letters are rare.
+        await self._link.declare_queue(self.dead_queue)
         properties = copy.copy(delivery.properties)
         properties.headers = {**republishable(properties.headers or {}), DEAD_REASON: reason}
         properties.expiration = None  # a dead letter is kept until someone looks at it

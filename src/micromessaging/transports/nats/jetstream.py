@@ -279,10 +279,15 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         }
         if delivery.reply_to:
             headers[wire.REPLY_TO] = delivery.reply_to
+        subject = wire.dead_letter_subject(self.queue)
         try:
-            await self._js.publish(
-                wire.dead_letter_subject(self.queue), delivery.body, headers=headers
-            )
+            try:
+                await self._js.publish(subject, delivery.body, headers=headers)
+            except nats.js.errors.NoStreamResponseError:
+                # Deleted (by an operator, say): made again, or every dead letter would be
+                # retried for ever, each holding a slot.
+                await ensure_dead_letter_stream(self._js, self.queue)
+                await self._js.publish(subject, delivery.body, headers=headers)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't store a dead letter in JetStream: {exc!r}") from exc
 
