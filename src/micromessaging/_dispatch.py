@@ -105,7 +105,7 @@ class Dispatcher:
             response = await self._call(request, deadline)
         else:
             started = time.perf_counter()
-            if observer.tracing is None:
+            if observer.tracing is None or not observer.tracing.active():
                 response = await self._call(request, deadline)
             else:
                 trace = context.trace if context is not None else None

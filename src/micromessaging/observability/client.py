@@ -52,7 +52,7 @@ class Observed:
     def __enter__(self) -> dict[str, str] | None:
         self._stats.in_flight += 1
         self._started = time.perf_counter()
-        if self._tracing is None:
+        if self._tracing is None or not self._tracing.active():
             return None
         self._span = self._tracing.client_call(self._method, self._id)
         return self._span.__enter__()

@@ -18,7 +18,13 @@ from typing import Any
 
 try:
     from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import (
+        NoOpTracerProvider,
+        ProxyTracerProvider,
+        SpanKind,
+        Status,
+        StatusCode,
+    )
 except ModuleNotFoundError:  # the otel extra is not installed: no tracing
     trace = None  # type: ignore[assignment]
 
@@ -44,7 +50,21 @@ class Tracing:
             )
         self.queue = queue
         self.system = system
-        self._tracer = trace.get_tracer(INSTRUMENTATION)
+        self._tracer: Any = None
+
+    def active(self) -> bool:
+        """Whether a program has set up OpenTelemetry (a real tracer provider) by now.
+
+        With the API installed and no SDK configured, spans would be no-ops that still cost
+        a context switch and a propagation per call: until a provider is set, none is made.
+        """
+        if self._tracer is not None:
+            return True
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
+            return False
+        self._tracer = provider.get_tracer(INSTRUMENTATION)
+        return True
 
     def _attributes(self, method: str, id_: Id) -> dict[str, Any]:
         attributes: dict[str, Any] = {

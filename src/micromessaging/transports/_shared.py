@@ -21,6 +21,7 @@ same for every broker and lives here:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
@@ -531,6 +532,25 @@ class WorkerTransportBase(WorkerTransport, Generic[D]):
 
 
 # --- the clients' side -----------------------------------------------------------------------
+
+
+async def wait_shared(shared: asyncio.Future[T], timeout: float) -> T:
+    """`shared`'s result, waiting at most `timeout` seconds (then `TimeoutError`), leaving
+    `shared` running for its other waiters.
+
+    Each caller waits on a future of its own: with thousands of callers giving up at once,
+    ``wait_for(shield(shared))`` would scan `shared`'s callbacks once for each of them.
+    """
+    if not shared.done():
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        shared.add_done_callback(functools.partial(_wake, waiter))
+        await asyncio.wait_for(waiter, timeout)
+    return shared.result()
+
+
+def _wake(waiter: asyncio.Future[None], _: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ReplyRouter:

@@ -20,8 +20,8 @@ import time
 from aiormq import Channel
 from aiormq.abc import DeliveredMessage
 
-from ..._exceptions import ConfigurationError, TransportError
-from .._shared import ReplyRouter, connection_lost
+from ..._exceptions import CallTimeout, ConfigurationError, TransportError
+from .._shared import ReplyRouter, connection_lost, wait_shared
 from ..base import ClientTransport, TraceContext
 from .connection import CONNECT_TIMEOUT, Link, describe
 from .frames import HeaderValue, encode_publish
@@ -80,12 +80,10 @@ class AmqpClientTransport(ClientTransport):
         if declared is None or (declared.done() and declared.exception() is not None):
             declared = self._queues[queue] = asyncio.ensure_future(self._declare(link, queue))
             declared.add_done_callback(_retrieve)  # waiters may all have given up
-        if not declared.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(declared), max(deadline - time.time(), 0))
-            except TimeoutError:
-                raise TransportError(f"declaring queue {queue!r} took too long") from None
-        declared.result()
+        try:
+            await wait_shared(declared, max(deadline - time.time(), 0))
+        except TimeoutError:
+            raise CallTimeout(f"queue {queue!r} was not declared before the deadline") from None
         return link.channel or await link.wait_open(deadline)
 
     async def _declare(self, link: Link, queue: str) -> None:

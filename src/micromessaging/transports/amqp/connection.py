@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections import deque
@@ -34,12 +35,26 @@ from .wire import AmqpSettings
 
 logger = logging.getLogger("micromessaging.transport.amqp")
 
+# A message whose properties can't be decoded must reach the worker, not close the connection.
+compat.read_leniently()
+
 CONNECT_TIMEOUT = 10.0
+PROBES = 8
+"""Passive declarations (`Link.probe_queue`) under way at once."""
 _REFUSALS = (
     aiormq.exceptions.AuthenticationError,
     aiormq.exceptions.ProbableAuthenticationError,
     aiormq.exceptions.ConnectionNotAllowed,  # a vhost the user may not use
 )
+
+
+class QueueKind(enum.Enum):
+    """What a passive declaration tells of a queue (`Link.probe_queue`)."""
+
+    SHARED = "shared"
+    EXCLUSIVE = "exclusive to another connection"
+    MISSING = "missing"
+    UNKNOWN = "not ours to look at"
 
 
 class Link:
@@ -64,6 +79,9 @@ class Link:
         self._wrappers: dict[Channel, aio_pika.Channel] = {}
         self._side: Channel | None = None
         self._side_lock = asyncio.Lock()
+        self._probes: list[Channel] = []
+        """Open probe channels, free for the next probe."""
+        self._probe_slots = asyncio.Semaphore(PROBES)
         self._opened = asyncio.Event()
         self._keeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -182,10 +200,10 @@ class Link:
         except Exception as exc:
             raise TransportError(f"{self.where} does not answer: {describe(exc)}") from exc
 
-    async def declare_queue(self, name: str) -> None:
+    async def declare_queue(self, name: str) -> bool:
         """Declare queue `name` as the settings say; one that exists with other arguments is used
         as it is (RabbitMQ refuses to redeclare it: PRECONDITION_FAILED), and so is one the
-        user may not declare (ACCESS_REFUSED)."""
+        user may not declare (ACCESS_REFUSED). True when the queue is as the settings say."""
         side = await self.side_channel()
         try:
             await side.queue_declare(
@@ -198,10 +216,43 @@ class Link:
             logger.warning("queue %r exists with other arguments; using it as it is: %s", name, exc)
             side = await self.side_channel()  # the refusal closed the channel
             await side.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
+            return False
         except aiormq.exceptions.ChannelAccessRefused as exc:
             # A user without "configure" permission may still publish to (or read) a queue
             # that operations declared: go on without declaring.
             logger.warning("not allowed to declare queue %r; using it undeclared: %s", name, exc)
+            return False
+        return True
+
+    async def probe_queue(self, name: str) -> QueueKind:
+        """What queue `name` is, as a passive declaration from this connection finds it.
+
+        A queue exclusive to another connection (a caller's reply queue) is locked to us
+        (RESOURCE_LOCKED); a shared one declares fine. Each refusal closes its channel, so
+        probes have bare aiormq channels of their own, at most `PROBES` at once, each opened
+        again as needed.
+        """
+        async with self._probe_slots:
+            channel = self._probes.pop() if self._probes else await self._probe_channel()
+            try:
+                await channel.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
+            except aiormq.exceptions.ChannelLockedResource:
+                return QueueKind.EXCLUSIVE
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return QueueKind.MISSING
+            except aiormq.exceptions.ChannelAccessRefused:
+                return QueueKind.UNKNOWN
+            finally:
+                if not channel.is_closed and not self._closing:
+                    self._probes.append(channel)
+            return QueueKind.SHARED
+
+    async def _probe_channel(self) -> Channel:
+        transport = self.connection.transport if self.connection is not None else None
+        if transport is None or self._closing:
+            raise ConnectionError(f"no connection to {self.where} at the moment")
+        channel = await transport.connection.channel(timeout=CONNECT_TIMEOUT)
+        return cast(Channel, channel)
 
     def write(self, channel: Channel, data: bytes) -> bool:
         """Send encoded frames on `channel` at the end of this loop turn; False if it is gone."""
@@ -261,9 +312,11 @@ class Link:
         if self._unblocker is not None and not self._unblocker.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._unblocker, 2)
-        for channel in [c for c in (self.channel, self._side) if c is not None]:
+        channels = [c for c in (self.channel, self._side, *self._probes) if c is not None]
+        for channel in channels:
             await self._close_channel(channel)
         self.channel = self._side = None
+        self._probes.clear()
         self._opened.clear()
         if self.connection is not None:
             with contextlib.suppress(Exception):

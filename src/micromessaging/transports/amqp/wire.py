@@ -19,6 +19,10 @@ from .._shared import UrlOptions, decode_deadline, encode_deadline
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 """RabbitMQ's pseudo-queue for replies: no queue to declare, replies go to the channel."""
+SERVER_NAMED = "amq.gen-"
+"""How the names the broker gives queues declared without one begin (the seed's reply queue)."""
+DEAD_SUFFIX = ".dead"
+"""A queue's dead letters are kept in ``<queue>.dead``."""
 
 DEADLINE = "mm-deadline"
 """Header: when the caller stops waiting, in whole milliseconds since the epoch (an integer:
@@ -27,6 +31,8 @@ DELIVERIES = "mm-deliveries"
 """Header: how many times the message has been handed to a worker (our count, classic queues)."""
 QUORUM_DELIVERIES = "x-delivery-count"
 """Header set by quorum queues: how many times the message went back to the queue."""
+COUNT_LIMIT = 2**31
+"""Counts read off a message are capped here, so that one raised by one still encodes."""
 DEAD_REASON = "mm-dead-reason"
 """Header on a dead letter: why the worker gave up on it."""
 
@@ -100,12 +106,54 @@ def delivery_count_of(
     """
     counted = headers.get(QUORUM_DELIVERIES) if headers and quorum else None
     if isinstance(counted, int) and not isinstance(counted, bool) and counted >= 0:
-        return counted + 1, False
+        return min(counted, COUNT_LIMIT) + 1, False
     ours = headers.get(DELIVERIES) if headers else None
     count = ours if isinstance(ours, int) and not isinstance(ours, bool) and ours > 0 else 1
+    count = min(count, COUNT_LIMIT)
     if redelivered:
         return count + 1, True
     return count, False
+
+
+def is_direct_reply_to(reply_to: str) -> bool:
+    """Whether `reply_to` is a direct reply-to address (the broker's rewrite of it)."""
+    return reply_to.startswith(DIRECT_REPLY_TO + ".") and len(reply_to) > len(DIRECT_REPLY_TO) + 1
+
+
+def reply_to_refusal(reply_to: str, queue: str) -> str | None:
+    """Why a reply must not go to `reply_to`, as far as its name tells; None when the name may
+    be a caller's reply queue (the broker is asked whether it is: `ReplyAddresses`).
+
+    Replies go to direct reply-to or to a caller's own reply queue, never to a work queue
+    or a dead-letter queue: a reply published there would be a fake request or a fake
+    dead letter, planted by whoever wrote `reply_to`.
+    """
+    shown = ascii(reply_to[:80])
+    if reply_to == queue:
+        return f"reply_to {shown} is the request queue itself"
+    if reply_to.endswith(DEAD_SUFFIX):
+        return f"reply_to {shown} is a dead-letter queue"
+    if reply_to.startswith("amq.") and not reply_to.startswith(SERVER_NAMED):
+        # Only the broker names queues amq.*: nothing else of that name can be a reply queue.
+        return f"reply_to {shown} is neither direct reply-to nor a reply queue"
+    if not reply_to.isprintable():
+        return f"reply_to {shown} holds unprintable characters"
+    return None
+
+
+def republishable(value: Any) -> Any:
+    """A header value as pamqp decoded it, in a form pamqp encodes again.
+
+    pamqp reads a long string that is not UTF-8 as bytes, and can't encode bytes: they
+    become a byte array (field type ``x``), the same bytes. Tables and arrays are walked.
+    """
+    if isinstance(value, dict):
+        return {key: republishable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [republishable(item) for item in value]
+    if isinstance(value, bytes):
+        return bytearray(value)
+    return value
 
 
 def expiration_for(deadline: float, now: float) -> str:

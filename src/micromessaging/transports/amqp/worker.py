@@ -31,8 +31,10 @@ from pamqp.commands import Basic
 from ..._exceptions import TransportError
 from .._shared import LedgerDelivery, WorkerTransportBase
 from ..base import WorkerOptions
+from . import compat
 from .connection import Link, is_transient
 from .frames import encode_ack, encode_nack, encode_publish
+from .replies import ReplyAddresses
 from .wire import (
     DEAD_REASON,
     DELIVERIES,
@@ -41,6 +43,7 @@ from .wire import (
     delivery_count_of,
     expiration_for,
     parse_url,
+    republishable,
 )
 
 logger = logging.getLogger("micromessaging.transport.amqp")
@@ -68,10 +71,19 @@ class AmqpDelivery(LedgerDelivery):
         self.body = message.body
         self.deadline = deadline
         self.delivery_count = delivery_count
+        self.reply_to: str | None = None
+        """Where the reply goes: the request's reply_to once judged usable (`replies`)."""
+        self.refusal: str | None = None
+        """Why the request's reply_to must not be used, when it must not."""
 
     @property
     def can_reply(self) -> bool:
-        return bool(self.properties.reply_to)
+        return self.reply_to is not None
+
+    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
+        if self.refusal is not None:
+            reason = f"{reason} ({self.refusal})"
+        await super().dead_letter(reason, reply)
 
 
 class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
@@ -86,8 +98,9 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         self.prefetch = min(options.concurrency, MAX_PREFETCH)
         self._link: Link | None = None
         self._consumer: tuple[Channel, str] | None = None
-        self._dead_queue_declared = False
         self._resuming: asyncio.Task[None] | None = None
+        self._replies: ReplyAddresses | None = None
+        self._counts_itself = False
         self.recounted = 0
         self._recounting: set[asyncio.Future[bool]] = set()
 
@@ -97,12 +110,12 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
     async def _open(self) -> None:
         name = f"micromessaging worker {self.queue} {socket.gethostname()} pid {os.getpid()}"
         self._link = Link(self.settings, name, on_open=self._opened, on_lost=self._lost)
+        self._replies = ReplyAddresses(self._link, self.queue, self.ledger.retrying)
         await self._link.start()
 
     async def _opened(self, channel: Channel) -> None:
         assert self._link is not None
-        self._dead_queue_declared = False
-        await self._link.declare_queue(self.queue)
+        await self._declare()
         await channel.basic_qos(prefetch_count=self.prefetch)
         channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
         if self.receiving:
@@ -123,10 +136,17 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
             logger.warning("the broker cancelled the consumer of %r; consuming again", self.queue)
             self._resuming = asyncio.create_task(self._consume_again(consumer[0]))
 
+    async def _declare(self) -> None:
+        assert self._link is not None
+        as_asked = await self._link.declare_queue(self.queue)
+        # x-delivery-count counts deliveries only on a queue known to be a quorum queue: on
+        # any other it is a header its publisher wrote, and would let a caller lower a count.
+        self._counts_itself = as_asked and self.settings.queue_type == "quorum"
+
     async def _consume_again(self, channel: Channel) -> None:
         assert self._link is not None
         try:
-            await self._link.declare_queue(self.queue)
+            await self._declare()
             if self.receiving and not channel.is_closed:
                 await self._consume(channel)
         except Exception as exc:
@@ -150,9 +170,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
             return
         headers = message.header.properties.headers
         deadline = deadline_of(headers)
-        count, recount = delivery_count_of(
-            headers, frame.redelivered, quorum=self.settings.queue_type == "quorum"
-        )
+        count, recount = delivery_count_of(headers, frame.redelivered, quorum=self._counts_itself)
         if recount and (deadline is None or deadline > time.time()):
             recounting = asyncio.ensure_future(
                 self._recount(channel, frame.delivery_tag, message, count)
@@ -167,10 +185,37 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
             # The broker may hand us a recounted copy before it confirms the copy: don't run
             # it until the original is acknowledged, or a crash could leave both to run again.
             await asyncio.wait(set(self._recounting))
-        if not self.receiving:
-            self._link.write(channel, encode_nack(channel.number, frame.delivery_tag))
+        delivery = AmqpDelivery(self, channel, frame.delivery_tag, message, count, deadline)
+        try:
+            await self._address(delivery)
+        except Exception as exc:
+            if self.receiving:
+                logger.warning("could not check a reply address (%s); it goes back", exc)
+            self._nack(delivery)
             return
-        self.hand_over(AmqpDelivery(self, channel, frame.delivery_tag, message, count, deadline))
+        if not self.receiving:
+            self._nack(delivery)
+            return
+        self.hand_over(delivery)
+
+    async def _address(self, delivery: AmqpDelivery) -> None:
+        """Judge where the delivery's reply may go (`replies`)."""
+        assert self._replies is not None
+        properties = delivery.properties
+        if isinstance(properties, compat.UnreadableProperties):
+            delivery.refusal = f"unreadable message properties: {properties.problem}"
+            return
+        reply_to = properties.reply_to
+        if not reply_to:
+            return
+        verdict = await self._replies.judge(reply_to)
+        if verdict.usable:
+            delivery.reply_to = reply_to
+        elif verdict.refusal is not None:
+            delivery.refusal = verdict.refusal
+        else:
+            # Its reply queue is gone, and with it the caller: as if its deadline had passed.
+            delivery.deadline = time.time()
 
     async def _recount(
         self, channel: Channel, tag: int, message: DeliveredMessage, count: int
@@ -178,7 +223,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         """Put a redelivered message back with its count raised; False if that failed."""
         assert self._link is not None
         properties = copy.copy(message.header.properties)
-        properties.headers = {**(properties.headers or {}), DELIVERIES: count}
+        properties.headers = {**republishable(properties.headers or {}), DELIVERIES: count}
         deadline = deadline_of(properties.headers)
         if deadline is not None:
             properties.expiration = expiration_for(deadline, time.time())
@@ -203,15 +248,14 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         if channel is None:
             raise TransportError("no channel to reply on; the broker will deliver it again")
         data = b""
-        properties = delivery.properties
-        if reply is not None and properties.reply_to:
+        if reply is not None and delivery.reply_to is not None:
             data = encode_publish(
                 channel.number,
-                properties.reply_to,
+                delivery.reply_to,
                 reply,
                 body_frame_size=channel.max_content_size,
                 content_type=JSON_CONTENT_TYPE,
-                correlation_id=properties.correlation_id,
+                correlation_id=delivery.properties.correlation_id,
             )
         if delivery.channel is channel:
             data += encode_ack(channel.number, delivery.tag)
@@ -224,11 +268,11 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
     async def _bury(self, delivery: AmqpDelivery, reason: str, reply: bytes | None) -> None:
         """Copy a delivery into the dead-letter queue, confirmed; then reply and acknowledge."""
         assert self._link is not None
-        if not self._dead_queue_declared:
-            await self._link.declare_queue(self.dead_queue)
-            self._dead_queue_declared = True
+        # Declared every time: the default exchange drops (and confirms) a message to a queue
+        # that was deleted meanwhile, and dead letters are rare.
+        await self._link.declare_queue(self.dead_queue)
         properties = copy.copy(delivery.properties)
-        properties.headers = {**(properties.headers or {}), DEAD_REASON: reason}
+        properties.headers = {**republishable(properties.headers or {}), DEAD_REASON: reason}
         properties.expiration = None  # a dead letter is kept until someone looks at it
         side = await self._link.side_channel()
         confirmation = await side.basic_publish(

@@ -5,6 +5,12 @@ by one subscription to ``<inbox prefix>.<client id>.>``; pending calls wait in a
 `ReplyRouter`. In core mode the client also keeps each call's body until it is answered,
 so a request nobody took (no responders) or a worker handed back (`Bounce`) is sent again:
 core NATS stores nothing, the caller is the only place a request can be kept.
+
+In JetStream mode a request is published with JetStream's acknowledgement (the PubAck)
+addressed to ``<inbox>ack.<correlation id>``, caught by the same subscription: a call
+waits for its reply alone, so its timeout fires on time however slowly thousands of other
+PubAcks come, and a call that gives up takes its request back out of the stream (deleted
+by the sequence number its PubAck gave), so that no worker finds it there later.
 """
 
 from __future__ import annotations
@@ -16,35 +22,24 @@ import math
 import random
 import secrets
 import time
-from dataclasses import dataclass
 
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
-from ..._exceptions import CallTimeout, TransportError
+from ..._exceptions import TransportError
 from .._shared import ReplyRouter, connection_lost
 from ..base import ClientTransport, TraceContext
 from . import wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
-from .streams import ensure_work_stream
+from .stored import PUBACK, Call, StoredRequests, gave_up
 
 logger = logging.getLogger("micromessaging.transport.nats")
 
 RETRY_FIRST = 0.005
 RETRY_MAX = 0.2
 """Resending a bounced request backs off from 5 ms to 200 ms (jittered) until its deadline."""
-
-
-@dataclass(slots=True)
-class _Call:
-    queue: str
-    body: bytes
-    deadline: float
-    future: asyncio.Future[bytes]
-    delivery_count: int = 1
-    attempts: int = 0
+ARRIVALS_BATCH = 200
+"""Messages handled on the inbox before letting the event loop run other work."""
 
 
 class NatsClientTransport(ClientTransport):
@@ -54,10 +49,11 @@ class NatsClientTransport(ClientTransport):
         self._settings = wire.parse_url(url)
         self._router = ReplyRouter()
         self._nc: NATS | None = None
-        self._js: JetStreamContext | None = None
+        self._stored: StoredRequests | None = None
+        """JetStream mode: where requests go."""
         self._inbox = ""
-        self._calls: dict[str, _Call] = {}
-        self._streams: dict[str, asyncio.Future[None]] = {}
+        self._calls: dict[str, Call] = {}
+        self._arrivals = 0
         self._resends: set[asyncio.Task[None]] = set()
         self._queues: set[str] = set()
 
@@ -74,12 +70,20 @@ class NatsClientTransport(ClientTransport):
             raise TransportError(f"can't subscribe to replies on NATS: {exc!r}") from exc
         self._nc = nc
         if self._settings.jetstream:
-            self._js = nc.jetstream()
+            self._stored = StoredRequests(
+                nc.jetstream(),
+                self._settings,
+                self._inbox,
+                self._calls,
+                lambda: self._live(""),
+                self._fail,
+                self._check_size,
+            )
 
     def _live(self, queue: str) -> NATS:
         if self._nc is None or self._nc.is_closed:
             raise TransportError("the NATS client is closed")
-        if queue not in self._queues:
+        if queue and queue not in self._queues:
             self._queues.add(wire.check_queue(queue))
         return self._nc
 
@@ -88,14 +92,19 @@ class NatsClientTransport(ClientTransport):
     ) -> bytes:
         self._live(queue)
         correlation_id, future = self._router.expect(deadline)
-        call = _Call(queue, body, deadline, future)
+        call = Call(queue, body, deadline, future)
         self._calls[correlation_id] = call
         try:
-            await self._publish(correlation_id, call)
+            if self._stored is not None:
+                await self._stored.store(correlation_id, call)
+            else:
+                await self._publish(correlation_id, call)
             return await future
         finally:
             self._router.forget(correlation_id)
             self._calls.pop(correlation_id, None)
+            if self._stored is not None and gave_up(future):
+                self._stored.take_back(correlation_id, call)
 
     async def send(
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
@@ -103,22 +112,17 @@ class NatsClientTransport(ClientTransport):
         nc = self._live(queue)
         headers = wire.deadline_header(deadline) or None
         self._check_size(nc, body, headers)
-        if self._js is not None:
-            await self._stream_publish(queue, body, headers or {}, deadline)
+        if self._stored is not None:
+            await self._stored.notify(queue, body, headers or {}, deadline)
             return
         try:
             await nc.publish(queue, body, headers=headers)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {queue!r}: {exc!r}") from exc
 
-    async def _publish(self, correlation_id: str, call: _Call) -> None:
+    async def _publish(self, correlation_id: str, call: Call) -> None:
         nc = self._live(call.queue)
         headers = wire.deadline_header(call.deadline)
-        if self._js is not None:
-            headers[wire.REPLY_TO] = self._inbox + correlation_id
-            self._check_size(nc, call.body, headers)
-            await self._stream_publish(call.queue, call.body, headers, call.deadline)
-            return
         if call.delivery_count > 1:
             headers[wire.DELIVERY_COUNT] = str(call.delivery_count)
         self._check_size(nc, call.body, headers)
@@ -128,39 +132,6 @@ class NatsClientTransport(ClientTransport):
             )
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {call.queue!r}: {exc!r}") from exc
-
-    async def _stream_publish(
-        self, queue: str, body: bytes, headers: dict[str, str], deadline: float | None
-    ) -> None:
-        assert self._js is not None
-        timeout = wire.remaining(deadline) if deadline else self._settings.connect_timeout
-        try:
-            for attempt in (1, 2):
-                await self._stream_ready(queue, timeout)
-                try:
-                    await self._js.publish(queue, body, timeout=timeout, headers=headers)
-                    return
-                except nats.js.errors.NoStreamResponseError:
-                    # The stream was deleted since we set it up: set it up again, once.
-                    self._streams.pop(queue, None)
-                    if attempt == 2:
-                        raise
-        except (nats.errors.TimeoutError, TimeoutError) as exc:
-            raise CallTimeout("JetStream did not store the request before the deadline") from exc
-        except NATS_ERRORS as exc:
-            self._streams.pop(queue, None)  # perhaps deleted: check again next time
-            raise TransportError(f"JetStream refused a message for {queue!r}: {exc!r}") from exc
-
-    async def _stream_ready(self, queue: str, timeout: float) -> None:
-        """Set up `queue`'s stream once per client, however many calls wait for it."""
-        assert self._js is not None
-        ready = self._streams.get(queue)
-        if ready is None or (ready.done() and ready.exception() is not None):
-            ready = self._streams[queue] = asyncio.ensure_future(
-                ensure_work_stream(self._js, queue)
-            )
-            ready.add_done_callback(_retrieve)
-        await asyncio.wait_for(asyncio.shield(ready), timeout)
 
     def _check_size(self, nc: NATS, body: bytes, headers: dict[str, str] | None) -> None:
         size = wire.encoded_size(body, headers)
@@ -172,7 +143,15 @@ class NatsClientTransport(ClientTransport):
             )
 
     async def _arrived(self, msg: Msg) -> None:
+        self._arrivals += 1
+        if self._arrivals % ARRIVALS_BATCH == 0:
+            # nats-py hands over what it has read without a pause: with thousands of replies
+            # or PubAcks queued, let the timeouts and the callers they wake run meanwhile.
+            await asyncio.sleep(0)
         correlation_id = msg.subject[len(self._inbox) :]
+        if correlation_id.startswith(PUBACK) and self._stored is not None:
+            self._stored.confirmed(correlation_id[len(PUBACK) :], msg)
+            return
         headers = msg.headers
         if headers and not msg.data:
             if headers.get(wire.NATS_STATUS) == wire.NO_RESPONDERS:
@@ -200,7 +179,7 @@ class NatsClientTransport(ClientTransport):
 
     def _resend_later(self, correlation_id: str, extra_deliveries: int) -> None:
         call = self._calls.get(correlation_id)
-        if call is None or call.future.done() or self._js is not None:
+        if call is None or call.future.done() or self._stored is not None:
             return
         call.delivery_count += extra_deliveries
         call.attempts += 1
@@ -219,7 +198,7 @@ class NatsClientTransport(ClientTransport):
         self._resends.add(task)
         task.add_done_callback(self._resends.discard)
 
-    async def _publish_again(self, correlation_id: str, call: _Call) -> None:
+    async def _publish_again(self, correlation_id: str, call: Call) -> None:
         try:
             await self._publish(correlation_id, call)
         except TransportError as exc:
@@ -245,6 +224,8 @@ class NatsClientTransport(ClientTransport):
 
     async def aclose(self) -> None:
         nc, self._nc = self._nc, None
+        if nc is not None and self._stored is not None:
+            await self._stored.aclose(nc)
         self._router.fail_all(TransportError("client closed"))
         for task in list(self._resends):
             task.cancel()
@@ -252,8 +233,3 @@ class NatsClientTransport(ClientTransport):
             with contextlib.suppress(*NATS_ERRORS):
                 await nc.flush(timeout=1)
             await close_connection(nc)
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so that an error nobody awaits is not logged

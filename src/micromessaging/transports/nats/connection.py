@@ -15,6 +15,7 @@ from ..._exceptions import TransportError
 from ..._settings import mask_password
 from .._shared import Refused, looks_refused
 from . import compat
+from .compat import Client
 from .wire import NatsSettings
 
 logger = logging.getLogger("micromessaging.transport.nats")
@@ -38,7 +39,7 @@ async def open_connection(
     on_reconnect: Callback | None = None,
 ) -> NATS:
     """A connected client that reconnects forever; `TransportError` when connecting fails."""
-    connection = NATS()
+    connection = Client()
     seen: list[Exception] = []
 
     async def log_error(exc: Exception) -> None:

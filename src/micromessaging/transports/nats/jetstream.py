@@ -47,10 +47,12 @@ PULL_EXPIRES = 2.0
 """How long one pull request waits at the server for messages; a new one follows at once."""
 PULL_GRACE = 1.0
 """A pull whose end the server did not report is forgotten this long after it expired."""
+SKIP_PULL = 512
+"""How many more requests a pull asks for while the requests coming are expired ones."""
 ACK = b"+ACK"
 NAK = b"-NAK"
 IN_PROGRESS = b"+WPI"
-_ENDED = {"408", "409"}  # status of a pull request that ended (expired, or refused)
+_ENDED = {"404", "408", "409"}  # status of a pull that ended (nothing left, expired, refused)
 _CONSUMER_GONE = "consumer deleted"
 
 
@@ -81,6 +83,11 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
             f"$JS.API.CONSUMER.MSG.NEXT.{wire.stream_name(self.queue)}.{wire.CONSUMER_NAME}"
         )
         self._recovering: asyncio.Task[None] | None = None
+        self._held: deque[NatsDelivery] = deque()
+        """Requests that came beyond the free slots (with a pull made while skipping)."""
+        self._skipping = False
+        self.skipped = 0
+        """Requests acknowledged unrun because their deadline had passed when they came."""
         self.recoveries = 0
         """How many times the consumer (or stream) was found gone and made again."""
 
@@ -104,7 +111,7 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         ]
 
     async def _set_up(self, js: JetStreamContext) -> None:
-        await ensure_work_stream(js, self.queue)
+        await ensure_work_stream(js, self.queue, self._settings.max_age)
         await ensure_dead_letter_stream(js, self.queue)
         await ensure_consumer(js, self.queue, self._settings.ack_wait)
 
@@ -127,14 +134,20 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
                 # The server ends every pull it knows of (408 when it expires): silence
                 # means it has no consumer to pull from any more.
                 self._consumer_may_be_gone("a pull request went unanswered")
-            wanted = slots.free - sum(pull.due for pull in self._pulls)
+            # While requests come expired (skipped, taking no slot), ask for many at once.
+            extra = SKIP_PULL if self._skipping else 0
+            wanted = slots.free + extra - len(self._held) - sum(pull.due for pull in self._pulls)
             nc = self._nc
             # Under load, ask in batches rather than one pull per freed slot: each pull
             # request costs the server as much as a message.
             enough = not self._pulls or wanted >= self._batch
             recovering = self._recovering is not None
             if wanted > 0 and enough and not recovering and nc is not None and nc.is_connected:
-                request = {"batch": wanted, "expires": int(PULL_EXPIRES * 1e9)}
+                request: dict[str, object] = {"batch": wanted, "expires": int(PULL_EXPIRES * 1e9)}
+                if extra:
+                    # Only what the stream holds now, so that no large pull lingers there
+                    # to take live requests other workers could run.
+                    request = {"batch": wanted, "no_wait": True}
                 try:
                     await nc.publish(self._pull_subject, orjson.dumps(request), reply=self._inbox)
                     self._pulls.append(_Pull(wanted, now + PULL_EXPIRES + PULL_GRACE))
@@ -159,6 +172,17 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
             self._pulls[0].due -= 1
             if self._pulls[0].due <= 0:
                 self._pulls.popleft()
+        deadline = wire.read_deadline(headers)
+        if deadline is not None and deadline <= time.time():
+            # Its caller has gone: acknowledged here (stopping or not), without a slot or a
+            # task, so that a backlog of abandoned requests drains at the speed of the wire.
+            self.skipped += 1
+            self._skipping = True
+            self._wake.set()
+            with contextlib.suppress(*NATS_ERRORS):
+                await self._connection().publish(msg.reply, ACK)
+            return
+        self._skipping = False
         reply_to = headers.get(wire.REPLY_TO) if headers else None
         delivery = NatsDelivery(self, msg, reply_to, msg.metadata.num_delivered)
         slots = self.ledger.slots
@@ -166,12 +190,21 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         if not self.receiving:
             # Stopping: given back once our pulls have ended (see `_outlive_pulls`).
             self._returned.append(delivery)
-            return
-        if slots.free <= 0:
-            # A late message of a pull we had given up on: back to the stream.
+        elif not self._held and slots.free > 0:
+            self.hand_over(delivery)
+        elif len(self._held) < SKIP_PULL:
+            # Came with a large pull made while skipping (or late): runs when a slot frees.
+            self._held.append(delivery)
+            self._slot_freed()
+        else:
             await self._signal(delivery, NAK)
-            return
-        self.hand_over(delivery)
+
+    def _slot_freed(self) -> None:
+        slots = self.ledger.slots
+        assert slots is not None
+        while self._held and self.receiving and slots.free > 0:
+            self.hand_over(self._held.popleft())
+        self._wake.set()
 
     # --- a consumer that went away -----------------------------------------------------------
 
@@ -228,14 +261,11 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
     async def _acknowledge(self, delivery: NatsDelivery) -> None:
         await self._signal(delivery, ACK)
 
-    def _slot_freed(self) -> None:
-        self._wake.set()
-
     async def _keep_alive(self) -> None:
         """Tell the server, every third of ack_wait, which requests are still being worked on."""
         while True:
             await asyncio.sleep(self._settings.ack_wait / 3)
-            for delivery in list(self.ledger.in_flight()):
+            for delivery in [*self.ledger.in_flight(), *self._held]:
                 with contextlib.suppress(TransportError):
                     await self._signal(delivery, IN_PROGRESS)
 
@@ -249,10 +279,15 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         }
         if delivery.reply_to:
             headers[wire.REPLY_TO] = delivery.reply_to
+        subject = wire.dead_letter_subject(self.queue)
         try:
-            await self._js.publish(
-                wire.dead_letter_subject(self.queue), delivery.body, headers=headers
-            )
+            try:
+                await self._js.publish(subject, delivery.body, headers=headers)
+            except nats.js.errors.NoStreamResponseError:
+                # Deleted (by an operator, say): made again, or every dead letter would be
+                # retried for ever, each holding a slot.
+                await ensure_dead_letter_stream(self._js, self.queue)
+                await self._js.publish(subject, delivery.body, headers=headers)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't store a dead letter in JetStream: {exc!r}") from exc
 
@@ -272,7 +307,8 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        returned, self._returned = [*deliveries, *self._returned], []
+        returned, self._returned = [*deliveries, *self._held, *self._returned], []
+        self._held.clear()
         if self._nc is not None and returned:
             await self._outlive_pulls()
             for delivery in returned:
@@ -298,6 +334,13 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
+
+    async def _disconnect(self) -> None:
+        if self.skipped:
+            logger.info(
+                "skipped %d requests to %r whose callers had gone", self.skipped, self.queue
+            )
+        await super()._disconnect()
 
     def describe(self) -> str:
         return (

@@ -32,8 +32,11 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
         await js.stream_info(config.name)  # created meanwhile by another process: fine
 
 
-async def ensure_work_stream(js: JetStreamContext, queue: str) -> None:
-    """The stream holding `queue`'s requests until a worker acknowledges them."""
+async def ensure_work_stream(
+    js: JetStreamContext, queue: str, max_age: float | None = None
+) -> None:
+    """The stream holding `queue`'s requests until a worker acknowledges them (or, with
+    `max_age`, until they are that many seconds old: the server drops them then)."""
     await _ensure_stream(
         js,
         api.StreamConfig(
@@ -41,6 +44,7 @@ async def ensure_work_stream(js: JetStreamContext, queue: str) -> None:
             subjects=[queue],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
+            max_age=max_age,
         ),
     )
 

@@ -46,6 +46,8 @@ class Bounce:
 
 DEAD_LETTER_PREFIX = "mm.dead."
 DEFAULT_INBOX_PREFIX = "_INBOX"
+REPLY_SUBJECT_LIMIT = 255
+"""The longest reply subject a worker publishes to (inboxes are far shorter)."""
 DEFAULT_ACK_WAIT = 10.0
 CONSUMER_NAME = "mm-workers"
 URL_OPTIONS = frozenset(
@@ -57,6 +59,7 @@ URL_OPTIONS = frozenset(
         "reconnect_wait",
         "connect_timeout",
         "backlog",
+        "max_age",
     }
 )
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -75,14 +78,16 @@ class NatsSettings:
     connect_timeout: float = 2.0
     backlog: int | None = None
     """Core-mode workers: requests held beyond the concurrency before bouncing (None: 1024)."""
+    max_age: float | None = None
+    """JetStream: seconds a request may wait in a stream this end creates (None: for ever)."""
 
 
 def parse_url(url: str) -> NatsSettings:
     """Settings from ``nats://[user:pass@]host[:port][,host2:port2...][?option=value...]``.
 
-    Options: ``jetstream`` (durable mode), ``ack_wait`` (seconds, JetStream), ``inbox_prefix``,
-    ``tls_insecure`` (accept any certificate), ``reconnect_wait``, ``connect_timeout`` and
-    ``backlog`` (core-mode workers).
+    Options: ``jetstream`` (durable mode), ``ack_wait`` and ``max_age`` (seconds, JetStream),
+    ``inbox_prefix``, ``tls_insecure`` (accept any certificate), ``reconnect_wait``,
+    ``connect_timeout`` and ``backlog`` (core-mode workers).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -102,7 +107,7 @@ def parse_url(url: str) -> NatsSettings:
             tls.check_hostname = False
             tls.verify_mode = ssl.CERT_NONE
     inbox_prefix = options.text("inbox_prefix", DEFAULT_INBOX_PREFIX) or ""
-    if not inbox_prefix or any(c in inbox_prefix for c in " *>\t\r\n"):
+    if _subject_problem(inbox_prefix) or inbox_prefix.startswith("$"):
         raise ConfigurationError(f"bad NATS inbox_prefix {inbox_prefix!r}")
     return NatsSettings(
         servers=servers,
@@ -113,6 +118,7 @@ def parse_url(url: str) -> NatsSettings:
         reconnect_wait=options.seconds("reconnect_wait", 0.5),
         connect_timeout=options.seconds("connect_timeout", 2.0),
         backlog=options.count("backlog", 0) if "backlog" in options else None,
+        max_age=options.seconds("max_age", 0) if "max_age" in options else None,
     )
 
 
@@ -122,6 +128,37 @@ def check_queue(queue: str) -> str:
     if not queue or any(not t or t in ("*", ">") or any(c.isspace() for c in t) for t in tokens):
         raise ConfigurationError(f"{queue!r} can't be a NATS subject (no spaces or wildcards)")
     return queue
+
+
+def _subject_problem(subject: str) -> str | None:
+    """What makes `subject` unfit to publish to, or None: printable ASCII tokens, no wildcards."""
+    if not subject.isascii() or not subject.isprintable() or " " in subject:
+        return "is not printable ASCII without spaces"
+    if "*" in subject or ">" in subject:
+        return "holds a wildcard"
+    if "" in subject.split("."):
+        return "has an empty token"
+    return None
+
+
+def reply_subject_refusal(subject: str, inbox_prefix: str) -> str | None:
+    """Why a worker must not publish a reply to `subject`, or None when it may.
+
+    A reply goes only to an inbox: a valid subject under ``_INBOX.`` or the URL's
+    ``inbox_prefix``. Anything else - ``$JS.API...`` (a reply there would purge or delete
+    someone's stream), ``$SYS.``, another service's request subject, a wildcard - is
+    refused, so that a caller can't make a worker publish where the caller itself may not.
+    """
+    shown = ascii(subject[:80])
+    if len(subject) > REPLY_SUBJECT_LIMIT:
+        return f"reply subject {shown}... is longer than {REPLY_SUBJECT_LIMIT} characters"
+    problem = _subject_problem(subject)
+    if problem is not None:
+        return f"reply subject {shown} {problem}"
+    prefixes = dict.fromkeys((DEFAULT_INBOX_PREFIX + ".", inbox_prefix + "."))
+    if subject.startswith("$") or not subject.startswith(tuple(prefixes)):
+        return f"reply subject {shown} is not under an inbox prefix ({', '.join(prefixes)})"
+    return None
 
 
 def dead_letter_subject(queue: str) -> str:

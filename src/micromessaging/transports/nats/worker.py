@@ -47,7 +47,11 @@ class NatsDelivery(LedgerDelivery):
     ) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.msg = msg
-        self.reply_to = reply_to
+        self.refusal = (
+            wire.reply_subject_refusal(reply_to, transport.inbox_prefix) if reply_to else None
+        )
+        """Why the reply subject the message names must not be used, when it must not."""
+        self.reply_to = None if self.refusal else reply_to
         self.body = msg.data
         self.deadline = wire.read_deadline(msg.headers)
         self.delivery_count = delivery_count
@@ -56,6 +60,11 @@ class NatsDelivery(LedgerDelivery):
     def can_reply(self) -> bool:
         return bool(self.reply_to)
 
+    async def dead_letter(self, reason: str, reply: bytes | None) -> None:
+        if self.refusal is not None:
+            reason = f"{reason} ({self.refusal})"
+        await super().dead_letter(reason, reply)
+
 
 class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
     """What the core and JetStream workers share: connection, replies, dead letters."""
@@ -63,6 +72,7 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
     def __init__(self, url: str, options: WorkerOptions) -> None:
         super().__init__(options)
         self._settings = wire.parse_url(url)
+        self.inbox_prefix = self._settings.inbox_prefix
         wire.check_queue(options.queue)
         self._nc: NATS | None = None
 
@@ -172,6 +182,11 @@ class NatsWorkerTransport(NatsWorkerBase):
             self.hand_over(self._backlog.popleft())
 
     async def _bounce(self, delivery: NatsDelivery, status: str) -> None:
+        if delivery.refusal is not None:
+            # Nowhere it may go back to: kept as a dead letter instead, never redelivered.
+            with contextlib.suppress(TransportError):
+                await self.keep_dead_letter(delivery, f"no reply address ({delivery.refusal})")
+            return
         if not delivery.reply_to:
             # A notification has nowhere to go back to: core NATS is at most once.
             self.dropped += 1

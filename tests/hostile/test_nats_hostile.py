@@ -1,0 +1,567 @@
+"""Hostile input over NATS, core and JetStream: raw messages from nats-py or a bare socket.
+
+Each case sends what our client never would, straight to a worker's subject (or its stream),
+and says what must come of it. After every case the worker must answer normal calls at its
+full concurrency, and nothing outside its own queue may have changed: a canary queue's
+stream (another service's requests) keeps its messages, and no message reaches the canary's
+subjects. Talks to the shared NATS server; every name is unique to the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+import orjson
+import pytest
+from nats.aio.msg import Msg
+from nats.js import api
+
+from micromessaging import AsyncClient, ErrorCode, Worker
+from micromessaging.transports.nats.wire import (
+    DEADLINE,
+    DELIVERY_COUNT,
+    REASON,
+    REPLY_TO,
+    dead_letter_stream_name,
+    dead_letter_subject,
+    stream_name,
+)
+
+from .common import (
+    CONCURRENCY,
+    REQUEST,
+    Gauge,
+    error_code,
+    full_concurrency,
+    request,
+    settled,
+    until,
+)
+
+NATS_URL = os.environ.get("MICROMESSAGING_NATS_URL", "nats://127.0.0.1:4222")
+HOST = urlsplit(NATS_URL).hostname or "127.0.0.1"
+PORT = urlsplit(NATS_URL).port or 4222
+
+
+def _reachable() -> bool:
+    try:
+        with socket.create_connection((HOST, PORT), 1):
+            return True
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _reachable(), reason=f"no NATS server at {NATS_URL}")
+
+AUTO = "auto"
+"""`Harness.send`'s default reply address: a fresh inbox of the test's own, awaited."""
+
+
+@dataclass
+class StreamState:
+    messages: int
+    first_seq: int
+    last_seq: int
+
+
+class Harness:
+    """A worker of a unique queue, a raw nats-py connection beside it, and a canary queue."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.jetstream = mode == "jetstream"
+        self.url = NATS_URL + ("?jetstream=1&ack_wait=2" if self.jetstream else "")
+        self.queue = f"mm-hostile-{uuid.uuid4().hex[:10]}"
+        self.canary = f"mm-canary-{uuid.uuid4().hex[:10]}"
+        self.service = Gauge()
+        self.dead: list[Msg] = []
+        self.spied: list[Msg] = []
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> None:
+        self.nc = await nats.connect(NATS_URL)
+        stack.push_async_callback(self.nc.close)
+        self.js = self.nc.jetstream()
+        stack.push_async_callback(self._delete_streams)
+        # The canary: another service's stream holding three requests nobody has taken.
+        await self.js.add_stream(
+            api.StreamConfig(
+                name=stream_name(self.canary),
+                subjects=[self.canary],
+                retention=api.RetentionPolicy.WORK_QUEUE,
+            )
+        )
+        for i in range(3):
+            await self.js.publish(self.canary, request(id_=i))
+        for subject in (self.canary, dead_letter_subject(self.canary), self.queue + ".>"):
+            await self.nc.subscribe(subject, cb=self._spy)
+        if not self.jetstream:
+            await self.nc.subscribe(dead_letter_subject(self.queue), cb=self._keep_dead)
+        await self.nc.flush()
+        self.worker = await stack.enter_async_context(
+            Worker(self.service, self.url, self.queue, concurrency=CONCURRENCY)
+        )
+        self.client = await stack.enter_async_context(AsyncClient(self.url, self.queue, timeout=10))
+
+    async def _spy(self, msg: Msg) -> None:
+        self.spied.append(msg)
+
+    async def _keep_dead(self, msg: Msg) -> None:
+        self.dead.append(msg)
+
+    async def _delete_streams(self) -> None:
+        for queue in (self.queue, self.canary):
+            for name in (stream_name(queue), dead_letter_stream_name(queue)):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self.js.delete_stream(name)
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def send(
+        self,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        reply: str | None = AUTO,
+        wait: float = 5.0,
+    ) -> bytes | None:
+        """Send a request as a foreign client would; its reply when `reply` is AUTO."""
+        inbox = self.nc.new_inbox() if reply == AUTO else reply
+        sub = await self.nc.subscribe(inbox) if reply == AUTO else None
+        try:
+            if self.jetstream:
+                headers = dict(headers or {})
+                if inbox is not None:
+                    headers[REPLY_TO] = inbox
+                await self.js.publish(self.queue, body, headers=headers)
+            else:
+                await self.nc.publish(self.queue, body, reply=inbox or "", headers=headers)
+            if sub is None:
+                return None
+            try:
+                return (await sub.next_msg(timeout=wait)).data
+            except nats.errors.TimeoutError:
+                return None
+        finally:
+            if sub is not None:
+                await sub.unsubscribe()
+
+    async def raw(self, protocol: bytes) -> None:
+        """Write NATS protocol bytes on a socket of our own (what nats-py would refuse)."""
+        reader, writer = await asyncio.open_connection(HOST, PORT)
+        try:
+            await reader.readline()  # INFO
+            writer.write(b'CONNECT {"verbose":false,"headers":true}\r\n' + protocol + b"PING\r\n")
+            await writer.drain()
+            while not (line := await asyncio.wait_for(reader.readline(), 5)).startswith(b"PONG"):
+                assert not line.startswith(b"-ERR"), line
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def dead_letters(self) -> list[tuple[bytes, dict[str, str]]]:
+        """Bodies and headers of the queue's dead letters so far."""
+        if not self.jetstream:
+            return [(msg.data, dict(msg.headers or {})) for msg in self.dead]
+        name = dead_letter_stream_name(self.queue)
+        state = (await self.js.stream_info(name)).state
+        if not state.messages:
+            return []
+        letters = []
+        for seq in range(state.first_seq, state.last_seq + 1):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                stored = await self.js.get_msg(name, seq)
+                letters.append((stored.data or b"", dict(stored.headers or {})))
+        return letters
+
+    # --- checking --------------------------------------------------------------------------
+
+    async def canary_state(self) -> StreamState:
+        state = (await self.js.stream_info(stream_name(self.canary))).state
+        return StreamState(state.messages, state.first_seq, state.last_seq)
+
+    async def quiet(self) -> None:
+        """JetStream: every request in the queue's stream acknowledged (none to redeliver)."""
+        if not self.jetstream:
+            return
+        name = stream_name(self.queue)
+
+        async def empty() -> bool:
+            state = (await self.js.stream_info(name)).state
+            consumer = await self.js.consumer_info(name, "mm-workers")
+            return state.messages == 0 and consumer.num_ack_pending == 0
+
+        deadline = time.monotonic() + 10
+        while not await empty():
+            assert time.monotonic() < deadline, "the stream still holds requests"
+            await asyncio.sleep(0.02)
+
+    async def dead_lettered(self, count: int) -> list[tuple[bytes, dict[str, str]]]:
+        """Wait until `count` dead letters are there; them."""
+        deadline = time.monotonic() + 10
+        while len(letters := await self.dead_letters()) < count:
+            assert time.monotonic() < deadline, f"{len(letters)} dead letters, not {count}"
+            await asyncio.sleep(0.02)
+        return letters
+
+
+@pytest.fixture
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    h = Harness(request.param)
+    async with contextlib.AsyncExitStack() as stack:
+        await h.start(stack)
+        before = await h.canary_state()
+        yield h
+        await h.quiet()
+        await full_concurrency(h.client, h.service)
+        assert await h.canary_state() == before, "another queue's stream changed"
+        assert not h.spied, [(m.subject, m.data[:60]) for m in h.spied]
+
+
+Case = Callable[[Harness], Awaitable[None]]
+CASES: dict[str, tuple[Case, tuple[str, ...]]] = {}
+
+
+def case(*modes: str) -> Callable[[Case], Case]:
+    def register(fn: Case) -> Case:
+        CASES[fn.__name__] = (fn, modes or ("core", "jetstream"))
+        return fn
+
+    return register
+
+
+# --- bodies ----------------------------------------------------------------------------------
+
+
+@case()
+async def not_json(h: Harness) -> None:
+    assert error_code(await h.send(b"add 1 2 please")) == ErrorCode.PARSE_ERROR
+
+
+@case()
+async def invalid_utf8_body(h: Harness) -> None:
+    assert error_code(await h.send(b'{"jsonrpc": "2.0", "method": "\xff\xfe", "id": 1}')) == (
+        ErrorCode.PARSE_ERROR
+    )
+
+
+@case()
+async def empty_body(h: Harness) -> None:
+    assert error_code(await h.send(b"")) == ErrorCode.PARSE_ERROR
+
+
+@case()
+async def json_of_the_wrong_shape(h: Harness) -> None:
+    for body in (b"42", b'"add"', b"null", b"[1, 2]", b"[]", b"{}", b'{"method": ["add"]}'):
+        assert error_code(await h.send(body)) == ErrorCode.INVALID_REQUEST, body
+
+
+@case()
+async def deeply_nested_body(h: Harness) -> None:
+    assert error_code(await h.send(b"[" * 200_000 + b"]" * 200_000)) is not None
+    nested = b'{"jsonrpc": "2.0", "method": "echo", "params": ' + b"[" * 5000 + b"]" * 5000
+    assert error_code(await h.send(nested + b', "id": 1}')) is not None
+
+
+@case()
+async def huge_body(h: Harness) -> None:
+    big = "x" * 900_000
+    reply = await h.send(request("echo", [big]))
+    assert reply is not None
+    assert orjson.loads(reply)["result"] == big
+
+
+@case()
+async def huge_batch(h: Harness) -> None:
+    batch = b"[" + b",".join(request(id_=i) for i in range(5000)) + b"]"
+    reply = await h.send(batch, wait=20)
+    assert reply is not None
+    assert [r["result"] for r in orjson.loads(reply)] == [3] * 5000
+
+
+@case()
+async def ids_of_odd_types(h: Harness) -> None:
+    long_text, huge_number = b'"' + b"i" * 50_000 + b'"', b"1" + b"0" * 400
+    for id_ in (b'{"a": 1}', b"[1]", b"true", b"1.5", huge_number, long_text):
+        body = b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": ' + id_ + b"}"
+        reply = await h.send(body)
+        assert reply is not None, id_[:20]
+        # Answered: a result, or the error it deserves (orjson reads no integer past 64 bits).
+        assert "result" in json.loads(reply) or error_code(reply) in (
+            ErrorCode.INVALID_REQUEST,
+            ErrorCode.PARSE_ERROR,
+        )
+
+
+# --- headers ---------------------------------------------------------------------------------
+
+
+@case()
+async def unreadable_deadlines(h: Harness) -> None:
+    # An unreadable deadline counts as none: the request runs.
+    for value in ("soon", "-5", "0", "NaN", "inf", "1e400", "", "0x10", "9" * 400, "é"):
+        assert orjson.loads(await h.send(REQUEST, {DEADLINE: value}) or b"{}") == {
+            "jsonrpc": "2.0",
+            "result": 3,
+            "id": 1,
+        }, value
+
+
+@case()
+async def deadline_passed(h: Harness) -> None:
+    before = h.worker.stats.expired
+    past = str(int((time.time() - 5) * 1000))
+    assert await h.send(request("record", ["late"]), {DEADLINE: past}, wait=0.5) is None
+    if h.jetstream:
+        await h.quiet()  # acknowledged by the transport as it came, unrun
+    else:
+        await until(lambda: h.worker.stats.expired == before + 1)
+    assert "late" not in h.service.ran
+
+
+@case()
+async def forged_counts_that_would_lower_it(h: Harness) -> None:
+    # A core caller may raise its own request's count, never lower it below the truth (1);
+    # JetStream counts deliveries itself and ignores the header.
+    for value in ("0", "-3", "abc", "1.5", "", "-99999999999999999999"):
+        assert error_code(await h.send(REQUEST, {DELIVERY_COUNT: value})) is None, value
+    assert h.worker.stats.dead_lettered == 0
+
+
+@case("core")
+async def forged_count_past_the_limit(h: Harness) -> None:
+    reply = await h.send(request("record", ["poison"]), {DELIVERY_COUNT: "9" * 30})
+    assert error_code(reply) == ErrorCode.DELIVERY_LIMIT  # only against itself
+    assert "poison" not in h.service.ran
+    ((_, headers),) = await h.dead_lettered(1)
+    assert "delivered" in headers[REASON]
+
+
+@case("jetstream")
+async def forged_count_is_ignored_by_jetstream(h: Harness) -> None:
+    assert error_code(await h.send(REQUEST, {DELIVERY_COUNT: "9" * 30})) is None
+
+
+@case()
+async def our_own_status_headers_on_a_request(h: Harness) -> None:
+    headers = {"Mm-Status": "busy", "Status": "503", "Description": "Consumer Deleted"}
+    assert error_code(await h.send(REQUEST, headers)) is None
+
+
+@case("core")
+async def undecodable_header_block(h: Harness) -> None:
+    # A header block whose status line is not UTF-8, then one with a name that is not.
+    inbox = h.nc.new_inbox()
+    sub = await h.nc.subscribe(inbox)
+    for block in (b"NATS/1.0 \xff\xfe\r\n\r\n", b"NATS/1.0\r\nMm-\xffDeadline: \xfe\r\n\r\n"):
+        line = f"HPUB {h.queue} {inbox} {len(block)} {len(block) + len(REQUEST)}\r\n"
+        await h.raw(line.encode() + block + REQUEST + b"\r\n")
+        assert error_code((await sub.next_msg(timeout=5)).data) is None
+    await sub.unsubscribe()
+
+
+# --- reply addresses -------------------------------------------------------------------------
+
+
+async def refused(h: Harness, reply: str) -> None:
+    """A request naming `reply` is dead-lettered with the reason, and nothing is published."""
+    body = request("record", [reply])
+    if h.jetstream:
+        await h.js.publish(h.queue, body, headers={REPLY_TO: reply})
+    else:
+        await h.nc.publish(h.queue, body, reply=reply)
+    ((letter, headers),) = await h.dead_lettered(1)
+    assert letter == body
+    assert "reply subject" in headers[REASON], headers
+    assert reply not in h.service.ran  # not run: nobody may have its answer
+
+
+@case()
+async def reply_purges_another_stream(h: Harness) -> None:
+    await refused(h, f"$JS.API.STREAM.PURGE.{stream_name(h.canary)}")
+
+
+@case()
+async def reply_deletes_another_stream(h: Harness) -> None:
+    await refused(h, f"$JS.API.STREAM.DELETE.{stream_name(h.canary)}")
+
+
+@case()
+async def reply_to_the_system_account(h: Harness) -> None:
+    await refused(h, "$SYS.REQ.SERVER.PING")
+
+
+@case()
+async def reply_to_another_services_queue(h: Harness) -> None:
+    await refused(h, h.canary)
+
+
+@case()
+async def reply_to_another_queues_dead_letters(h: Harness) -> None:
+    await refused(h, dead_letter_subject(h.canary))
+
+
+@case()
+async def reply_to_its_own_queue(h: Harness) -> None:
+    await refused(h, h.queue + ".again")
+
+
+@case()
+async def reply_with_wildcards(h: Harness) -> None:
+    await refused(h, "_INBOX.*")
+
+
+@case()
+async def reply_too_long(h: Harness) -> None:
+    await refused(h, "_INBOX." + "x" * 300)
+
+
+@case()
+async def reply_not_ascii(h: Harness) -> None:
+    await refused(h, "_INBOX.réponse")
+
+
+@case("jetstream")
+async def reply_with_spaces(h: Harness) -> None:
+    await refused(h, "reply with space")  # used to fail before the ack: redelivered for ever
+
+
+@case("jetstream")
+async def reply_empty(h: Harness) -> None:
+    await h.js.publish(h.queue, REQUEST, headers={REPLY_TO: ""})
+    ((_, headers),) = await h.dead_lettered(1)
+    assert headers[REASON] == "no reply address"
+
+
+@case()
+async def reply_missing(h: Harness) -> None:
+    await h.send(REQUEST, reply=None)
+    ((_, headers),) = await h.dead_lettered(1)
+    assert headers[REASON] == "no reply address"
+
+
+@case("core")
+async def reply_not_utf8(h: Harness) -> None:
+    # nats-py can't even decode this reply subject: it used to stop reading for good.
+    line = f"PUB {h.queue} _INBOX.\xff\xfe {len(REQUEST)}\r\n".encode("latin-1")
+    await h.raw(line + REQUEST + b"\r\n")
+    ((_, headers),) = await h.dead_lettered(1)
+    assert "reply subject" in headers[REASON]
+
+
+@case("jetstream")
+async def reply_header_not_utf8(h: Harness) -> None:
+    # Stored as sent (raw bytes on a socket): the header reads as U+FFFD, not an inbox.
+    block = b"NATS/1.0\r\n" + REPLY_TO.encode() + b": _INBOX.\xff\xfe\r\n\r\n"
+    line = f"HPUB {h.queue} {len(block)} {len(block) + len(REQUEST)}\r\n"
+    await h.raw(line.encode() + block + REQUEST + b"\r\n")
+    ((_, headers),) = await h.dead_lettered(1)
+    assert "reply subject" in headers[REASON]
+
+
+@case("jetstream")
+async def two_reply_headers(h: Harness) -> None:
+    # Whichever of the two nats-py keeps, it is checked: the hostile one is refused.
+    hostile = f"$JS.API.STREAM.PURGE.{stream_name(h.canary)}"
+    for first, second in ((hostile, "_INBOX.fine"), ("_INBOX.fine", hostile)):
+        block = f"NATS/1.0\r\n{REPLY_TO}: {first}\r\n{REPLY_TO}: {second}\r\n\r\n".encode()
+        line = f"HPUB {h.queue} {len(block)} {len(block) + len(REQUEST)}\r\n"
+        await h.raw(line.encode() + block + REQUEST + b"\r\n")
+    await until(lambda: settled(h.worker) >= 2, what="both settled")
+
+
+@case()
+async def notification_with_a_hostile_reply(h: Harness) -> None:
+    # Owes no reply: it runs, and nothing is published anywhere.
+    body = b'{"jsonrpc": "2.0", "method": "record", "params": ["note"]}'
+    hostile = f"$JS.API.STREAM.PURGE.{stream_name(h.canary)}"
+    if h.jetstream:
+        await h.js.publish(h.queue, body, headers={REPLY_TO: hostile})
+    else:
+        await h.nc.publish(h.queue, body, reply=hostile)
+    await until(lambda: "note" in h.service.ran, what="the notification ran")
+    assert await h.dead_letters() == []
+
+
+@case()
+async def hundreds_of_headers(h: Harness) -> None:
+    headers = {f"X-Junk-{i}": "v" * 100 for i in range(500)}
+    assert error_code(await h.send(REQUEST, headers)) is None
+
+
+@case("jetstream")
+async def dead_letter_stream_deleted(h: Harness) -> None:
+    # Unlucky rather than hostile: an operator deleted the dead-letter stream. Dead letters
+    # must not retry for ever, each holding a slot: the stream is made again.
+    await h.js.delete_stream(dead_letter_stream_name(h.queue))
+    for _ in range(CONCURRENCY + 1):
+        await h.js.publish(h.queue, REQUEST, headers={REPLY_TO: "not an inbox"})
+    letters = await h.dead_lettered(CONCURRENCY + 1)
+    assert all("reply subject" in headers[REASON] for _, headers in letters)
+
+
+# --- volume ----------------------------------------------------------------------------------
+
+
+@case()
+async def garbage_flood(h: Harness) -> None:
+    before = settled(h.worker)
+    inbox = h.nc.new_inbox()
+    sub = await h.nc.subscribe(inbox, max_msgs=0)
+    for i in range(2000):
+        if h.jetstream:
+            await h.nc.publish(h.queue, b"\x00garbage %d" % i, headers={REPLY_TO: inbox})
+        else:
+            await h.nc.publish(h.queue, b"\x00garbage %d" % i, reply=inbox)
+    await h.nc.flush()
+    # Core workers bounce what exceeds their backlog (the raw caller is told "busy").
+    if h.jetstream:
+        await until(lambda: settled(h.worker) >= before + 2000, 30, "the flood settled")
+    await sub.unsubscribe()
+
+
+# --- the test: every case above, in each mode it applies to -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("harness", "name"),
+    [(mode, name) for name, (_, modes) in sorted(CASES.items()) for mode in modes],
+    indirect=["harness"],
+)
+async def test_hostile_input(harness: Harness, name: str) -> None:
+    await CASES[name][0](harness)
+
+
+def test_reply_subject_rule() -> None:
+    from micromessaging.transports.nats.wire import reply_subject_refusal
+
+    for fine in ("_INBOX.abc", "_INBOX.a1b2.c3-d_4.5", "_MY.x.y"):
+        assert reply_subject_refusal(fine, "_MY") is None, fine
+    for bad, why in {
+        "$JS.API.STREAM.PURGE.MM_calc": "inbox prefix",
+        "$SYS.REQ.SERVER.PING": "inbox prefix",
+        "calc": "inbox prefix",
+        "_INBOX": "inbox prefix",
+        "_INBOX.": "empty token",
+        "_INBOX..x": "empty token",
+        "_INBOX.*": "wildcard",
+        "_INBOX.a.>": "wildcard",
+        "_INBOX.a b": "printable ASCII",
+        "_INBOX.a\tb": "printable ASCII",
+        "_INBOX.\udcff": "printable ASCII",
+        "_INBOX.é": "printable ASCII",
+        "_INBOX." + "x" * 300: "longer than",
+        "_OTHER.x": "inbox prefix",
+    }.items():
+        reason = reply_subject_refusal(bad, "_MY")
+        assert reason is not None and why in reason, (bad, reason)
