@@ -10,6 +10,8 @@ A transport joins by subclassing `TransportContract` in its own test module and 
 - `leftovers(broker_url, queue)`: names of broker resources the queue's traffic left behind
   (reply lists, processing lists, temporary queues), which must be none after a clean stop;
 - `unreachable_url(broker_url)`: a URL of this transport where nothing listens;
+- `waiting_url(broker_url)`: the URL with the no-worker rule off (``worker_window=0``), for
+  tests whose calls must wait for a worker that was never seen (the default adds the option);
 - `wait_queued(broker_url, queue, client, count)`: wait until `count` requests of `client`
   wait for a worker (in the broker's queue, or re-sent by the client);
 - `expired_reach_the_worker`: whether a request that expired while waiting still reaches
@@ -39,10 +41,17 @@ from micromessaging import (
     CallTimeout,
     Client,
     ErrorCode,
+    NoWorkers,
     RemoteError,
     TransportError,
     Worker,
 )
+from micromessaging.transports import client_transport
+
+TRACE = {
+    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "tracestate": "mm=contract,rojo=00f067aa0ba902b7",
+}
 
 
 class Probe:
@@ -137,6 +146,10 @@ class TransportContract:
 
     async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
         raise NotImplementedError
+
+    def waiting_url(self, broker_url: str) -> str:
+        joiner = "&" if "?" in broker_url else "?"
+        return f"{broker_url}{joiner}worker_window=0"
 
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
         raise NotImplementedError
@@ -273,7 +286,7 @@ class TransportContract:
     # --- time ----------------------------------------------------------------------------
 
     async def test_timeout_without_worker(self, broker_url: str, queue: str) -> None:
-        async with AsyncClient(broker_url, queue, timeout=0.5) as client:
+        async with AsyncClient(self.waiting_url(broker_url), queue, timeout=0.5) as client:
             started = time.monotonic()
             with pytest.raises(CallTimeout):
                 await client.add(1, 2)
@@ -287,7 +300,7 @@ class TransportContract:
     async def test_expired_request_is_not_run(
         self, broker_url: str, queue: str, probe: Probe
     ) -> None:
-        async with AsyncClient(broker_url, queue, timeout=0.3) as client:
+        async with AsyncClient(self.waiting_url(broker_url), queue, timeout=0.3) as client:
             with pytest.raises(CallTimeout):
                 await client.record("too late")
         async with (
@@ -301,12 +314,74 @@ class TransportContract:
     async def test_requests_wait_for_a_worker(
         self, broker_url: str, queue: str, probe: Probe
     ) -> None:
-        async with AsyncClient(broker_url, queue, timeout=10) as client:
+        async with AsyncClient(self.waiting_url(broker_url), queue, timeout=10) as client:
             calls = [asyncio.create_task(client.add(i, 1)) for i in range(5)]
             await self.wait_queued(broker_url, queue, client, 5)
             assert not any(call.done() for call in calls)
             async with Worker(probe, broker_url, queue):
                 assert await asyncio.gather(*calls) == [1, 2, 3, 4, 5]
+
+    # --- no worker -----------------------------------------------------------------------
+
+    async def test_call_with_no_worker_fails_fast_and_leaves_nothing(
+        self, broker_url: str, queue: str
+    ) -> None:
+        async with AsyncClient(broker_url, queue, timeout=10) as client:
+            started = time.monotonic()
+            with pytest.raises(NoWorkers) as caught:
+                await client.add(1, 2)
+            assert time.monotonic() - started < 1.0
+            assert caught.value.queue == queue and queue in str(caught.value)
+            with pytest.raises(NoWorkers):
+                await client.notify("record", 1)
+        assert await self.leftovers(broker_url, queue) == []
+
+    async def test_calls_wait_while_a_worker_restarts(
+        self, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        async with Worker(probe, broker_url, queue), AsyncClient(broker_url, queue) as client:
+            assert await client.add(1, 1) == 2
+        # The worker was seen alive a moment ago: a call waits for the next one.
+        async with AsyncClient(broker_url, queue, timeout=10) as client:
+            call = asyncio.create_task(client.add(2, 3))
+            await self.wait_queued(broker_url, queue, client, 1)
+            assert not call.done()
+            async with Worker(probe, broker_url, queue):
+                assert await call == 5
+
+    # --- what travels beside a request ---------------------------------------------------
+
+    async def test_send_time_and_trace_context_reach_the_worker(
+        self, broker_url: str, queue: str, worker: Worker
+    ) -> None:
+        seen: list[tuple[float | None, dict[str, str] | None]] = []
+        taken = worker.observer.taken
+
+        def spy(delivery):  # type: ignore[no-untyped-def]
+            seen.append((delivery.sent, dict(delivery.trace) if delivery.trace else None))
+            return taken(delivery)
+
+        worker.observer.taken = spy  # type: ignore[method-assign]
+        transport = client_transport(broker_url)
+        await transport.connect()
+        try:
+            before = time.time()
+            body = b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}'
+            reply = await transport.request(queue, body, time.time() + 10, TRACE)
+            assert orjson.loads(reply)["result"] == 3
+            await transport.send(
+                queue, b'{"jsonrpc":"2.0","method":"record","params":[1]}', None, TRACE
+            )
+            await eventually(lambda: len(seen) == 2)
+            for sent, trace in seen:
+                assert sent is not None and before - 1 <= sent <= time.time() + 1
+                assert trace == TRACE
+            # No trace context given, none arrives; a send time always does.
+            await transport.request(queue, body, time.time() + 10)
+            await eventually(lambda: len(seen) == 3)
+            assert seen[2][0] is not None and seen[2][1] is None
+        finally:
+            await transport.aclose()
 
     # --- workers -------------------------------------------------------------------------
 

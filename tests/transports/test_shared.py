@@ -211,3 +211,59 @@ async def test_a_transport_may_give_a_stranded_delivery_back_at_once() -> None:
         await ledger.settle(item, step, "settling")
     assert given_back == [item]
     assert await ledger.close() == []  # not given back twice
+
+
+# --- send time and trace context (transports/_context.py) ------------------------------------
+
+from micromessaging.transports._context import (  # noqa: E402
+    decode_sent,
+    encode_sent,
+    read_trace,
+    trace_headers,
+    valid_traceparent,
+)
+
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_send_time_is_read_like_a_deadline() -> None:
+    assert decode_sent(encode_sent(1_700_000_000.123)) == 1_700_000_000.123
+    for unreadable in ("soon", "", "-5", "nan", "inf", True, None, [1]):
+        assert decode_sent(unreadable) is None
+
+
+def test_a_well_formed_trace_context_is_kept() -> None:
+    assert read_trace({"traceparent": PARENT, "tracestate": "a=1"}) == {
+        "traceparent": PARENT,
+        "tracestate": "a=1",
+    }
+    assert read_trace({"traceparent": PARENT.encode()}) == {"traceparent": PARENT}
+    # A later version may carry more fields; version 00 has exactly four.
+    assert valid_traceparent("01-" + PARENT[3:] + "-extra")
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        "",
+        "garbage",
+        PARENT.upper(),
+        "ff" + PARENT[2:],  # version ff is invalid
+        "00-" + "0" * 32 + PARENT[35:],  # all-zero trace id
+        PARENT[:36] + "0" * 16 + "-01",  # all-zero span id
+        PARENT + "-more",  # version 00 has no more fields
+        PARENT[:-1],
+        "00-" + "a" * 400,
+    ],
+)
+def test_a_malformed_traceparent_drops_the_whole_context(parent: str) -> None:
+    assert read_trace({"traceparent": parent, "tracestate": "a=1"}) is None
+
+
+def test_a_bad_tracestate_is_dropped_and_the_parent_kept() -> None:
+    for state in ("x" * 600, "a=1\n", b"\xff"):
+        assert read_trace({"traceparent": PARENT, "tracestate": state}) == {"traceparent": PARENT}
+    assert read_trace({}) is None
+    assert read_trace({"traceparent": 5}) is None
+    assert trace_headers(None) == {}
+    assert trace_headers({"traceparent": "bad"}) == {}

@@ -205,6 +205,30 @@ class UrlOptions:
         return self.values.get(name, default)
 
 
+WORKER_WINDOW = 30.0
+"""Seconds after the last live worker of a queue was seen during which calls still wait."""
+
+
+def worker_window(options: UrlOptions) -> float:
+    """``?worker_window=SECONDS``: the no-worker rule, the same on every broker.
+
+    A call to a queue none of whose workers was seen alive in the last `SECONDS` (default
+    30) fails at once with `NoWorkers` and leaves nothing behind; within the window (workers
+    restarting, a deploy) it waits as ever. ``0`` turns the rule off: calls always wait,
+    for queues served by programs that don't say they are alive (the seed's).
+    """
+    if "worker_window" not in options:
+        return WORKER_WINDOW
+    text = options.values["worker_window"]
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and math.isfinite(value)):
+        raise options._bad("worker_window", "a number of seconds, 0 or more (0: always wait)")
+    return value
+
+
 # --- backoff and slots -----------------------------------------------------------------------
 
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .._exceptions import TransportError
-from ._shared import LedgerDelivery, ReplyRouter, WorkerTransportBase
+from .._exceptions import NoWorkers, TransportError
+from ._shared import LedgerDelivery, ReplyRouter, UrlOptions, WorkerTransportBase, worker_window
 from .admin import AdminTransport, DeadLetter, QueueStatus
 from .base import ClientTransport, TraceContext, WorkerOptions
 
@@ -76,6 +76,16 @@ class MemoryBroker:
     _consumers: dict[str, list[_Consumer]] = field(default_factory=dict)
     _inboxes: dict[str, Callable[[str | None, bytes], None]] = field(default_factory=dict)
     dead_letters: dict[str, list[Buried]] = field(default_factory=dict)
+    _last_seen: dict[str, float] = field(default_factory=dict)
+    """When each queue last had a worker attached (monotonic seconds)."""
+
+    def served_within(self, queue: str, window: float) -> bool:
+        """Whether a worker serves `queue`, or served it in the last `window` seconds."""
+        with self._lock:
+            if self._consumers.get(queue):
+                return True
+            seen = self._last_seen.get(queue)
+        return seen is not None and time.monotonic() - seen <= window
 
     def publish(self, queue: str, message: Message, *, front: bool = False) -> None:
         """Hand `message` to a consumer with a free slot, else enqueue it (at the front: next)."""
@@ -113,6 +123,7 @@ class MemoryBroker:
             consumers = self._consumers.get(queue, [])
             if consumer in consumers:
                 consumers.remove(consumer)
+                self._last_seen[queue] = time.monotonic()
 
     def settled(self, queue: str, consumer: _Consumer, count: int = 1) -> None:
         """`consumer` settled `count` messages: hand it waiting ones for the freed slots."""
@@ -280,6 +291,8 @@ class MemoryClientTransport(ClientTransport):
 
     def __init__(self, url: str) -> None:
         self.broker = broker(url)
+        options, _ = UrlOptions.split(url, {"worker_window"}, what="memory", strict=True)
+        self.worker_window = worker_window(options)
         self._router = ReplyRouter()
         self._address = f"inbox.{secrets.token_hex(8)}"
         self._open = False
@@ -293,6 +306,7 @@ class MemoryClientTransport(ClientTransport):
     ) -> bytes:
         if not self._open:
             raise TransportError("memory client is closed")
+        self._check_served(queue)
         correlation_id, future = self._router.expect(deadline)
         message = Message(body, self._address, correlation_id, deadline, 1, time.time(), trace)
         try:
@@ -307,7 +321,13 @@ class MemoryClientTransport(ClientTransport):
     ) -> None:
         if not self._open:
             raise TransportError("memory client is closed")
+        self._check_served(queue)
         self.broker.publish(queue, Message(body, deadline=deadline, sent=time.time(), trace=trace))
+
+    def _check_served(self, queue: str) -> None:
+        window = self.worker_window
+        if window and not self.broker.served_within(queue, window):
+            raise NoWorkers(queue, f"none attached in the last {window:g} s (?worker_window=)")
 
     async def check(self) -> None:
         if not self._open:
