@@ -17,7 +17,6 @@ from micromessaging.bench import BrokerRun, LevelResult
 from micromessaging.cli import main
 from micromessaging.cli.bench_report import labels, milliseconds, table, title_lines
 
-REDIS = "redis://127.0.0.1:6379/0"
 QUICK = ["--calls", "40", "--in-flight", "1,4"]
 
 
@@ -154,16 +153,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_real_brokers_side_by_side_with_worker_processes() -> None:
+def test_real_brokers_side_by_side_with_worker_processes(redis_url: str) -> None:
     queue = f"mm-bench-test-{uuid.uuid4().hex[:8]}"
     http = f"http://127.0.0.1:{free_port()}"
-    result = bench("-b", REDIS, "-b", http, *QUICK, "--queue", queue, "--json")
+    result = bench("-b", redis_url, "-b", http, *QUICK, "--queue", queue, "--json")
     assert result.exit_code == 0, result.output
     runs = orjson.loads(result.stdout)["runs"]
-    assert [run["broker"] for run in runs] == [REDIS, http]
+    assert [run["broker"] for run in runs] == [redis_url, http]
     assert all(level["errors"] == 0 for run in runs for level in run["results"])
     # Nothing of the run is left on Redis.
-    client = redis.Redis.from_url(REDIS)
+    client = redis.Redis.from_url(redis_url)
     try:
         assert list(client.scan_iter(match=f"*{queue}*")) == []
     finally:
