@@ -254,6 +254,35 @@ async def test_slow_call_is_504_and_its_deadline_reaches_the_worker(
     assert "late" not in probe.ran
 
 
+async def test_the_callers_trace_context_reaches_the_worker_with_a_send_time(http) -> None:
+    broker, queue, seen = f"memory://gateway-{uuid.uuid4().hex[:8]}", "traced", []
+    grants = tuple(parse_tokens(tokens_toml(queue), "test"))
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        Worker(Probe(), broker, queue) as worker,
+        serving(GatewaySettings(broker, grants)) as url,
+    ):
+        taken = worker.observer.taken
+
+        def spy(delivery):  # type: ignore[no-untyped-def]
+            seen.append((delivery.sent, delivery.trace and dict(delivery.trace)))
+            return taken(delivery)
+
+        worker.observer.taken = spy  # type: ignore[method-assign]
+        before = time.time()
+        headers = {**bearer(FULL), "traceparent": parent, "tracestate": "gw=1"}
+        response = await http.post(f"{url}/{queue}", json=rpc("add", 1, 2), headers=headers)
+        assert response.json()["result"] == 3
+        # A malformed traceparent is not passed on; the call goes through all the same.
+        headers = {**bearer(FULL), "traceparent": "00-nope", "tracestate": "gw=1"}
+        response = await http.post(f"{url}/{queue}", json=rpc("add", 1, 2), headers=headers)
+        assert response.json()["result"] == 3
+    (sent, trace), (_, dropped) = seen
+    assert sent is not None and before - 1 <= sent <= time.time() + 1
+    assert trace == {"traceparent": parent, "tracestate": "gw=1"}
+    assert dropped is None
+
+
 async def test_our_client_through_the_gateway_with_a_token_in_the_url(gateway, queue) -> None:
     base = gateway.replace("http://", f"http://:{FULL}@")
     async with AsyncClient(base, queue, timeout=5) as calc:

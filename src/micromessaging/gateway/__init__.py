@@ -35,6 +35,7 @@ from .._asgi import (
     Send,
     header,
     read_body,
+    request_context,
     request_deadline,
     respond,
     respond_too_large,
@@ -254,13 +255,16 @@ class Gateway:
         caller_deadline = request_deadline(scope)
         if caller_deadline is not None:
             deadline = min(deadline, caller_deadline)
+        # The caller's trace context goes on (when well formed); the broker's transport
+        # stamps its own send time, so workers measure the wait from the gateway on.
+        _, trace = request_context(scope)
         try:
             transport = await self.transport()
             if not owes_reply:
-                await transport.send(queue, body, deadline)
+                await transport.send(queue, body, deadline, trace)
                 await respond(send, 204)
                 return
-            reply = await transport.request(queue, body, deadline)
+            reply = await transport.request(queue, body, deadline, trace)
         except CallTimeout:
             detail = f"no reply from queue {queue!r} within {self.settings.timeout:g}s"
             await respond(send, 504, error_body(ErrorCode.DEADLINE_EXCEEDED, detail))

@@ -10,6 +10,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 
 from ..._exceptions import CallTimeout, ProtocolError, TransportError
+from .._context import encode_sent, trace_headers
 from ..base import ClientTransport, TraceContext
 from .pool import ConnectionPool
 from .wire import CLIENT_KEEP_ALIVE_SECONDS, ClientSettings, encode_deadline
@@ -80,15 +81,23 @@ class HttpClientTransport(ClientTransport):
     def _where(self, queue: str) -> str:
         return f"{self.settings.base_url}/{queue}"
 
-    async def _post(self, queue: str, body: bytes, deadline: float | None) -> tuple[int, bytes]:
+    async def _post(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None
+    ) -> tuple[int, bytes]:
         pool = self._pool
         if pool is None:
             raise TransportError("HTTP client is closed" if self._closed else "not connected")
+        now = time.time()
         request = [b"POST ", self._path(queue), b" HTTP/1.1\r\n", self._head]
+        request += [b"x-mm-sent: ", encode_sent(now).encode(), b"\r\n"]
+        if trace:
+            # Only a well-formed context goes out (no CR/LF can reach the head).
+            for name, value in trace_headers(trace).items():
+                request += [name.encode(), b": ", value.encode(), b"\r\n"]
         if deadline is None:
             timeout = SEND_TIMEOUT
         else:
-            timeout = deadline - time.time()
+            timeout = deadline - now
             if timeout <= 0:
                 raise CallTimeout("the deadline passed before the request was sent")
             request += [b"x-mm-deadline: ", encode_deadline(deadline), b"\r\n"]
@@ -105,7 +114,7 @@ class HttpClientTransport(ClientTransport):
     async def request(
         self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
     ) -> bytes:
-        status, content = await self._post(queue, body, deadline)
+        status, content = await self._post(queue, body, deadline, trace)
         if 200 <= status < 300:
             if not content:
                 raise ProtocolError(f"{self._where(queue)} answered {status} with no reply")
@@ -117,7 +126,7 @@ class HttpClientTransport(ClientTransport):
     async def send(
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
-        status, content = await self._post(queue, body, deadline)
+        status, content = await self._post(queue, body, deadline, trace)
         if status >= 300:
             detail = _jsonrpc_error(content) or repr(content[:200])
             raise TransportError(f"{self._where(queue)} answered HTTP {status}: {detail}")

@@ -26,6 +26,7 @@ from ..._asgi import (
     error_body,
     not_run_body,
     read_body,
+    request_context,
     request_deadline,
     respond,
     respond_too_large,
@@ -33,7 +34,7 @@ from ..._asgi import (
 from ..._exceptions import TransportError
 from ..._protocol import ErrorCode
 from .._shared import LedgerDelivery, WorkerTransportBase
-from ..base import WorkerOptions
+from ..base import TraceContext, WorkerOptions
 from .server import EmbeddedServer, bind
 from .wire import ServerAddress
 
@@ -104,10 +105,19 @@ class Admission:
 class HttpDelivery(LedgerDelivery):
     """One POST handed to the worker; settling it sends the HTTP response."""
 
-    def __init__(self, transport: HttpWorkerTransport, body: bytes, deadline: float | None):
+    def __init__(
+        self,
+        transport: HttpWorkerTransport,
+        body: bytes,
+        deadline: float | None,
+        sent: float | None = None,
+        trace: TraceContext | None = None,
+    ):
         self.transport = transport  # type: ignore[assignment]
         self.body = body
         self.deadline = deadline
+        self.sent = sent
+        self.trace = trace
         self.answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
 
     @property
@@ -170,11 +180,13 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
             return
         except ConnectionResetError:
             return
-        deadline = request_deadline(scope)
-        status, reply, headers = await self._handle(body, deadline)
+        sent, trace = request_context(scope)
+        status, reply, headers = await self._handle(body, request_deadline(scope), sent, trace)
         await respond(send, status, reply, headers)
 
-    async def _handle(self, body: bytes, deadline: float | None) -> Answer:
+    async def _handle(
+        self, body: bytes, deadline: float | None, sent: float | None, trace: TraceContext | None
+    ) -> Answer:
         refused = "stopping" if not self.receiving else await self._admission.enter(deadline)
         if refused is None and not self.receiving:
             self._admission.leave()  # stopped while this request waited
@@ -186,7 +198,7 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
             return 503, not_run_body(detail), list(_RETRY)
         if refused is not None:
             return 503, not_run_body("the worker is stopping"), [*_RETRY, _CLOSE]
-        delivery = HttpDelivery(self, body, deadline)
+        delivery = HttpDelivery(self, body, deadline, sent, trace)
         self.hand_over(delivery)
         return await delivery.answer
 
