@@ -26,7 +26,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from micromessaging import AsyncClient, ErrorCode, RemoteError, Worker
+from micromessaging import AsyncClient, ErrorCode, NoWorkers, RemoteError, Worker
 from micromessaging.cli import main
 from micromessaging.gateway import (
     FORBIDDEN,
@@ -299,7 +299,9 @@ async def test_healthz(gateway: str, http) -> None:
 
 
 async def test_unreachable_broker_is_503_health_and_502_calls(http) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+    if not _available("redis"):
+        pytest.skip("needs the redis transport: a broker that can be down")
+    dead = f"redis://127.0.0.1:{free_port()}"
     grants = tuple(parse_tokens(tokens_toml("calc"), "test"))
     async with serving(GatewaySettings(dead, grants)) as url:
         response = await http.get(f"{url}/healthz")
@@ -308,6 +310,33 @@ async def test_unreachable_broker_is_503_health_and_502_calls(http) -> None:
         response = await http.post(f"{url}/calc", json=rpc("add", 1, 2), headers=bearer(FULL))
         assert response.status_code == 502
         assert response.json()["error"]["code"] == ErrorCode.SERVER_ERROR
+
+
+@pytest.mark.parametrize("kind", ["memory", "http"])
+async def test_a_queue_nobody_serves_is_503_naming_it(kind: str, http) -> None:
+    # memory:// knows no worker attached; over http:// nothing listens (connection refused).
+    broker = {
+        "memory": f"memory://gateway-{uuid.uuid4().hex[:8]}",
+        "http": f"http://127.0.0.1:{free_port()}",
+    }[kind]
+    grants = tuple(parse_tokens(tokens_toml("calc"), "test"))
+    async with serving(GatewaySettings(broker, grants)) as url:
+        started = time.monotonic()
+        response = await http.post(f"{url}/calc", json=rpc("add", 1, 2), headers=bearer(FULL))
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        error = response.json()["error"]
+        assert (error["code"], error["message"]) == (ErrorCode.SERVER_ERROR, "No workers")
+        assert error["data"]["queue"] == "calc" and error["data"]["retry"] is True
+        assert "'calc'" in error["data"]["message"]
+        # Our client through the gateway raises NoWorkers, as it would on the broker.
+        async with AsyncClient(url.replace("http://", f"http://:{FULL}@"), "calc") as client:
+            with pytest.raises(NoWorkers) as caught:
+                await client.add(1, 2)
+            assert caught.value.queue == "calc"
+            with pytest.raises(NoWorkers):
+                await client.notify("record", 1)
 
 
 # --- tokens ----------------------------------------------------------------------------------

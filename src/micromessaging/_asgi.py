@@ -28,6 +28,8 @@ DEADLINE_HEADER = b"x-mm-deadline"
 """When the caller stops waiting, in milliseconds since the epoch (the shared deadline rule)."""
 SENT_HEADER = b"x-mm-sent"
 """When the client sent the request, in milliseconds since the epoch (read like a deadline)."""
+NO_WORKERS_REASON = "no-workers"
+"""``data.reason`` of the gateway's 503 when its broker has no worker for the queue."""
 RETRY_AFTER_SECONDS = 1
 RETRY_AFTER: Headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from .._asgi import (
+    NO_WORKERS_REASON,
     RETRY_AFTER,
     BodyTooLarge,
     Headers,
@@ -41,7 +42,7 @@ from .._asgi import (
     respond_too_large,
 )
 from .._asgi import error_body as asgi_error_body
-from .._exceptions import CallTimeout, TransportError
+from .._exceptions import CallTimeout, NoWorkers, TransportError
 from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, DecodeError, ErrorCode, loads
 from .._settings import mask_password
 from ..console import Console, ConsoleSettings
@@ -268,6 +269,19 @@ class Gateway:
         except CallTimeout:
             detail = f"no reply from queue {queue!r} within {self.settings.timeout:g}s"
             await respond(send, 504, error_body(ErrorCode.DEADLINE_EXCEEDED, detail))
+            return
+        except NoWorkers as exc:
+            # The broker answered: nobody serves the queue. Never run, so safe to retry.
+            logger.warning("forwarding to %r: %s", queue, exc)
+            body = asgi_error_body(
+                ErrorCode.SERVER_ERROR,
+                "No workers",
+                message=str(exc),
+                queue=queue,
+                reason=NO_WORKERS_REASON,
+                retry=True,
+            )
+            await respond(send, 503, body, _retry_after())
             return
         except TransportError as exc:
             logger.warning("forwarding to %r failed: %s", queue, exc)

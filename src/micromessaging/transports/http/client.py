@@ -9,7 +9,8 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from ..._exceptions import CallTimeout, ProtocolError, TransportError
+from ..._asgi import NO_WORKERS_REASON
+from ..._exceptions import CallTimeout, NoWorkers, ProtocolError, TransportError
 from .._context import encode_sent, trace_headers
 from ..base import ClientTransport, TraceContext
 from .pool import ConnectionPool
@@ -21,8 +22,8 @@ SEND_TIMEOUT = 30.0
 """How long `send` (a notification, which has no deadline of its own) waits for its 204."""
 
 
-def _jsonrpc_error(content: bytes) -> str | None:
-    """The error message a JSON-RPC error body carries, or None when it is not one."""
+def _error_object(content: bytes) -> dict[str, object] | None:
+    """The error object of a JSON-RPC error body, {} for another JSON-RPC body, else None."""
     try:
         decoded = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -31,7 +32,26 @@ def _jsonrpc_error(content: bytes) -> str | None:
     if not isinstance(first, dict) or first.get("jsonrpc") != "2.0":
         return None
     error = first.get("error")
-    return str(error.get("message")) if isinstance(error, dict) else ""
+    return error if isinstance(error, dict) else {}
+
+
+def _jsonrpc_error(content: bytes) -> str | None:
+    """The error message a JSON-RPC error body carries, or None when it is not one."""
+    error = _error_object(content)
+    if error is None:
+        return None
+    return str(error.get("message")) if error else ""
+
+
+def _no_workers(status: int, content: bytes) -> str | None:
+    """What a gateway's "no workers" answer says (503, ``data.reason``), else None."""
+    if status != 503:
+        return None
+    error = _error_object(content)
+    data = error.get("data") if error else None
+    if isinstance(data, dict) and data.get("reason") == NO_WORKERS_REASON:
+        return str(data.get("message", ""))
+    return None
 
 
 class HttpClientTransport(ClientTransport):
@@ -107,6 +127,10 @@ class HttpClientTransport(ClientTransport):
                 status, _, content = await pool.request(b"".join(request))
         except TimeoutError:
             raise CallTimeout(f"no reply from {self._where(queue)} before the deadline") from None
+        except ConnectionRefusedError as exc:
+            # HTTP has no queue to hold the request: nothing listening is no worker, now.
+            detail = f"nothing listens at {self.settings.base_url} (connection refused)"
+            raise NoWorkers(queue, detail) from exc
         except (OSError, ssl.SSLError) as exc:
             raise TransportError(f"POST {self._where(queue)} failed: {exc!r}") from exc
         return status, content
@@ -119,6 +143,9 @@ class HttpClientTransport(ClientTransport):
             if not content:
                 raise ProtocolError(f"{self._where(queue)} answered {status} with no reply")
             return content
+        no_workers = _no_workers(status, content)
+        if no_workers is not None:
+            raise NoWorkers(queue, f"the gateway at {self.settings.base_url} says: {no_workers}")
         if _jsonrpc_error(content) is not None:
             return content  # so that the caller gets the RemoteError it carries
         raise TransportError(f"{self._where(queue)} answered HTTP {status}: {content[:200]!r}")
@@ -127,6 +154,9 @@ class HttpClientTransport(ClientTransport):
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
         status, content = await self._post(queue, body, deadline, trace)
+        no_workers = _no_workers(status, content)
+        if no_workers is not None:
+            raise NoWorkers(queue, f"the gateway at {self.settings.base_url} says: {no_workers}")
         if status >= 300:
             detail = _jsonrpc_error(content) or repr(content[:200])
             raise TransportError(f"{self._where(queue)} answered HTTP {status}: {detail}")
