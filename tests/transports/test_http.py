@@ -30,10 +30,16 @@ from micromessaging import (
     TransportError,
     Worker,
 )
-from micromessaging.transports import WorkerOptions, client_transport, worker_transport
+from micromessaging.transports import (
+    WorkerOptions,
+    admin_transport,
+    client_transport,
+    worker_transport,
+)
 from micromessaging.transports._shared import decode_deadline
 from micromessaging.transports.http.wire import encode_deadline
 
+from .admin_contract import AdminContract, wait_until
 from .contract import Probe, TransportContract, eventually
 
 
@@ -542,3 +548,90 @@ async def test_worker_processes_share_one_port() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0
+
+
+# --- the admin side: GET /_mm/status ---------------------------------------------------------
+
+
+class TestHttpAdmin(AdminContract):
+    keeps_dead_letters = False
+
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return f"http://127.0.0.1:{free_port()}"
+
+    async def test_dead_letters_list_replay_and_purge(self, *args, **kwargs) -> None:
+        pytest.skip(
+            "HTTP keeps no dead letters: there is no broker to hold them, so a dead letter "
+            "is logged and answered (test_http_admin_has_no_queue_and_no_dead_letters)"
+        )
+
+
+async def test_http_admin_has_no_queue_and_no_dead_letters(url: str) -> None:
+    async with Worker(Probe(), url, "calc", concurrency=2) as worker, admin_transport(url) as admin:
+        async with AsyncClient(url, "calc") as client:
+            assert await client.add(1, 2) == 3
+        assert await admin.queues() == ["calc"]
+        status = await admin.status("calc")
+        assert (status.depth, status.oldest_wait, status.dead_letters) == (None, None, None)
+        assert [record.id for record in status.workers] == [worker.id]
+        assert status.workers[0].completed == 1 and status.in_flight == 0
+        assert any("no queue" in note for note in status.notes)
+        assert any("no dead letters" in note for note in status.notes)
+        assert await admin.dead_letters("calc") == []
+        assert await admin.replay("calc", None) == []
+        assert await admin.purge("calc", None) == 0
+        other = await admin.status("other")
+        assert other.workers == [] and any("serves queue 'calc'" in n for n in other.notes)
+    # Nothing listens now: no queues, no workers, and a note that says so.
+    async with admin_transport(url) as admin:
+        assert await admin.queues() == []
+        status = await admin.status("calc")
+        assert status.workers == [] and any("nothing listens" in n for n in status.notes)
+
+
+async def test_http_status_path_is_a_get_under_the_prefix(url: str) -> None:
+    base = f"{url}/api"
+    async with Worker(Probe(), base, "calc") as worker, httpx.AsyncClient() as http:
+        response = await http.get(f"{base}/_mm/status")
+        assert response.status_code == 200
+        data = response.json()
+        assert data["queue"] == "calc" and data["worker"]["id"] == worker.id
+        assert data["worker"]["pid"] == os.getpid()
+        assert (await http.get(f"{url}/_mm/status")).status_code == 404  # not without the prefix
+        async with admin_transport(base) as admin:
+            assert [r.id for r in (await admin.status("calc")).workers] == [worker.id]
+
+
+async def test_status_command_over_http(url: str) -> None:
+    async with Worker(Probe(), url, "calc") as worker:
+        command = [sys.executable, "-m", "micromessaging", "status", "--broker", url]
+        text = await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, timeout=60
+        )
+        assert text.returncode == 0, text.stderr
+        assert "calc" in text.stdout and worker.id in text.stdout
+        assert "no queue" in text.stdout
+        as_json = await asyncio.to_thread(
+            subprocess.run, [*command, "--json"], capture_output=True, text=True, timeout=60
+        )
+        [queue] = orjson.loads(as_json.stdout)["queues"]
+        assert queue["depth"] is None and queue["dead_letters"] is None
+        assert [w["id"] for w in queue["workers"]] == [worker.id]
+
+
+async def test_http_status_finds_every_worker_sharing_the_port(url: str) -> None:
+    async with (
+        Worker(Probe(), url, "calc") as first,
+        Worker(Probe(), url, "calc") as second,
+        admin_transport(url) as admin,
+    ):
+        seen: set[str] = set()
+
+        async def both() -> bool:
+            seen.update(record.id for record in (await admin.status("calc")).workers)
+            return seen == {first.id, second.id}
+
+        await wait_until(both)  # each status asks on 8 connections: both answer, nearly always
+        status = await admin.status("calc")
+        assert len({record.id for record in status.workers}) == len(status.workers)

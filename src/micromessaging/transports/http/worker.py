@@ -16,6 +16,8 @@ import logging
 import time
 from collections import deque
 
+import orjson
+
 from ..._asgi import (
     RETRY_AFTER,
     BodyTooLarge,
@@ -44,6 +46,8 @@ Answer = tuple[int, bytes, Headers]
 _RETRY = RETRY_AFTER
 _CLOSE = (b"connection", b"close")
 HEALTHY = b'{"status":"ok"}'
+STATUS_PATH = "/_mm/status"
+"""Under the worker's prefix: ``GET`` answers the worker's record (docs/wire-http.md)."""
 
 
 class Admission:
@@ -142,6 +146,7 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
         self.path = f"{self.address.prefix}/{options.queue}"
         self._paths = {self.path, self.address.prefix or "/", f"{self.address.prefix}/"}
         self._health = f"{self.address.prefix}/healthz"
+        self._status = f"{self.address.prefix}{STATUS_PATH}"
         self._admission = Admission(options.concurrency, self.address.backlog)
         self._server: EmbeddedServer | None = None
 
@@ -164,6 +169,9 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
         if scope["path"] == self._health and scope["method"] in ("GET", "HEAD"):
             await respond(send, 200 if self.receiving else 503, HEALTHY if self.receiving else b"")
             return
+        if scope["path"] == self._status and scope["method"] in ("GET", "HEAD"):
+            await respond(send, 200, self._status_body())
+            return
         if scope["path"] not in self._paths:
             detail = f"no queue at {scope['path']!r}: POST to {self.path!r}"
             await respond(send, 404, error_body(ErrorCode.INVALID_REQUEST, message=detail))
@@ -183,6 +191,12 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
         sent, trace = request_context(scope)
         status, reply, headers = await self._handle(body, request_deadline(scope), sent, trace)
         await respond(send, status, reply, headers)
+
+    def _status_body(self) -> bytes:
+        record = self.reporter() if self.reporter is not None else None
+        return orjson.dumps(
+            {"queue": self.options.queue, "worker": record.to_json() if record else None}
+        )
 
     async def _handle(
         self, body: bytes, deadline: float | None, sent: float | None, trace: TraceContext | None
