@@ -473,3 +473,80 @@ async def test_gateway_command_serves_with_two_worker_processes(tmp_path, http) 
     assert f"micromessaging gateway on http://127.0.0.1:{port} -> http://:****@" in output
     assert "(1 token, 2 processes" in output
     assert "broker-pass" not in output
+
+
+# --- operations: access lines and metrics, from the real command -----------------------------
+
+
+async def test_the_command_logs_each_request_and_serves_its_metrics(tmp_path, http) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    worker_port, port, metrics_port = free_port(), free_port(), free_port()
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_toml("calc"))
+    args = [
+        "--broker", f"http://127.0.0.1:{worker_port}", "--host", "127.0.0.1",
+        "--port", str(port), "--tokens", str(tokens), "--processes", "2",
+        "--metrics-port", str(metrics_port), "--log-format", "json", "--timeout", "0.5",
+        "--max-message-size", "2048",
+    ]  # fmt: skip
+    async with Worker(Probe(), f"http://127.0.0.1:{worker_port}", "calc"):
+        with gateway_command(args, {}) as process:
+            url = f"http://127.0.0.1:{port}"
+            await wait_healthy(http, url)
+            calls = [
+                (200, bearer(FULL), rpc("add", 1, 2)),
+                (200, bearer(FULL), rpc("add", 2, 2)),
+                (200, bearer(ADD_ONLY), rpc("add", 3, 2)),
+                (401, {}, rpc("add", 1, 2)),
+                (403, bearer(ELSEWHERE), rpc("add", 1, 2)),
+                (403, bearer(ADD_ONLY), rpc("subtract", 1, 2)),
+                (413, bearer(FULL), rpc("echo", "x" * 4000)),
+                (504, bearer(FULL), rpc("slow", 2.0)),
+            ]
+            for status, headers, body in calls:
+                async with httpx.AsyncClient(timeout=10) as fresh:  # spread over both processes
+                    response = await fresh.post(f"{url}/calc", json=body, headers=headers)
+                    assert response.status_code == status, response.text
+            scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+            output = process.stderr.read()
+    counts: dict[tuple[str, str], float] = {}
+    latency: dict[str, float] = {}
+    for family in text_string_to_metric_families(scraped):
+        for sample in family.samples:
+            if sample.name == "micromessaging_gateway_requests_total":
+                counts[sample.labels["queue"], sample.labels["status"]] = sample.value
+            elif sample.name == "micromessaging_gateway_request_seconds_count":
+                latency[sample.labels["queue"]] = sample.value
+    assert {k: v for k, v in counts.items() if k[0] == "calc"} == {
+        ("calc", "200"): 3, ("calc", "401"): 1, ("calc", "403"): 2, ("calc", "413"): 1,
+        ("calc", "504"): 1,
+    }  # fmt: skip
+    assert latency["calc"] == len(calls)
+    assert counts[("<other>", "200")] >= 1  # the health checks
+    lines = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "micromessaging.gateway.access"]
+    mine = [line for line in access if line["path"] == "/calc"]
+    assert sorted(line["status"] for line in mine) == sorted(status for status, _, _ in calls)
+    forbidden = [line for line in mine if line["status"] == 403]
+    assert {line["token"] for line in forbidden} == {"elsewhere", "add-only"}
+    assert all(line["queue"] == "calc" and line["duration_ms"] >= 0 for line in mine)
+    assert ["subtract"] in [line["rpc"] for line in forbidden]
+    assert len({line["pid"] for line in access}) == 2  # both processes log
+    # The gateway's own info lines, and uvicorn's, appear too, in the same format.
+    assert any("may not call" in line["message"] for line in lines)
+    assert any(line["logger"].startswith("uvicorn") for line in lines)
+
+
+async def test_access_lines_name_the_token_and_escape_the_path(gateway, queue, http, caplog):
+    caplog.set_level("INFO", logger="micromessaging.gateway.access")
+    await http.post(f"{gateway}/{queue}", json=rpc("add", 1, 2), headers=bearer(ADD_ONLY))
+    await http.post(f"{gateway}/a%0Afake%20line", json=rpc("add", 1, 2))
+    first, second = (r for r in caplog.records if r.name == "micromessaging.gateway.access")
+    assert first.getMessage().startswith(f"POST /{queue} 200 ")
+    assert f"queue={queue} token=add-only rpc=add" in first.getMessage()
+    assert (first.status, first.token, first.rpc) == (200, "add-only", ["add"])  # type: ignore[attr-defined]
+    assert "\n" not in second.getMessage() and "\\n" in second.getMessage()
+    assert second.status == 404 and second.queue is None  # type: ignore[attr-defined]
