@@ -635,3 +635,67 @@ async def test_http_status_finds_every_worker_sharing_the_port(url: str) -> None
         await wait_until(both)  # each status asks on 8 connections: both answer, nearly always
         status = await admin.status("calc")
         assert len({record.id for record in status.workers}) == len(status.workers)
+
+
+# --- one send per response ---------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class _Cycle:
+    response_started = False
+
+
+def test_a_response_head_goes_out_with_its_body_and_100_continue_at_once() -> None:
+    from micromessaging._http_server import OneWriteResponses
+
+    transport, cycle = _Recorder(), _Cycle()
+    view = OneWriteResponses(transport, cycle)  # type: ignore[arg-type]
+    view.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response: not held
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    cycle.response_started = True
+    view.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert len(transport.writes) == 1  # held
+    view.write(b"{}")
+    assert transport.writes[1] == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    view.write(b"more")
+    assert transport.writes[2] == b"more"
+    # A head never followed by a body still goes out, before the connection closes.
+    transport, cycle = _Recorder(), _Cycle()
+    cycle.response_started = True
+    view = OneWriteResponses(transport, cycle)  # type: ignore[arg-type]
+    view.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert not view.is_closing() and transport.writes == [b"HTTP/1.1 204 No Content\r\n\r\n"]
+    view.close()
+    assert transport.closed
+
+
+async def test_each_answer_is_one_send(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from asyncio import selector_events
+
+    sent: list[bytes] = []
+    write = selector_events._SelectorSocketTransport.write
+
+    def spy(self, data):  # type: ignore[no-untyped-def]
+        sent.append(bytes(data))
+        return write(self, data)
+
+    monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", spy)
+    async with Worker(Probe(), url, "calc"), AsyncClient(url, "calc") as client:
+        assert [await client.add(i, 1) for i in range(3)] == [1, 2, 3]
+    answers = [data for data in sent if data.startswith(b"HTTP/1.1 ")]
+    assert len(answers) == 3
+    assert all(data.endswith(b"}") for data in answers)  # the body came with its head
