@@ -250,10 +250,17 @@ class Gateway:
             return
         except ConnectionResetError:
             return
-        await self._forward(scope, send, grant, queue, body, entry)
+        await self._forward(scope, send, grant, queue, body, entry, caller_deadline)
 
     async def _forward(
-        self, scope: Scope, send: Send, grant: Grant, queue: str, body: bytes, entry: AccessEntry
+        self,
+        scope: Scope,
+        send: Send,
+        grant: Grant,
+        queue: str,
+        body: bytes,
+        entry: AccessEntry,
+        caller_deadline: float | None,
     ) -> None:
         try:
             message = loads(body)  # as the workers read it: integers of any size included
@@ -279,7 +286,6 @@ class Gateway:
         # What owes a reply: a request with an id, and anything invalid (it gets an error).
         owes_reply = any(not isinstance(i, dict) or "id" in i for i in items)
         deadline = time.time() + self.settings.timeout
-        caller_deadline = request_deadline(scope)
         if caller_deadline is not None:
             deadline = min(deadline, caller_deadline)
         # The caller's trace context goes on (when well formed); the broker's transport
