@@ -21,7 +21,8 @@ from aiormq import Channel
 from aiormq.abc import DeliveredMessage
 
 from ..._exceptions import CallTimeout, ConfigurationError, TransportError
-from .._shared import ReplyRouter, connection_lost, wait_shared
+from .._context import trace_headers
+from .._shared import ReplyRouter, connection_lost, encode_deadline, wait_shared
 from ..base import ClientTransport, TraceContext
 from .connection import CONNECT_TIMEOUT, Link, describe
 from .frames import HeaderValue, encode_publish
@@ -29,6 +30,7 @@ from .wire import (
     DEADLINE,
     DIRECT_REPLY_TO,
     JSON_CONTENT_TYPE,
+    SENT,
     deadline_header,
     expiration_for,
     parse_url,
@@ -102,7 +104,7 @@ class AmqpClientTransport(ClientTransport):
         channel = await self._ready(queue, deadline)
         correlation_id, future = self.router.expect(deadline)
         try:
-            self._publish(channel, queue, body, deadline, correlation_id)
+            self._publish(channel, queue, body, deadline, correlation_id, trace)
             return await future
         except BaseException:
             self.router.forget(correlation_id)
@@ -112,7 +114,7 @@ class AmqpClientTransport(ClientTransport):
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
         channel = await self._ready(queue, deadline or time.time() + CONNECT_TIMEOUT)
-        self._publish(channel, queue, body, deadline, None)
+        self._publish(channel, queue, body, deadline, None, trace)
 
     def _publish(
         self,
@@ -121,14 +123,18 @@ class AmqpClientTransport(ClientTransport):
         body: bytes,
         deadline: float | None,
         correlation_id: str | None,
+        trace: TraceContext | None,
     ) -> None:
-        headers: dict[str, HeaderValue] | None = None
+        now = time.time()
+        headers: dict[str, HeaderValue] = {SENT: encode_deadline(now)}
         expiration = None
         if deadline is not None:
             # The header is for the worker (skip what nobody awaits); the expiration is for
             # the broker (drop it from the queue), and needs no agreement between clocks.
-            headers = {DEADLINE: deadline_header(deadline)}
-            expiration = expiration_for(deadline, time.time())
+            headers[DEADLINE] = deadline_header(deadline)
+            expiration = expiration_for(deadline, now)
+        if trace:
+            headers.update(trace_headers(trace))
         try:
             data = encode_publish(
                 channel.number,

@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
+from .._context import decode_sent, read_trace
 from .._shared import UrlOptions, decode_deadline, encode_deadline
+from ..base import TraceContext
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 """RabbitMQ's pseudo-queue for replies: no queue to declare, replies go to the channel."""
@@ -27,6 +30,9 @@ DEAD_SUFFIX = ".dead"
 DEADLINE = "mm-deadline"
 """Header: when the caller stops waiting, in whole milliseconds since the epoch (an integer:
 pamqp re-encodes a float header as a 32-bit float, off by minutes at today's epoch)."""
+SENT = "mm-sent"
+"""Header: when the client sent the request, in whole milliseconds since the epoch (an
+integer, like `DEADLINE`); a foreign client's ``timestamp`` property (seconds) is read too."""
 DELIVERIES = "mm-deliveries"
 """Header: how many times the message has been handed to a worker (our count, classic queues)."""
 QUORUM_DELIVERIES = "x-delivery-count"
@@ -91,6 +97,21 @@ def deadline_header(deadline: float) -> int:
 def deadline_of(headers: Mapping[str, Any] | None) -> float | None:
     """The deadline a message carries, in seconds since the epoch (the shared rule)."""
     return decode_deadline(headers.get(DEADLINE)) if headers else None
+
+
+def sent_of(headers: Mapping[str, Any] | None, timestamp: object = None) -> float | None:
+    """When a message was sent (seconds since the epoch): `SENT`, else the AMQP ``timestamp``
+    property (whole seconds, as a foreign client may set it), else None."""
+    sent = decode_sent(headers.get(SENT)) if headers else None
+    if sent is None and isinstance(timestamp, datetime):
+        stamp = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+        sent = decode_sent(stamp.timestamp() * 1000)
+    return sent
+
+
+def trace_of(headers: Mapping[str, Any] | None) -> TraceContext | None:
+    """The W3C trace context in a message's headers; None when absent or malformed."""
+    return read_trace(headers) if headers else None
 
 
 def delivery_count_of(

@@ -44,6 +44,8 @@ from .wire import (
     expiration_for,
     parse_url,
     republishable,
+    sent_of,
+    trace_of,
 )
 
 logger = logging.getLogger("micromessaging.transport.amqp")
@@ -71,6 +73,9 @@ class AmqpDelivery(LedgerDelivery):
         self.body = message.body
         self.deadline = deadline
         self.delivery_count = delivery_count
+        headers = self.properties.headers
+        self.sent = sent_of(headers, self.properties.timestamp)
+        self.trace = trace_of(headers)
         self.reply_to: str | None = None
         """Where the reply goes: the request's reply_to once judged usable (`replies`)."""
         self.refusal: str | None = None
