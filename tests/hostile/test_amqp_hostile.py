@@ -103,7 +103,7 @@ class Harness:
     async def _delete_queues(self) -> None:
         channel = await self.connection.channel()
         for name in (self.queue, self.canary):
-            for queue in (name, name + ".dead"):
+            for queue in (name, name + ".dead", name + ".alive"):
                 await channel.queue_delete(queue)
 
     # --- sending ---------------------------------------------------------------------------
@@ -381,6 +381,12 @@ async def reply_to_its_own_dead_letters(h: Harness) -> None:
 
 
 @case
+async def reply_to_its_own_heartbeats(h: Harness) -> None:
+    # A reply planted there would stand in for a worker's sign of life.
+    await refused(h, h.queue + ".alive", "a heartbeat queue")
+
+
+@case
 async def reply_to_another_services_queue(h: Harness) -> None:
     await refused(h, h.canary, "a shared queue")
 
@@ -547,6 +553,7 @@ async def redelivered_with_headers_that_are_not_text(h: Harness) -> None:
         channel = await h.connection.channel()
         await channel.queue_delete(queue)
         await channel.queue_delete(queue + ".dead")
+        await channel.queue_delete(queue + ".alive")
 
 
 # --- send time and trace context --------------------------------------------------------------

@@ -28,6 +28,7 @@ from micromessaging import (
     CallTimeout,
     ConfigurationError,
     ErrorCode,
+    NoWorkers,
     RemoteError,
     TransportError,
     Worker,
@@ -53,12 +54,13 @@ from .contract import Probe, TransportContract, eventually
 
 
 async def delete_queues(broker: str, *names: str) -> None:
-    """Delete queues (and their dead-letter queues), ignoring those that don't exist."""
+    """Delete queues (and their dead-letter and heartbeat queues), ignoring those that don't
+    exist."""
     connection = await aio_pika.connect(broker)
     async with connection:
         channel = await connection.channel()
         for name in names:
-            for queue in (name, f"{name}.dead"):
+            for queue in (name, f"{name}.dead", f"{name}.alive"):
                 await channel.queue_delete(queue)
 
 
@@ -111,6 +113,11 @@ async def publish_raw(
                     async for message in messages:
                         return message.body
     return None
+
+
+def waiting(url: str) -> str:
+    """`url` with the no-worker rule off: calls wait for a worker never seen (worker_window=0)."""
+    return url + ("&" if "?" in url else "?") + "worker_window=0"
 
 
 @pytest.fixture
@@ -471,7 +478,8 @@ async def test_unknown_and_late_replies_are_dropped_and_counted(
 
 
 async def test_expired_requests_are_dropped_by_the_broker(queue_name: str, amqp_url: str) -> None:
-    async with AsyncClient(amqp_url, queue_name, timeout=0.3) as client:
+    # Called before any worker: the no-worker rule is off, as for a queue nobody reports on.
+    async with AsyncClient(waiting(amqp_url), queue_name, timeout=0.3) as client:
         with pytest.raises(CallTimeout):
             await client.add(1, 2)
         await client.notify("add", 1, 2)  # no deadline: it stays
@@ -567,7 +575,7 @@ async def test_redelivered_requests_are_counted_then_dead_lettered_with_an_answe
     redeliver it; after max_deliveries deliveries the caller gets DELIVERY_LIMIT."""
     probe = Probe()
     counts, deadlines = [], set()
-    async with AsyncClient(amqp_url, queue_name, timeout=20) as client:
+    async with AsyncClient(waiting(amqp_url), queue_name, timeout=20) as client:
         call = asyncio.create_task(client.call("record", "poison"))
         for _ in range(3):
             taken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -594,7 +602,7 @@ async def test_redelivered_requests_are_counted_then_dead_lettered_with_an_answe
 async def test_quorum_queues_count_deliveries_themselves(queue_name: str, amqp_url: str) -> None:
     url = amqp_url.rstrip("/") + "/?queue_type=quorum"
     counts = []
-    async with AsyncClient(url, queue_name, timeout=20) as client:
+    async with AsyncClient(waiting(url), queue_name, timeout=20) as client:
         call = asyncio.create_task(client.call("record", "poison"))
         for _ in range(2):
             taken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -647,3 +655,65 @@ async def test_notifications_and_requests_without_a_channel_fail_clearly(
         await transport.send(queue_name, b"{}", None)
     with pytest.raises(TransportError):
         await transport.connect()
+
+
+# --- the no-worker rule: consumers and heartbeats --------------------------------------------
+
+
+async def test_a_foreign_consumer_counts_as_serving(queue_name: str, amqp_url: str) -> None:
+    """The seed's Ruby worker sends no heartbeat: a consumer on the queue is enough."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name)
+
+        async def answer(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            request = orjson.loads(message.body)
+            reply = orjson.dumps({"jsonrpc": "2.0", "result": "foreign", "id": request["id"]})
+            await channel.default_exchange.publish(
+                aio_pika.Message(reply, correlation_id=message.correlation_id), message.reply_to
+            )
+            await message.ack()
+
+        await queue.consume(answer)
+        async with AsyncClient(amqp_url, queue_name, timeout=5) as client:
+            assert await client.call("anything") == "foreign"
+    assert await queue_state(amqp_url, f"{queue_name}.alive") is None
+
+
+async def test_a_queue_unserved_past_the_window_fails_fast_again(
+    queue_name: str, amqp_url: str
+) -> None:
+    """A client that saw a worker learns, within a recheck, that none is left; its heartbeat
+    queue holds the worker's last sign of life meanwhile."""
+    url = amqp_url + ("&" if "?" in amqp_url else "?") + "worker_window=0.5"
+    async with AsyncClient(url, queue_name, timeout=5) as client:
+        async with Worker(Probe(), amqp_url, queue_name):
+            assert await client.add(1, 2) == 3
+        assert (await queue_state(amqp_url, f"{queue_name}.alive") or (0, 0))[0] == 1
+        deadline = time.monotonic() + 10
+        refused: NoWorkers | None = None
+        while refused is None:
+            try:
+                await client.notify("record", "after")
+            except NoWorkers as exc:
+                refused = exc
+            assert time.monotonic() < deadline, "never told NoWorkers"
+            await asyncio.sleep(0.2)
+        assert refused.queue == queue_name and "last worker was seen" in str(refused)
+        started = time.monotonic()
+        with pytest.raises(NoWorkers):
+            await client.add(1, 2)
+        assert time.monotonic() - started < 1.0
+
+
+async def test_a_timed_out_call_makes_the_client_look_again(queue_name: str, amqp_url: str) -> None:
+    url = amqp_url + ("&" if "?" in amqp_url else "?") + "worker_window=0.3"
+    async with Worker(Probe(), amqp_url, queue_name), AsyncClient(url, queue_name) as client:
+        assert await client.add(1, 1) == 2
+    async with AsyncClient(url, queue_name, timeout=0.5) as client:
+        # Seen a moment ago: the call waits, and times out; by then the window has passed.
+        with pytest.raises((CallTimeout, NoWorkers)):
+            await client.add(1, 2)
+        with pytest.raises(NoWorkers):
+            await client.add(1, 2)

@@ -20,12 +20,13 @@ import time
 from aiormq import Channel
 from aiormq.abc import DeliveredMessage
 
-from ..._exceptions import CallTimeout, ConfigurationError, TransportError
+from ..._exceptions import CallTimeout, ConfigurationError, NoWorkers, TransportError
 from .._context import trace_headers
 from .._shared import ReplyRouter, connection_lost, encode_deadline, wait_shared
 from ..base import ClientTransport, TraceContext
 from .connection import CONNECT_TIMEOUT, Link, describe
 from .frames import HeaderValue, encode_publish
+from .presence import ALIVE_TTL_MS, RECHECK, served
 from .wire import (
     DEADLINE,
     DIRECT_REPLY_TO,
@@ -44,7 +45,12 @@ class AmqpClientTransport(ClientTransport):
         self.settings = parse_url(url)
         self.router = ReplyRouter()
         self._link: Link | None = None
+        self.worker_window = min(self.settings.worker_window, ALIVE_TTL_MS / 1000)
         self._queues: dict[str, asyncio.Future[None]] = {}
+        """Per queue: checked as served, and declared (done), or being so."""
+        self._checked: dict[str, float] = {}
+        self._rechecking: set[str] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
 
     async def connect(self) -> None:
@@ -80,17 +86,67 @@ class AmqpClientTransport(ClientTransport):
             await link.wait_open(deadline)
         declared = self._queues.get(queue)
         if declared is None or (declared.done() and declared.exception() is not None):
-            declared = self._queues[queue] = asyncio.ensure_future(self._declare(link, queue))
-            declared.add_done_callback(_retrieve)  # waiters may all have given up
+            declared = self._check(link, queue)
+        elif (
+            self.worker_window
+            and declared.done()
+            and time.monotonic() - self._checked.get(queue, 0.0) > RECHECK
+        ):
+            self._recheck(link, queue)  # calls go on with the last verdict meanwhile
         try:
             await wait_shared(declared, max(deadline - time.time(), 0))
         except TimeoutError:
             raise CallTimeout(f"queue {queue!r} was not declared before the deadline") from None
         return link.channel or await link.wait_open(deadline)
 
+    def _check(self, link: Link, queue: str) -> asyncio.Future[None]:
+        """Check that `queue` is served and declare it; the calls to it wait for this."""
+        self._checked[queue] = time.monotonic()
+        declared = self._queues[queue] = asyncio.ensure_future(self._declare(link, queue))
+        declared.add_done_callback(_retrieve)  # waiters may all have given up
+        return declared
+
+    def _recheck(self, link: Link, queue: str) -> None:
+        """Check `queue` again in the background; only a "no workers" verdict replaces the
+        last one (a broker error leaves it, and the next call tries again)."""
+        self._checked[queue] = time.monotonic()
+        if queue in self._rechecking:
+            return
+
+        async def recheck() -> None:
+            try:
+                verdict = await served(link, queue, self.worker_window)
+            except Exception:
+                self._checked.pop(queue, None)
+                return
+            finally:
+                self._rechecking.discard(queue)
+            if not verdict.served and self._link is link:
+                failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                failed.set_exception(NoWorkers(queue, verdict.detail))
+                self._queues[queue] = failed
+
+        self._rechecking.add(queue)
+        task = asyncio.ensure_future(recheck())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stale(self, queue: str) -> None:
+        """A call to `queue` failed: check that it is served before the next one."""
+        if self.worker_window and queue in self._queues and self._queues[queue].done():
+            del self._queues[queue]
+
     async def _declare(self, link: Link, queue: str) -> None:
         # Requests sent before any worker has declared the queue wait in it, like the seed's
-        # client, rather than being dropped by the default exchange.
+        # client, rather than being dropped by the default exchange; unless nobody serves
+        # it (the no-worker rule: presence), when nothing is declared and the call fails.
+        if self.worker_window:
+            try:
+                verdict = await served(link, queue, self.worker_window)
+            except Exception as exc:
+                raise TransportError(f"cannot look at queue {queue!r}: {describe(exc)}") from exc
+            if not verdict.served:
+                raise NoWorkers(queue, verdict.detail)
         try:
             await link.declare_queue(queue)
         except ValueError as exc:
@@ -106,8 +162,10 @@ class AmqpClientTransport(ClientTransport):
         try:
             self._publish(channel, queue, body, deadline, correlation_id, trace)
             return await future
-        except BaseException:
+        except BaseException as exc:
             self.router.forget(correlation_id)
+            if isinstance(exc, CallTimeout):
+                self.stale(queue)
             raise
 
     async def send(
@@ -169,6 +227,8 @@ class AmqpClientTransport(ClientTransport):
         for declared in self._queues.values():
             declared.cancel()
         self._queues.clear()
+        for task in list(self._tasks):
+            task.cancel()
         if link is not None:
             with contextlib.suppress(Exception):
                 await link.aclose()

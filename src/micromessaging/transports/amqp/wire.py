@@ -17,7 +17,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
 from .._context import decode_sent, read_trace
-from .._shared import UrlOptions, decode_deadline, encode_deadline
+from .._shared import (
+    WORKER_WINDOW,
+    UrlOptions,
+    decode_deadline,
+    encode_deadline,
+    worker_window,
+)
 from ..base import TraceContext
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
@@ -26,6 +32,8 @@ SERVER_NAMED = "amq.gen-"
 """How the names the broker gives queues declared without one begin (the seed's reply queue)."""
 DEAD_SUFFIX = ".dead"
 """A queue's dead letters are kept in ``<queue>.dead``."""
+ALIVE_SUFFIX = ".alive"
+"""A queue's last heartbeat is kept in ``<queue>.alive`` (`presence`)."""
 
 DEADLINE = "mm-deadline"
 """Header: when the caller stops waiting, in whole milliseconds since the epoch (an integer:
@@ -46,7 +54,7 @@ JSON_CONTENT_TYPE = "application/json"
 RECONNECT_INTERVAL = "1"
 """Seconds between reconnection attempts, unless the URL says otherwise (aio-pika's is 5)."""
 
-OUR_OPTIONS = frozenset({"queue_type", "durable", "no_verify_ssl"})
+OUR_OPTIONS = frozenset({"queue_type", "durable", "no_verify_ssl", "worker_window"})
 """Taken out of the URL (aio-pika gets the rest; no_verify_ssl goes back as aiormq reads it)."""
 
 
@@ -58,6 +66,8 @@ class AmqpSettings:
     queue_type: str = "classic"
     durable: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
+    worker_window: float = WORKER_WINDOW
+    """The no-worker rule's window, in seconds; 0: calls always wait (`presence`)."""
 
     @property
     def delivery_mode(self) -> int | None:
@@ -86,7 +96,7 @@ def parse_url(url: str) -> AmqpSettings:
         query["no_verify_ssl"] = "1" if ours.flag("no_verify_ssl", False) else "0"
     query.setdefault("reconnect_interval", RECONNECT_INTERVAL)
     connect_url = urlunsplit(parts._replace(query=urlencode(query)))
-    return AmqpSettings(connect_url, queue_type, durable, arguments)
+    return AmqpSettings(connect_url, queue_type, durable, arguments, worker_window(ours))
 
 
 def deadline_header(deadline: float) -> int:
@@ -154,6 +164,8 @@ def reply_to_refusal(reply_to: str, queue: str) -> str | None:
         return f"reply_to {shown} is the request queue itself"
     if reply_to.endswith(DEAD_SUFFIX):
         return f"reply_to {shown} is a dead-letter queue"
+    if reply_to.endswith(ALIVE_SUFFIX):
+        return f"reply_to {shown} is a heartbeat queue"
     if reply_to.startswith("amq.") and not reply_to.startswith(SERVER_NAMED):
         # Only the broker names queues amq.*: nothing else of that name can be a reply queue.
         return f"reply_to {shown} is neither direct reply-to nor a reply queue"

@@ -29,16 +29,18 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._exceptions import TransportError
-from .._shared import LedgerDelivery, WorkerTransportBase
+from .._shared import LedgerDelivery, WorkerTransportBase, encode_deadline
 from ..base import WorkerOptions
 from . import compat
 from .connection import Link, is_transient
 from .frames import encode_ack, encode_nack, encode_publish
+from .presence import ALIVE_ARGUMENTS, HEARTBEAT, alive_queue
 from .replies import ReplyAddresses
 from .wire import (
     DEAD_REASON,
     DELIVERIES,
     JSON_CONTENT_TYPE,
+    SENT,
     deadline_of,
     delivery_count_of,
     expiration_for,
@@ -100,6 +102,8 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         super().__init__(options)
         self.settings = parse_url(url)
         self.dead_queue = f"{options.queue}.dead"
+        self.alive_queue = alive_queue(options.queue)
+        self._heartbeats: asyncio.Task[None] | None = None
         self.prefetch = min(options.concurrency, MAX_PREFETCH)
         self._link: Link | None = None
         self._consumer: tuple[Channel, str] | None = None
@@ -117,6 +121,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         self._link = Link(self.settings, name, on_open=self._opened, on_lost=self._lost)
         self._replies = ReplyAddresses(self._link, self.queue, self.ledger.retrying)
         await self._link.start()
+        self._heartbeats = asyncio.create_task(self._beat())
 
     async def _opened(self, channel: Channel) -> None:
         assert self._link is not None
@@ -125,6 +130,37 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
         if self.receiving:
             await self._consume(channel)
+
+    async def _beat(self) -> None:
+        """Say every `HEARTBEAT` seconds that this worker is alive (`presence`)."""
+        while True:
+            try:
+                await self._heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("heartbeat of %r not published: %s", self.queue, exc)
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _heartbeat(self) -> None:
+        """Publish the time now to ``<queue>.alive``, declared first (it may have expired)."""
+        link = self._link
+        if link is None:
+            return
+        await link.declare_queue(self.alive_queue, durable=True, arguments=ALIVE_ARGUMENTS)
+        channel = link.channel
+        if channel is None:
+            return
+        data = encode_publish(
+            channel.number,
+            self.alive_queue,
+            b"{}",
+            body_frame_size=channel.max_content_size,
+            content_type=JSON_CONTENT_TYPE,
+            headers={SENT: encode_deadline(time.time())},
+            delivery_mode=2,  # a broker restart keeps it: calls wait for workers coming back
+        )
+        link.write(channel, data)
 
     async def _consume(self, channel: Channel) -> None:
         ok = await channel.basic_consume(self.queue, self._arrived)
@@ -304,12 +340,21 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         if consumer is not None and not consumer[0].is_closed:
             with contextlib.suppress(Exception):
                 await consumer[0].basic_cancel(consumer[1], timeout=5)
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
+            # The last time this worker was seen alive: calls wait for the next one.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._heartbeat(), 5)
 
     async def _give_back(self, deliveries: list[AmqpDelivery]) -> None:
         for delivery in deliveries:
             self._nack(delivery)
 
     async def _disconnect(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
         link, self._link = self._link, None
         if link is not None:
             await link.aclose()
