@@ -48,6 +48,7 @@ from micromessaging.transports.amqp.wire import (
 )
 from tests.brokers import free_port, rabbitmqctl_for
 
+from .admin_contract import AdminContract
 from .contract import Probe, TransportContract, eventually
 
 # --- helpers shared with the fault and interop tests ----------------------------------------
@@ -179,6 +180,16 @@ class TestAmqpContract(TransportContract):
             left.append(f"queue {queue}.dead")
         left += await our_connections(broker_url)
         return left
+
+
+class TestAmqpAdmin(AdminContract):
+    @pytest.fixture
+    def broker_url(self, amqp_url: str) -> str:
+        return amqp_url
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # Counted past any limit already: the worker dead-letters it at once.
+        await publish_raw(broker_url, queue, body, None, headers={DELIVERIES: 9})
 
 
 async def wait_for_queue_state(
@@ -717,3 +728,75 @@ async def test_a_timed_out_call_makes_the_client_look_again(queue_name: str, amq
             await client.add(1, 2)
         with pytest.raises(NoWorkers):
             await client.add(1, 2)
+
+
+# --- the admin side: what only RabbitMQ shows ------------------------------------------------
+
+
+async def test_status_and_dead_letters_from_the_command_line(
+    queue_name: str, amqp_url: str
+) -> None:
+    """``micromessaging status`` and ``dead-letters`` on RabbitMQ, as an operator types them;
+    listing twice loses nothing and keeps the ids."""
+    from click.testing import CliRunner
+
+    from micromessaging.cli import main
+
+    async def invoke(*args: str) -> tuple[int, str]:
+        result = await asyncio.to_thread(CliRunner().invoke, main, list(args))
+        return result.exit_code, result.output
+
+    probe = Probe()
+    async with (
+        Worker(probe, amqp_url, queue_name, concurrency=2, max_deliveries=2) as worker,
+        AsyncClient(amqp_url, queue_name) as client,
+    ):
+        assert await client.add(1, 2) == 3
+        body = orjson.dumps({"jsonrpc": "2.0", "method": "record", "params": ["dead"]})
+        await publish_raw(amqp_url, queue_name, body, None, headers={DELIVERIES: 9})
+        await wait_for_queue_state(amqp_url, f"{queue_name}.dead", lambda state: state[0] == 1)
+
+        code, text = await invoke("status", "-b", amqp_url, "-q", queue_name, "--json")
+        assert code == 0, text
+        [status] = orjson.loads(text)["queues"]
+        assert status["depth"] == 0 and status["dead_letters"] == 1
+        assert status["oldest_wait"] is None and any("oldest wait" in n for n in status["notes"])
+        [record] = status["workers"]
+        assert record["id"] == worker.id and record["concurrency"] == 2
+        code, text = await invoke("status", "-b", amqp_url)
+        assert code == 0 and queue_name in text, text
+
+        listed = [await invoke("dead-letters", "list", "-b", amqp_url, "-q", queue_name)]
+        listed.append(await invoke("dead-letters", "list", "-b", amqp_url, "-q", queue_name))
+        assert listed[0] == listed[1] and listed[0][0] == 0, listed
+        [line] = listed[0][1].splitlines()
+        assert "record" in line and "x9" in line
+        assert (await queue_state(amqp_url, f"{queue_name}.dead") or (0, 0))[0] == 1
+
+        code, text = await invoke(
+            "dead-letters", "replay", "-b", amqp_url, "-q", queue_name, "--id", line.split()[0]
+        )
+        assert code == 0, text
+        await eventually(lambda: "dead" in probe.ran)
+        assert (await queue_state(amqp_url, f"{queue_name}.dead") or (0, 0))[0] == 0
+
+
+async def test_a_foreign_consumer_is_counted_but_noted(queue_name: str, amqp_url: str) -> None:
+    from micromessaging.transports.amqp import admin_transport
+
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, admin_transport(amqp_url) as admin:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name)
+
+        async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.ack()
+
+        await queue.consume(take)
+        status = await admin.status(queue_name)
+        assert status.workers == [] and status.depth == 0
+        assert any("1 of 1 consumers did not answer" in note for note in status.notes)
+        missing = await admin.status(queue_name + "-nothing")
+        assert missing.depth == 0 and missing.dead_letters == 0
+        assert await admin.dead_letters(queue_name + "-nothing") == []
+        assert await admin.purge(queue_name + "-nothing", None) == 0

@@ -237,7 +237,7 @@ class Link:
         again as needed.
         """
         async with self._probe_slots:
-            channel = self._probes.pop() if self._probes else await self._probe_channel()
+            channel = self._probes.pop() if self._probes else await self.bare_channel()
             try:
                 await channel.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
             except aiormq.exceptions.ChannelLockedResource:
@@ -255,7 +255,7 @@ class Link:
         """(messages ready, consumers) of queue `name`, or None when it does not exist (a
         passive declaration on a probe channel: nothing is created)."""
         async with self._probe_slots:
-            channel = self._probes.pop() if self._probes else await self._probe_channel()
+            channel = self._probes.pop() if self._probes else await self.bare_channel()
             try:
                 ok = await channel.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
             except aiormq.exceptions.ChannelNotFoundEntity:
@@ -270,7 +270,7 @@ class Link:
         (taken with acknowledgements, then rejected back); (False, None) when the queue does
         not exist, (True, None) when it is empty."""
         async with self._probe_slots:
-            channel = self._probes.pop() if self._probes else await self._probe_channel()
+            channel = self._probes.pop() if self._probes else await self.bare_channel()
             try:
                 message = await channel.basic_get(name, no_ack=False, timeout=CONNECT_TIMEOUT)
             except aiormq.exceptions.ChannelNotFoundEntity:
@@ -285,7 +285,9 @@ class Link:
             headers = message.header.properties.headers or {}
             return True, headers.get(header)
 
-    async def _probe_channel(self) -> Channel:
+    async def bare_channel(self) -> Channel:
+        """A new aiormq channel (publisher confirms on), not kept by the link: its owner closes
+        it; `ConnectionError` while there is no connection."""
         transport = self.connection.transport if self.connection is not None else None
         if transport is None or self._closing:
             raise ConnectionError(f"no connection to {self.where} at the moment")

@@ -49,6 +49,10 @@ COUNT_LIMIT = 2**31
 """Counts read off a message are capped here, so that one raised by one still encodes."""
 DEAD_REASON = "mm-dead-reason"
 """Header on a dead letter: why the worker gave up on it."""
+DEAD_ID = "mm-dead-id"
+"""Header on a dead letter: its id (16 hex digits), what ``dead-letters --id`` names."""
+DEAD_AT = "mm-dead-at"
+"""Header on a dead letter: when it was dead-lettered, integer milliseconds since the epoch."""
 
 JSON_CONTENT_TYPE = "application/json"
 RECONNECT_INTERVAL = "1"

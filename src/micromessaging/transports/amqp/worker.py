@@ -20,6 +20,7 @@ import contextlib
 import copy
 import logging
 import os
+import secrets
 import socket
 import time
 from typing import cast
@@ -32,11 +33,15 @@ from ..._exceptions import TransportError
 from .._shared import LedgerDelivery, WorkerTransportBase, encode_deadline
 from ..base import WorkerOptions
 from . import compat
-from .connection import Link, is_transient
+from .connection import Link, describe, is_transient
 from .frames import encode_ack, encode_nack, encode_publish
 from .presence import ALIVE_ARGUMENTS, HEARTBEAT, alive_queue
 from .replies import ReplyAddresses
+from .stats import StatsResponder
 from .wire import (
+    COUNT_LIMIT,
+    DEAD_AT,
+    DEAD_ID,
     DEAD_REASON,
     DELIVERIES,
     JSON_CONTENT_TYPE,
@@ -104,6 +109,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         self.dead_queue = f"{options.queue}.dead"
         self.alive_queue = alive_queue(options.queue)
         self._heartbeats: asyncio.Task[None] | None = None
+        self._stats = StatsResponder(options.queue)
         self.prefetch = min(options.concurrency, MAX_PREFETCH)
         self._link: Link | None = None
         self._consumer: tuple[Channel, str] | None = None
@@ -128,8 +134,18 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         await self._declare()
         await channel.basic_qos(prefetch_count=self.prefetch)
         channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+        await self._answer_stats()  # before consuming: the first request may be a long one
         if self.receiving:
             await self._consume(channel)
+
+    async def _answer_stats(self) -> None:
+        """Answer stats requests (`stats`) on a new channel; a worker that can't still works."""
+        assert self._link is not None
+        await self._stats.close()
+        try:
+            await self._stats.start(await self._link.bare_channel(), self.reporter)
+        except Exception as exc:
+            logger.warning("%r will not answer stats requests: %s", self.queue, describe(exc))
 
     async def _beat(self) -> None:
         """Say every `HEARTBEAT` seconds that this worker is alive (`presence`)."""
@@ -313,7 +329,13 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         # that was deleted meanwhile, and dead letters are rare.
         await self._link.declare_queue(self.dead_queue)
         properties = copy.copy(delivery.properties)
-        properties.headers = {**republishable(properties.headers or {}), DEAD_REASON: reason}
+        properties.headers = {
+            **republishable(properties.headers or {}),
+            DEAD_REASON: reason,
+            DELIVERIES: min(delivery.delivery_count, COUNT_LIMIT),
+            DEAD_ID: secrets.token_hex(8),
+            DEAD_AT: encode_deadline(time.time()),
+        }
         properties.expiration = None  # a dead letter is kept until someone looks at it
         side = await self._link.side_channel()
         confirmation = await side.basic_publish(
@@ -355,6 +377,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         if self._heartbeats is not None:
             self._heartbeats.cancel()
             self._heartbeats = None
+        await self._stats.close()
         link, self._link = self._link, None
         if link is not None:
             await link.aclose()
