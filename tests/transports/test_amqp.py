@@ -38,6 +38,7 @@ from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport
 from micromessaging.transports.amqp.connection import Link
 from micromessaging.transports.amqp.frames import encode_ack, encode_nack, encode_publish
 from micromessaging.transports.amqp.wire import (
+    BROKER_DELIVERY_LIMIT,
     DEAD_REASON,
     DELIVERIES,
     deadline_header,
@@ -630,6 +631,34 @@ async def test_quorum_queues_count_deliveries_themselves(queue_name: str, amqp_u
     assert counts == [1, 2]
 
 
+async def test_quorum_queues_dead_letter_what_passes_the_brokers_limit(
+    queue_name: str, amqp_url: str
+) -> None:
+    """A request no worker of ours ever settles (a foreign consumer that gives it back, a
+    worker killed before it reads it) reaches <queue>.dead when the broker gives up on it."""
+    url = amqp_url.rstrip("/") + "/?queue_type=quorum"
+    async with Worker(Probe(), url, queue_name):
+        pass  # declares the queue and its dead-letter queue as quorum queues
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.declare_queue(queue_name, passive=True)
+        await channel.default_exchange.publish(aio_pika.Message(b'{"a": 1}'), queue_name)
+        returned = 0
+
+        async def give_back(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal returned
+            returned += 1
+            await message.reject(requeue=True)
+
+        await queue.consume(give_back)
+        await wait_for_queue_state(amqp_url, f"{queue_name}.dead", lambda state: state[0] == 1)
+    assert returned == BROKER_DELIVERY_LIMIT + 1
+    (dead,) = await drain_queue(amqp_url, f"{queue_name}.dead")
+    assert dead.body == b'{"a": 1}'
+
+
 async def test_a_queue_declared_otherwise_is_used_as_it_is(
     queue_name: str, caplog: pytest.LogCaptureFixture, amqp_url: str
 ) -> None:
@@ -800,3 +829,74 @@ async def test_a_foreign_consumer_is_counted_but_noted(queue_name: str, amqp_url
         assert missing.depth == 0 and missing.dead_letters == 0
         assert await admin.dead_letters(queue_name + "-nothing") == []
         assert await admin.purge(queue_name + "-nothing", None) == 0
+
+
+# --- publisher confirms (durable and quorum queues) ------------------------------------------
+
+
+async def test_refused_requests_fail_at_once_when_confirmed(queue_name: str, amqp_url: str) -> None:
+    """A queue full with reject-publish nacks: the notification and the call fail at once
+    with TransportError; on a queue that takes them, confirms cost the caller nothing."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            queue_name,
+            durable=True,
+            arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
+        )
+    url = waiting(amqp_url + ("&" if "?" in amqp_url else "?") + "durable=true")
+    async with AsyncClient(url, queue_name, timeout=20) as client:
+        await client.notify("record", "first")  # confirmed: the queue holds it
+        with pytest.raises(TransportError, match="refused"):
+            await client.notify("record", "second")
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="refused"):
+            await client.add(1, 2)
+        assert time.monotonic() - started < 2  # told at once, not at the 20 s timeout
+        transport = client._transport
+        assert transport is not None
+        pending = transport._pending_confirms  # type: ignore[attr-defined]
+        assert pending is not None and len(pending[1]) == 0 and pending[1].refused == 2
+    assert await queue_state(amqp_url, queue_name) == (1, 0)
+
+
+async def test_confirmed_calls_in_flight_all_answered(queue_name: str, amqp_url: str) -> None:
+    url = amqp_url.rstrip("/") + "/?queue_type=quorum"
+    async with (
+        Worker(Probe(), url, queue_name, concurrency=16),
+        AsyncClient(url, queue_name) as client,
+    ):
+        results = await asyncio.gather(*(client.add(i, 1) for i in range(500)))
+        assert results == [i + 1 for i in range(500)]
+        for i in range(20):
+            await client.notify("record", i)
+        transport = client._transport
+        assert transport is not None
+        pending = transport._pending_confirms  # type: ignore[attr-defined]
+        assert pending is not None and pending[1].refused == 0
+        await eventually(lambda: len(pending[1]) == 0)
+
+
+def test_a_replayed_dead_letter_loses_its_count_and_keeps_a_clamped_expiration() -> None:
+    from micromessaging.transports.amqp.admin import _fresh
+
+    past = deadline_header(time.time() - 60)
+    properties = Basic.Properties(
+        headers={
+            DELIVERIES: 9,
+            DEAD_REASON: "delivered 9 times",
+            "mm-dead-id": "ab12",
+            "x-delivery-count": 8,
+            "mm-deadline": past,
+            "keep": "me",
+        },
+        reply_to="amq.rabbitmq.reply-to.abc",
+        correlation_id="c1",
+    )
+    fresh = _fresh(properties)
+    assert fresh.headers is not None
+    assert set(fresh.headers) == {"mm-deadline", "keep", "mm-sent"}
+    assert fresh.expiration == "1"  # a deadline long past: clamped, never negative
+    assert (fresh.reply_to, fresh.correlation_id) == ("amq.rabbitmq.reply-to.abc", "c1")
+    assert _fresh(Basic.Properties(headers={})).expiration is None

@@ -3,10 +3,12 @@ through direct reply-to, all on one channel of one connection.
 
 Every call of a client shares one consumer of ``amq.rabbitmq.reply-to`` (no queue to
 declare or delete: the broker routes replies to the channel), and its reply is matched by
-``correlation_id`` in a `ReplyRouter`. Requests are not confirmed by the broker: a confirm
-costs a frame each way and a future per message, and a request lost in a broker crash ends
-the same way as one whose reply was (the reply path dies with the connection): the caller
-gets `TransportError` at once, or `CallTimeout` at its deadline.
+``correlation_id`` in a `ReplyRouter`. Requests to queues that keep them (``durable=true``,
+``queue_type=quorum``) are published with confirms, pipelined (`confirms`): a refusal fails
+the call at once, and a call never waits for its confirm. Other requests are not confirmed: a
+confirm costs a frame each way, and a request lost in a broker crash ends the same way as
+one whose reply was (the reply path dies with the connection): the caller gets
+`TransportError` at once, or `CallTimeout` at its deadline.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from aiormq import Channel
 from aiormq.abc import DeliveredMessage
 
 from ..._exceptions import CallTimeout, ConfigurationError, NoWorkers, TransportError
+from ..._settings import mask_password
 from .._context import trace_headers
 from .._shared import ReplyRouter, connection_lost, encode_deadline, wait_shared
 from ..base import ClientTransport, TraceContext
+from . import compat
+from .confirms import PendingConfirms
 from .connection import CONNECT_TIMEOUT, Link, describe
 from .frames import HeaderValue, encode_publish
 from .presence import ALIVE_TTL_MS, RECHECK, served
@@ -46,6 +51,9 @@ class AmqpClientTransport(ClientTransport):
         self.router = ReplyRouter()
         self._link: Link | None = None
         self.worker_window = min(self.settings.worker_window, ALIVE_TTL_MS / 1000)
+        self.confirms = self.settings.durable
+        """Requests are published with confirms when the queue keeps them (`confirms`)."""
+        self._pending_confirms: tuple[Channel, PendingConfirms] | None = None
         self._queues: dict[str, asyncio.Future[None]] = {}
         """Per queue: checked as served, and declared (done), or being so."""
         self._checked: dict[str, float] = {}
@@ -59,13 +67,19 @@ class AmqpClientTransport(ClientTransport):
         if self._link is not None:
             return
         name = f"micromessaging client {socket.gethostname()} pid {os.getpid()}"
-        link = Link(self.settings, name, on_open=self._opened, on_lost=self._lost)
+        link = Link(
+            self.settings, name, on_open=self._opened, on_lost=self._lost, confirms=self.confirms
+        )
         await link.start()
         self._link = link
 
     async def _opened(self, channel: Channel) -> None:
         # A new connection may be to a restarted broker that lost non-durable queues.
         self._queues.clear()
+        if self.confirms:
+            pending = PendingConfirms(mask_password(self.settings.connect_url.split("?")[0]))
+            compat.on_confirms(channel, pending.confirmed)
+            self._pending_confirms = (channel, pending)
         await channel.basic_consume(DIRECT_REPLY_TO, self._reply, no_ack=True)
 
     async def _reply(self, message: DeliveredMessage) -> None:
@@ -75,6 +89,9 @@ class AmqpClientTransport(ClientTransport):
         # Direct reply-to is bound to the channel: replies to calls in flight can't arrive.
         where = self._link.where if self._link is not None else "RabbitMQ"
         self.router.fail_all(connection_lost(where, exc))
+        if self._pending_confirms is not None:
+            self._pending_confirms[1].lost(connection_lost(where, exc))
+            self._pending_confirms = None
 
     async def _ready(self, queue: str, deadline: float) -> Channel:
         """The open channel, once `queue` is known to exist (declared like the seed does)."""
@@ -160,7 +177,10 @@ class AmqpClientTransport(ClientTransport):
         channel = await self._ready(queue, deadline)
         correlation_id, future = self.router.expect(deadline)
         try:
-            self._publish(channel, queue, body, deadline, correlation_id, trace)
+            pending = self._publish(channel, queue, body, deadline, correlation_id, trace)
+            if pending is not None:
+                # Not waited for: a refusal fails the call, the reply ends it.
+                pending.published(on_refused=lambda exc: self.router.fail(correlation_id, exc))
             return await future
         except BaseException as exc:
             self.router.forget(correlation_id)
@@ -171,8 +191,17 @@ class AmqpClientTransport(ClientTransport):
     async def send(
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
-        channel = await self._ready(queue, deadline or time.time() + CONNECT_TIMEOUT)
-        self._publish(channel, queue, body, deadline, None, trace)
+        until = deadline or time.time() + CONNECT_TIMEOUT
+        channel = await self._ready(queue, until)
+        pending = self._publish(channel, queue, body, deadline, None, trace)
+        if pending is not None:
+            # A notification has no reply: the broker's confirm is all it waits for.
+            confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            pending.published(future=confirmed)
+            try:
+                await asyncio.wait_for(confirmed, max(until - time.time(), 0.001))
+            except TimeoutError:
+                raise CallTimeout(f"the notification to {queue!r} was not confirmed") from None
 
     def _publish(
         self,
@@ -182,7 +211,8 @@ class AmqpClientTransport(ClientTransport):
         deadline: float | None,
         correlation_id: str | None,
         trace: TraceContext | None,
-    ) -> None:
+    ) -> PendingConfirms | None:
+        """Write the request; the channel's unconfirmed publishes when it confirms them."""
         now = time.time()
         headers: dict[str, HeaderValue] = {SENT: encode_deadline(now)}
         expiration = None
@@ -211,6 +241,10 @@ class AmqpClientTransport(ClientTransport):
         assert self._link is not None
         if not self._link.write(channel, data):
             raise connection_lost(self._link.where, self._link.last_error)
+        confirming = self._pending_confirms
+        if confirming is not None and confirming[0] is channel:
+            return confirming[1]
+        return None
 
     async def check(self) -> None:
         link = self._link

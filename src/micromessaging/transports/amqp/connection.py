@@ -68,8 +68,11 @@ class Link:
         *,
         on_open: Callable[[Channel], Awaitable[None]],
         on_lost: Callable[[BaseException | None], None],
+        confirms: bool = False,
     ) -> None:
         self.settings = settings
+        self.confirms = confirms
+        """Whether the main channel is in confirm mode (its owner handles the confirms)."""
         self.name = name
         self.where = mask_password(settings.connect_url.split("?", 1)[0])
         self._on_open = on_open
@@ -115,7 +118,7 @@ class Link:
 
     async def _open(self) -> None:
         assert self.connection is not None
-        wrapper = aio_pika.Channel(self.connection, publisher_confirms=False)
+        wrapper = aio_pika.Channel(self.connection, publisher_confirms=self.confirms)
         await wrapper.initialize(timeout=CONNECT_TIMEOUT)
         channel = cast(Channel, await wrapper.get_underlay_channel())
         self._wrappers[channel] = wrapper
@@ -213,7 +216,8 @@ class Link:
             await side.queue_declare(
                 name,
                 durable=self.settings.durable if durable is None else durable,
-                arguments=(self.settings.arguments if arguments is None else arguments) or None,
+                arguments=(self.settings.arguments_for(name) if arguments is None else arguments)
+                or None,
                 timeout=CONNECT_TIMEOUT,
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:

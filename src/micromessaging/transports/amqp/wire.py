@@ -54,6 +54,12 @@ DEAD_ID = "mm-dead-id"
 DEAD_AT = "mm-dead-at"
 """Header on a dead letter: when it was dead-lettered, integer milliseconds since the epoch."""
 
+BROKER_DELIVERY_LIMIT = 20
+"""Quorum queues: deliveries after which the broker itself dead-letters a request (RabbitMQ
+4's default, declared so that 3.x does the same). Our workers give up first, with a reply,
+at ``--max-deliveries`` (3): this catches what they never saw (a request that kills a
+worker before it is read, workers run with a higher limit)."""
+
 JSON_CONTENT_TYPE = "application/json"
 RECONNECT_INTERVAL = "1"
 """Seconds between reconnection attempts, unless the URL says otherwise (aio-pika's is 5)."""
@@ -72,6 +78,19 @@ class AmqpSettings:
     arguments: dict[str, Any] = field(default_factory=dict)
     worker_window: float = WORKER_WINDOW
     """The no-worker rule's window, in seconds; 0: calls always wait (`presence`)."""
+
+    def arguments_for(self, queue: str) -> dict[str, Any]:
+        """The arguments `queue` is declared with: on quorum, a service's queue also names its
+        dead-letter queue and a delivery limit (`BROKER_DELIVERY_LIMIT`), so that a request
+        the broker gives up on reaches ``<queue>.dead`` instead of being dropped."""
+        if self.queue_type != "quorum" or queue.endswith((DEAD_SUFFIX, ALIVE_SUFFIX)):
+            return dict(self.arguments)
+        return {
+            **self.arguments,
+            "x-delivery-limit": BROKER_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue + DEAD_SUFFIX,
+        }
 
     @property
     def delivery_mode(self) -> int | None:

@@ -196,6 +196,9 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
     async def _declare(self) -> None:
         assert self._link is not None
         as_asked = await self._link.declare_queue(self.queue)
+        if self.settings.queue_type == "quorum":
+            # Where the broker dead-letters what passes its own delivery limit: it must exist.
+            await self._link.declare_queue(self.dead_queue)
         # x-delivery-count counts deliveries only on a queue known to be a quorum queue: on
         # any other it is a header its publisher wrote, and would let a caller lower a count.
         self._counts_itself = as_asked and self.settings.queue_type == "quorum"
