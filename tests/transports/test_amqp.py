@@ -655,6 +655,13 @@ async def test_quorum_queues_dead_letter_what_passes_the_brokers_limit(
         await queue.consume(give_back)
         await wait_for_queue_state(amqp_url, f"{queue_name}.dead", lambda state: state[0] == 1)
     assert returned == BROKER_DELIVERY_LIMIT + 1
+    from micromessaging.transports.amqp import admin_transport
+
+    async with admin_transport(url) as admin:
+        [record] = await admin.dead_letters(queue_name)
+        assert record.reason.startswith("dead-lettered by the broker: delivery_limit")
+        assert record.deliveries == 0  # unknown: the broker keeps no count on it
+        assert abs(time.time() - record.at) < 60
     (dead,) = await drain_queue(amqp_url, f"{queue_name}.dead")
     assert dead.body == b'{"a": 1}'
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import aiormq
@@ -252,7 +253,16 @@ def _dead_letter(queue: str, message: DeliveredMessage) -> DeadLetter:
         digest.update(repr(sorted((str(k), repr(v)) for k, v in headers.items())).encode())
         dead_id = digest.hexdigest()[:16]
     deliveries = headers.get(DELIVERIES)
+    reason = str(headers.get(DEAD_REASON, ""))
     at = decode_sent(headers.get(DEAD_AT))
+    death = _broker_death(headers)
+    if death is not None and not reason:
+        # Dead-lettered by the broker itself (a quorum queue's delivery limit): x-death says.
+        reason = f"dead-lettered by the broker: {death.get('reason', 'unknown')}"
+        # Its count is not kept (the dead-letter queue counts afresh): 0 says "unknown".
+        when = death.get("time")
+        if at is None and isinstance(when, datetime):
+            at = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
     extra: dict[str, Any] = {
         name: value
         for name, value in (
@@ -267,12 +277,20 @@ def _dead_letter(queue: str, message: DeliveredMessage) -> DeadLetter:
     return DeadLetter(
         id=dead_id,
         queue=queue,
-        reason=str(headers.get(DEAD_REASON, "")),
+        reason=reason,
         deliveries=deliveries if type(deliveries) is int else 0,
         at=at if at is not None else 0.0,
         body=message.body,
         extra=extra,
     )
+
+
+def _broker_death(headers: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest ``x-death`` entry the broker wrote on a message it dead-lettered."""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]
+    return None
 
 
 def _fresh(properties: Basic.Properties) -> Basic.Properties:
