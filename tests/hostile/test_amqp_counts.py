@@ -121,3 +121,4 @@ async def test_forged_counts_still_reach_the_delivery_limit(
     finally:
         await channel.queue_delete(queue)
         await channel.queue_delete(queue + ".dead")
+        await channel.queue_delete(queue + ".alive")
