@@ -187,6 +187,7 @@ async def test_a_hostile_message_neither_wedges_the_worker_nor_touches_other_key
     queue = f"q-{uuid.uuid4().hex[:10]}"
     reply_list = f"mm:reply:{queue}"
     ours = (queue.encode(), f"mm:{queue}:".encode(), reply_list.encode(), b"mm:reply:")
+    ours += (wire.QUEUES_KEY.encode(),)  # the queues workers serve: this one joins it
     before = await keyspace(redis, skip=ours)
     gauge = Gauge()
     async with serving(gauge, server.url, queue, concurrency=CONCURRENCY) as worker:
@@ -222,7 +223,7 @@ async def test_a_flood_of_mixed_hostile_messages_leaves_the_worker_whole(
 ) -> None:
     queue = f"q-{uuid.uuid4().hex[:10]}"
     reply_list = f"mm:reply:{queue}"
-    ours = (queue.encode(), f"mm:{queue}:".encode(), b"mm:reply:")
+    ours = (queue.encode(), f"mm:{queue}:".encode(), b"mm:reply:", wire.QUEUES_KEY.encode())
     before = await keyspace(redis, skip=ours)
     small = [kind for kind in KINDS if "10mb" not in kind.name]
     gauge = Gauge()

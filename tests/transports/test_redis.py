@@ -27,11 +27,17 @@ from micromessaging import (
     TransportError,
     Worker,
 )
-from micromessaging.transports import WorkerOptions, client_transport, worker_transport
-from micromessaging.transports.redis import RedisSettings
+from micromessaging.transports import (
+    WorkerOptions,
+    admin_transport,
+    client_transport,
+    worker_transport,
+)
+from micromessaging.transports.redis import RedisSettings, scripts
 from micromessaging.transports.redis import wire as wire
 from tests.brokers import RedisNode, free_port
 
+from .admin_contract import AdminContract
 from .contract import Probe, TransportContract, eventually
 
 # --- helpers shared with the fault and interop tests -------------------------------------------
@@ -223,9 +229,9 @@ class RedisContractHooks(TransportContract):
         assert await kill_connections(self.redis_url, f"mm:worker:{queue}:") >= 1
 
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
-        keys = [
-            k for k in await queue_keys(self.redis_url, queue) if k != wire.dead_letter_key(queue)
-        ]
+        # Kept on purpose: the dead letters, and the last-seen time (it expires by itself).
+        kept = (wire.dead_letter_key(queue), wire.seen_key(queue))
+        keys = [k for k in await queue_keys(self.redis_url, queue) if k not in kept]
         new_replies = await reply_lists(self.redis_url) - self._replies_before
         return keys + sorted(new_replies)
 
@@ -247,6 +253,21 @@ class TestRedisSeedWireContract(RedisContractHooks):
             "a seed-form request over the size limit is dead-lettered unparsed: its reply "
             "address is inside the body (see test_bad_input_is_answered_or_dead_lettered_...)"
         )
+
+    async def test_send_time_and_trace_context_reach_the_worker(self) -> None:
+        pytest.skip("the seed's wire is the bare request: it carries no send time, no trace")
+
+
+class TestRedisAdmin(AdminContract):
+    """Status from the workers' heartbeats and the queue's lists; dead letters by record."""
+
+    @pytest.fixture
+    def broker_url(self, redis_url: str) -> str:
+        return redis_url
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # An envelope saying it was delivered 99 times already: dead-lettered unrun.
+        await push_raw(broker_url, queue, envelope({"mm": 1, "n": 99}, body))
 
 
 # --- Redis's own behaviours --------------------------------------------------------------------
@@ -430,7 +451,11 @@ async def test_running_worker_keys_and_clean_stop(queue: str, probe: Probe, redi
         assert wire.workers_key(queue) in keys
         [heartbeat] = [key for key in keys if ":heartbeat:" in key]
         assert 0 < await redis_call(redis_url, "pttl", heartbeat) <= 2000
-    assert await queue_keys(redis_url, queue) == []
+        record = orjson.loads(await redis_call(redis_url, "get", heartbeat))
+        assert record["queue"] == queue and record["heartbeat"] == 2.0
+    # Only the last-seen time stays, and it expires by itself.
+    assert await queue_keys(redis_url, queue) == [wire.seen_key(queue)]
+    assert 0 < await redis_call(redis_url, "pttl", wire.seen_key(queue)) <= scripts.SEEN_KEEP_MS
 
 
 def test_worker_describes_itself_without_password() -> None:
@@ -612,3 +637,75 @@ async def test_sync_call_is_not_held_up_by_a_slow_one_in_another_thread(
             return took
 
     assert await asyncio.wait_for(asyncio.to_thread(scenario), 20) < 0.5
+
+
+# --- the admin side ----------------------------------------------------------------------------
+
+
+async def test_admin_reads_records_of_any_writer_and_replays_each_once(
+    queue: str, redis_url: str
+) -> None:
+    dead = wire.dead_letter_key(queue)
+    client = aioredis.Redis.from_url(redis_url)
+    old_record = orjson.dumps(  # written before records carried an id: one derived from it
+        {"queue": queue, "reason": "why", "worker": "w", "at": 1000, "header": None,
+         "body": '{"jsonrpc":"2.0","method":"record","params":["old"]}'}
+    )  # fmt: skip
+    try:
+        await client.rpush(dead, old_record, b"not a record", b"[1]")
+        await client.sadd(wire.QUEUES_KEY, queue)
+        async with admin_transport(redis_url) as admin:
+            assert queue in await admin.queues()
+            records = await admin.dead_letters(queue)
+            assert [r.reason for r in records] == ["why", *["unreadable dead-letter record"] * 2]
+            assert records[0].at == 1.0 and records[0].deliveries == 1
+            assert records[1].body == b"not a record"
+            assert [r.id for r in await admin.dead_letters(queue)] == [r.id for r in records]
+            # Two replays at once: the record goes back once. Unreadable ones stay.
+            first, second = await asyncio.gather(
+                admin.replay(queue, None), admin.replay(queue, [records[0].id])
+            )
+            assert len(first) + len(second) == 1
+            assert await client.lrange(queue, 0, -1) == [wire.dead_letter_body(old_record)]
+            assert await admin.purge(queue, [records[1].id]) == 1
+            assert await admin.purge(queue, [records[1].id]) == 0
+            assert await admin.purge(queue, None) == 1
+            status = await admin.status(queue)
+            assert (status.depth, status.dead_letters, status.workers) == (1, 0, [])
+            assert status.oldest_wait is None and "seed form" in status.notes[0]
+            await admin.delete_queue(queue)
+            assert await queue_keys(redis_url, queue) == []
+            assert queue not in await admin.queues()
+            assert not await client.sismember(wire.QUEUES_KEY, queue)
+    finally:
+        await client.aclose()
+
+
+async def test_admin_status_of_a_worker_that_died_and_of_waiting_requests(
+    queue: str, redis_url: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # A registered worker with no heartbeat (dead), holding two requests; one written by
+        # an older version (a timestamp for a heartbeat).
+        await client.sadd(wire.workers_key(queue), "dead", "old")
+        await client.lpush(wire.processing_key(queue, "dead"), b"a", b"b")
+        await client.set(wire.heartbeat_key(queue, "old"), b"1700000000", px=10_000)
+        async with AsyncClient(redis_url + "?worker_window=0", queue, timeout=0.5) as caller:
+            with pytest.raises(CallTimeout):
+                await caller.add(1, 2)
+        async with admin_transport(redis_url) as admin:
+            status = await admin.status(queue)
+            assert status.in_flight == 2 and status.depth == 1
+            assert status.oldest_wait is not None and 0 <= status.oldest_wait < 30
+            [old] = status.workers
+            assert (old.id, old.last_seen) == ("old", 1700000000.0)
+            assert "1 registered worker(s) without a heartbeat" in status.notes[0]
+    finally:
+        await client.aclose()
+
+
+async def test_admin_on_an_unreachable_redis_is_a_transport_error() -> None:
+    with pytest.raises(TransportError):
+        async with admin_transport(f"redis://127.0.0.1:{free_port()}/0"):
+            pass

@@ -14,6 +14,7 @@ worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s)
 from __future__ import annotations
 
 from ..base import ClientTransport, SyncClientTransport, WorkerOptions
+from .admin import RedisAdmin, admin_transport
 from .client import RedisClientTransport, RedisSeedClientTransport
 from .connection import RedisSettings
 from .sync_client import RedisSeedSyncClientTransport, RedisSyncClientTransport
@@ -42,6 +43,7 @@ def worker_transport(url: str, options: WorkerOptions) -> RedisWorkerTransport:
 
 
 __all__ = [
+    "RedisAdmin",
     "RedisClientTransport",
     "RedisDelivery",
     "RedisSeedClientTransport",
@@ -49,6 +51,7 @@ __all__ = [
     "RedisSettings",
     "RedisSyncClientTransport",
     "RedisWorkerTransport",
+    "admin_transport",
     "client_transport",
     "sync_client_transport",
     "worker_transport",

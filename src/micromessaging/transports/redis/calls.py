@@ -16,6 +16,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissi
 
 from ..._exceptions import TransportError
 from .._shared import Refused, looks_refused
+from ..base import TraceContext
 from . import scripts, wire
 from .connection import LINK_ERRORS, RedisSettings, transport_error
 
@@ -40,9 +41,12 @@ def client_name(client_id: str) -> str:
     return f"mm:client:{client_id}"
 
 
-def notification(body: bytes, deadline: float | None) -> bytes:
-    """The message for a call that wants no reply: the seed form, or a header with a deadline."""
-    return body if deadline is None else wire.encode_request(body, None, None, deadline)
+def notification(
+    body: bytes, deadline: float | None, sent: float, trace: TraceContext | None
+) -> bytes:
+    """The message for a call that wants no reply: a header without reply_to (send time,
+    deadline when there is one, trace context when given), then the body."""
+    return wire.encode_request(body, None, None, deadline, sent, trace)
 
 
 def push_commands(messages: Iterable[tuple[str, bytes]]) -> list[tuple[Any, ...]]:

@@ -75,7 +75,9 @@ class RedisClientTransport(ClientTransport):
         if not self._open:
             raise self._failures.closed()
         correlation_id, future = self._router.expect(deadline)
-        message = wire.encode_request_fast(self._prefix, correlation_id, deadline, body)
+        message = wire.encode_request_fast(
+            self._prefix, correlation_id, deadline, time.time(), body, trace
+        )
         try:
             await self._pusher.send((queue, message, future, True))
             return await future
@@ -89,7 +91,8 @@ class RedisClientTransport(ClientTransport):
         if not self._open:
             raise self._failures.closed()
         pushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._pusher.send((queue, calls.notification(body, deadline), pushed, False))
+        message = calls.notification(body, deadline, time.time(), trace)
+        await self._pusher.send((queue, message, pushed, False))
         await pushed
 
     async def _push(self, batch: list[_Push]) -> None:

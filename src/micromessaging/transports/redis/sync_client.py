@@ -92,7 +92,7 @@ class RedisSyncClientTransport(SyncClientTransport):
             raise self._failures.closed()
         cid = next(self._cids)
         waiter = _Waiter()
-        message = wire.encode_request_fast(self._prefix, cid, deadline, body)
+        message = wire.encode_request_fast(self._prefix, cid, deadline, time.time(), body, trace)
         with self._lock:
             self._pending[cid] = waiter
             lone = len(self._pending) == 1 and not self._reading and not self._pushing
@@ -282,7 +282,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         if self._closed or self._redis is None:
             raise self._failures.closed()
         try:
-            self._redis.lpush(queue, calls.notification(body, deadline))
+            self._redis.lpush(queue, calls.notification(body, deadline, time.time(), trace))
         except CONNECTION_ERRORS as exc:
             raise self._failures.sending(exc) from exc
 
