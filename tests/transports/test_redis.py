@@ -709,3 +709,22 @@ async def test_admin_on_an_unreachable_redis_is_a_transport_error() -> None:
     with pytest.raises(TransportError):
         async with admin_transport(f"redis://127.0.0.1:{free_port()}/0"):
             pass
+
+
+def test_envelopes_carry_send_time_and_trace_context() -> None:
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+             "tracestate": 'quoted="yes",back\\slash'}  # fmt: skip
+    prefix = wire.request_prefix("mm:reply:abc")
+    for message in (
+        wire.encode_request_fast(prefix, "c.1", 1733000000.5, 1733000000.25, b"{}", trace),
+        wire.encode_request(b"{}", None, None, None, 1733000000.25, trace),
+    ):
+        header, body = wire.split_envelope(message)
+        assert header is not None and body == b"{}"
+        envelope_ = wire.read_header(header, "calc")
+        assert envelope_.sent == 1733000000.25
+        assert envelope_.trace == trace
+    # A trace context that would be dropped on reading is not written either.
+    bad = {"traceparent": "not one", "tracestate": "a=b"}
+    header, _ = wire.split_envelope(wire.encode_request_fast(prefix, "c", 1.0, 2.0, b"{}", bad))
+    assert header is not None and "traceparent" not in header and "tracestate" not in header
