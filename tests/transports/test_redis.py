@@ -24,6 +24,7 @@ from micromessaging import (
     Client,
     ConfigurationError,
     ErrorCode,
+    NoWorkers,
     TransportError,
     Worker,
 )
@@ -241,9 +242,10 @@ class TestRedisContract(RedisContractHooks):
 
 
 class TestRedisSeedWireContract(RedisContractHooks):
-    """``?wire=seed``: our client speaking the seed's protocol to our worker."""
+    """``?wire=seed``: our client speaking the seed's protocol to our worker; with the
+    no-worker rule asked for, as it is off by default on the seed's wire."""
 
-    wire_query = "?wire=seed"
+    wire_query = "?wire=seed&worker_window=30"
 
     async def test_expired_request_is_not_run(self) -> None:
         pytest.skip("the seed's wire carries no deadline: a seed-form request is always run")
@@ -728,3 +730,104 @@ def test_envelopes_carry_send_time_and_trace_context() -> None:
     bad = {"traceparent": "not one", "tracestate": "a=b"}
     header, _ = wire.split_envelope(wire.encode_request_fast(prefix, "c", 1.0, 2.0, b"{}", bad))
     assert header is not None and "traceparent" not in header and "tracestate" not in header
+
+
+# --- no workers --------------------------------------------------------------------------------
+
+
+def test_the_no_worker_rule_is_off_on_the_seed_wire_unless_asked_for() -> None:
+    assert RedisSettings.from_url("redis://h").worker_window == 30.0
+    assert RedisSettings.from_url("redis://h?worker_window=2.5").worker_window == 2.5
+    assert RedisSettings.from_url("redis://h?worker_window=0").worker_window == 0.0
+    assert RedisSettings.from_url("redis://h?wire=seed").worker_window == 0.0
+    assert RedisSettings.from_url("redis://h?wire=seed&worker_window=5").worker_window == 5.0
+    with pytest.raises(ConfigurationError):
+        RedisSettings.from_url("redis://h?worker_window=-1")
+
+
+async def test_blocking_calls_to_a_queue_nobody_serves_fail_fast_and_leave_nothing(
+    queue: str, redis_url: str
+) -> None:
+    before = await reply_lists(redis_url)
+
+    def scenario() -> list[float]:
+        took = []
+        for url in (redis_url, redis_url + "?wire=seed&worker_window=30"):
+            with Client(url, queue, timeout=10) as client:
+                for call in (lambda: client.add(1, 2), lambda: client.notify("record", 1)):
+                    started = time.monotonic()
+                    with pytest.raises(NoWorkers, match=queue):
+                        call()
+                    took.append(time.monotonic() - started)
+        return took
+
+    assert max(await asyncio.wait_for(asyncio.to_thread(scenario), 30)) < 1.0
+    assert await queue_keys(redis_url, queue) == []
+    assert await reply_lists(redis_url) - before == set()
+
+
+async def test_a_killed_worker_counts_as_alive_until_its_heartbeat_expires(
+    queue: str, redis_url: str
+) -> None:
+    # As a killed worker leaves it: the last-seen key says when its heartbeat expires.
+    redis_time = await redis_call(redis_url, "time")
+    now_ms = redis_time[0] * 1000 + redis_time[1] // 1000
+    seen = wire.seen_key(queue)
+    await redis_call(redis_url, "psetex", seen, 60_000, now_ms + 2000)  # alive 2 s more
+    async with AsyncClient(redis_url + "?worker_window=1", queue, timeout=0.3) as client:
+        with pytest.raises(CallTimeout):  # within the heartbeat and the window: it waits
+            await client.add(1, 2)
+        await redis_call(redis_url, "psetex", seen, 60_000, now_ms - 1500)  # 1.5 s ago
+        with pytest.raises(NoWorkers):
+            await client.add(1, 2)
+        with pytest.raises(NoWorkers):
+            await client.notify("record", 1)
+    assert await redis_call(redis_url, "llen", queue) == 1  # the first call's request only
+
+
+async def test_after_the_last_worker_stops_calls_wait_for_the_window_then_fail(
+    queue: str, probe: Probe, redis_url: str
+) -> None:
+    url = redis_url + "?worker_window=0.5"
+    async with serving(probe, url, queue), AsyncClient(url, queue, timeout=10) as client:
+        assert await client.add(1, 1) == 2
+        with Client(url, queue, timeout=10) as blocking:  # its pushes were accepted lately
+            assert await asyncio.to_thread(blocking.add, 2, 2) == 4
+    stopped = time.monotonic()
+    async with AsyncClient(url, queue, timeout=10) as client:
+        with pytest.raises(CallTimeout):
+            await client.call("add", 1, 2, timeout=0.1)  # just stopped: it waits
+        while True:  # the window passes (a condition on time itself: no fixed sleep)
+            try:
+                await client.call("add", 1, 2, timeout=0.1)
+            except NoWorkers:
+                break
+            except CallTimeout:
+                assert time.monotonic() - stopped < 5
+    assert time.monotonic() - stopped >= 0.5
+
+    def blocking_call() -> float:
+        with Client(url, queue, timeout=10) as blocking:
+            started = time.monotonic()
+            with pytest.raises(NoWorkers):
+                blocking.add(3, 3)
+            return time.monotonic() - started
+
+    assert await asyncio.to_thread(blocking_call) < 1.0
+
+
+async def test_a_redis_that_forgot_the_push_script_gets_it_again(
+    queue: str, probe: Probe, make_redis_node: Callable[..., RedisNode]
+) -> None:
+    server = make_redis_node()
+    async with serving(probe, server.url, queue), AsyncClient(server.url, queue) as client:
+        assert await client.add(1, 1) == 2
+        await redis_call(server.url, "script_flush")
+        assert await client.add(1, 2) == 3
+        await redis_call(server.url, "script_flush")
+
+        def blocking() -> object:
+            with Client(server.url, queue) as sync_client:
+                return [sync_client.add(2, i) for i in range(3)]
+
+        assert await asyncio.to_thread(blocking) == [2, 3, 4]

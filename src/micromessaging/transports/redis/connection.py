@@ -7,6 +7,8 @@ query options). Our own query options are taken out first:
 - ``wire=seed``: the client speaks the seed's protocol (bare request, BRPOP on its id).
 - ``heartbeat=SECONDS``: a worker's heartbeat TTL; a killed worker's messages are back in
   the queue at most 1.5 x this after its death (default 10).
+- ``worker_window=SECONDS``: a client's no-worker rule (`_shared.worker_window`; default 30,
+  off with ``wire=seed``, whose Ruby workers never say they are alive).
 """
 
 from __future__ import annotations

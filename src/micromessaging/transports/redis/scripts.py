@@ -251,14 +251,16 @@ PUSH = (
 -- worker of the queue was seen alive within the window, atomically (no worker can vanish
 -- between the check and the push, and a refused push writes nothing).
 -- KEYS: queue, its last-seen key. ARGV: the window (ms, > 0), then the items.
--- Returns the queue's length, or -1 (and pushes nothing) when no worker was seen alive.
+-- Returns -1 (and pushes nothing) when no worker was seen alive; else {the queue's length,
+-- for how many more ms pushes will be accepted unless a worker beats again}.
 local seen = tonumber(redis.call('GET', KEYS[2]))
-if not seen or now_ms() > seen + tonumber(ARGV[1]) then return -1 end
+local left = seen and seen + tonumber(ARGV[1]) - now_ms()
+if not left or left < 0 then return -1 end
 local length = 0
 for i = 2, #ARGV, 1000 do
   length = redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-return length
+return {length, left}
 """
 )
 
