@@ -831,3 +831,23 @@ async def test_a_redis_that_forgot_the_push_script_gets_it_again(
                 return [sync_client.add(2, i) for i in range(3)]
 
         assert await asyncio.to_thread(blocking) == [2, 3, 4]
+
+
+async def test_admin_lists_a_forged_worker_record_by_its_key_alone(
+    queue: str, redis_url: str
+) -> None:
+    forged = {"id": "someone-else", "queue": "other", "host": ["<b>"], "pid": "1", "started": 1}
+    await redis_call(redis_url, "sadd", wire.workers_key(queue), "w1", "w2")
+    await redis_call(
+        redis_url, "psetex", wire.heartbeat_key(queue, "w1"), 10_000, orjson.dumps(forged)
+    )
+    counts = {"pid": 7, "concurrency": 2, "in_flight": 1, "completed": 3, "failed": 0}
+    good = {**counts, "host": "h", "started": 1.5, "last_seen": 2.5, "transport": "redis"}
+    good["version"] = "x"
+    await redis_call(
+        redis_url, "psetex", wire.heartbeat_key(queue, "w2"), 10_000, orjson.dumps(good)
+    )
+    async with admin_transport(redis_url) as admin:
+        first, second = (await admin.status(queue)).workers
+    assert (first.id, first.queue, first.host, first.pid) == ("w1", queue, "", 0)
+    assert (second.id, second.queue, second.pid, second.completed) == ("w2", queue, 7, 3)

@@ -198,11 +198,26 @@ def _record(queue: str, worker_id: str, beat: bytes) -> WorkerRecord:
         data = None
     if type(data) is dict:
         try:
-            return WorkerRecord.from_json({"id": worker_id, "queue": queue, **data})
+            record = WorkerRecord.from_json({**data, "id": worker_id, "queue": queue})
         except TypeError:
             pass
+        else:
+            if _well_typed(record):
+                return record
     last_seen = float(data) if type(data) in (int, float) else 0.0
     return WorkerRecord(worker_id, queue, "", 0, 0, 0, 0, 0, 0.0, last_seen, "redis")
+
+
+_TEXT_FIELDS = ("host", "transport", "version")
+_COUNT_FIELDS = ("pid", "concurrency", "in_flight", "completed", "failed")
+
+
+def _well_typed(record: WorkerRecord) -> bool:
+    """Whether a record read from Redis has the documented types (anyone can write one)."""
+    texts = all(type(getattr(record, name)) is str for name in _TEXT_FIELDS)
+    counts = all(type(getattr(record, name)) is int for name in _COUNT_FIELDS)
+    times = all(type(getattr(record, name)) in (int, float) for name in ("started", "last_seen"))
+    return texts and counts and times
 
 
 def _dead_letter(queue: str, dead: wire.DeadRecord) -> DeadLetter:

@@ -4,7 +4,9 @@ the blocking twin, and `calls` the core both share).
 `RedisClientTransport` (the default): every request is an envelope naming this client's one
 reply list and a correlation id; one reader task drains that list many replies per round
 trip (BLMPOP ... COUNT) and hands each to its waiting call. Requests made while a push is
-in flight go out together in one LPUSH, so 64 concurrent calls use two connections.
+in flight go out together in one push, so 64 concurrent calls use two connections. Under the
+no-worker rule (``?worker_window=``) a push is `scripts.PUSH`, which pushes only when a
+worker of the queue was seen alive lately (`calls.Pushes`), else the calls get `NoWorkers`.
 
 `RedisSeedClientTransport` (``?wire=seed``): exactly the seed's client, LPUSH of the bare
 request then BRPOP on the list its id names, which holds a connection per call in flight;
