@@ -8,12 +8,15 @@ a delivery count). docs/wire-redis.md describes both, field by field.
 
 URL options besides redis-py's own: ``?wire=seed`` makes a client speak the seed's protocol;
 ``?heartbeat=SECONDS`` sets a worker's heartbeat TTL, which bounds how long a killed
-worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s).
+worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s);
+``?worker_window=SECONDS`` is the no-worker rule of clients (default 30, 0 with
+``wire=seed``: a call to a queue no worker was seen alive on fails with `NoWorkers`).
 """
 
 from __future__ import annotations
 
 from ..base import ClientTransport, SyncClientTransport, WorkerOptions
+from .admin import RedisAdmin, admin_transport
 from .client import RedisClientTransport, RedisSeedClientTransport
 from .connection import RedisSettings
 from .sync_client import RedisSeedSyncClientTransport, RedisSyncClientTransport
@@ -42,6 +45,7 @@ def worker_transport(url: str, options: WorkerOptions) -> RedisWorkerTransport:
 
 
 __all__ = [
+    "RedisAdmin",
     "RedisClientTransport",
     "RedisDelivery",
     "RedisSeedClientTransport",
@@ -49,6 +53,7 @@ __all__ = [
     "RedisSettings",
     "RedisSyncClientTransport",
     "RedisWorkerTransport",
+    "admin_transport",
     "client_transport",
     "sync_client_transport",
     "worker_transport",

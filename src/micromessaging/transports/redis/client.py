@@ -4,7 +4,9 @@ the blocking twin, and `calls` the core both share).
 `RedisClientTransport` (the default): every request is an envelope naming this client's one
 reply list and a correlation id; one reader task drains that list many replies per round
 trip (BLMPOP ... COUNT) and hands each to its waiting call. Requests made while a push is
-in flight go out together in one LPUSH, so 64 concurrent calls use two connections.
+in flight go out together in one push, so 64 concurrent calls use two connections. Under the
+no-worker rule (``?worker_window=``) a push is `scripts.PUSH`, which pushes only when a
+worker of the queue was seen alive lately (`calls.Pushes`), else the calls get `NoWorkers`.
 
 `RedisSeedClientTransport` (``?wire=seed``): exactly the seed's client, LPUSH of the bare
 request then BRPOP on the list its id names, which holds a connection per call in flight;
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -52,6 +55,7 @@ class RedisClientTransport(ClientTransport):
         self._router = ReplyRouter()
         self._pusher: Batcher[_Push] = Batcher(self._push)
         self._sweeps = calls.Sweeps()
+        self._pushes = calls.Pushes(settings.worker_window)
         self._push_link: Link | None = None
         self._read_link: Link | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -75,7 +79,9 @@ class RedisClientTransport(ClientTransport):
         if not self._open:
             raise self._failures.closed()
         correlation_id, future = self._router.expect(deadline)
-        message = wire.encode_request_fast(self._prefix, correlation_id, deadline, body)
+        message = wire.encode_request_fast(
+            self._prefix, correlation_id, deadline, time.time(), body, trace
+        )
         try:
             await self._pusher.send((queue, message, future, True))
             return await future
@@ -89,15 +95,18 @@ class RedisClientTransport(ClientTransport):
         if not self._open:
             raise self._failures.closed()
         pushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._pusher.send((queue, calls.notification(body, deadline), pushed, False))
+        message = calls.notification(body, deadline, time.time(), trace)
+        await self._pusher.send((queue, message, pushed, False))
         await pushed
 
     async def _push(self, batch: list[_Push]) -> None:
-        """LPUSH everything that waited, one command per queue, in one round trip."""
+        """LPUSH everything that waited, one push per queue, in one round trip (a second
+        one, rarely: a script Redis did not know yet, an ACL that refuses scripts)."""
         link = self._push_link
         assert link is not None
-        commands = calls.push_commands((queue, message) for queue, message, _, _ in batch)
-        sweeps = self._sweeps.due((command[1] for command in commands), time.time())
+        plan = self._pushes.plan((queue, message) for queue, message, _, _ in batch)
+        commands = plan.first()
+        sweeps = self._sweeps.due(plan.queues, time.time())
         try:
             try:
                 replies = await link.pipeline(*commands, *sweeps)
@@ -106,18 +115,23 @@ class RedisClientTransport(ClientTransport):
                 # try once more on a new one. Should the first push have landed after all,
                 # the request runs twice and its second reply is dropped as unknown.
                 replies = await link.pipeline(*commands, *sweeps)
-            for reply in replies[: len(commands)]:
-                if isinstance(reply, Exception):
-                    raise reply
             self._sweeps.done(sweeps, replies[len(commands) :])
+            following = plan.next(replies[: len(commands)])
+            while following:
+                following = plan.next(await link.pipeline(*following))
         except CONNECTION_ERRORS as exc:
             error = self._failures.sending(exc)
             for _, _, future, _ in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        for _, _, future, awaits_reply in batch:
-            if not awaits_reply and not future.done():
+        for queue, _, future, awaits_reply in batch:
+            if future.done():
+                continue
+            outcome = plan.outcomes.get(queue)
+            if outcome is not None:
+                future.set_exception(self._failures.pushing(outcome))
+            elif not awaits_reply:
                 future.set_result(None)  # type: ignore[arg-type]
 
     async def _read_replies(self) -> None:
@@ -191,12 +205,33 @@ class RedisClientTransport(ClientTransport):
                 await link.aclose()
 
 
+async def push(
+    redis_client: aioredis.Redis, pushes: calls.Pushes, queue: str, message: bytes
+) -> None:
+    """Push one message under `pushes`' rule, on its own (`NoWorkers` when refused; Redis's
+    errors as they are, for the caller to convert)."""
+    if not pushes.window_ms:
+        await redis_client.lpush(queue, message)
+        return
+    plan = pushes.plan([(queue, message)])
+    following: list[tuple[Any, ...]] | None = plan.first()
+    while following:
+        async with redis_client.pipeline(transaction=False) as pipe:
+            for command in following:
+                pipe.execute_command(*command)
+            following = plan.next(await pipe.execute(raise_on_error=False))
+    outcome = plan.outcomes.get(queue)
+    if outcome is not None:
+        raise outcome
+
+
 class RedisSeedClientTransport(ClientTransport):
     """The seed's client protocol: LPUSH the bare request, BRPOP the list named by its id."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
         self._failures = calls.Failures(settings)
+        self._pushes = calls.Pushes(settings.worker_window)
         self._redis: aioredis.Redis | None = None
         self._open = False
 
@@ -227,7 +262,7 @@ class RedisSeedClientTransport(ClientTransport):
         reply_list = calls.seed_reply_list(body)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.time()) + 1.0):
-                await redis_client.lpush(queue, body)
+                await push(redis_client, self._pushes, queue, body)
                 remaining = deadline - time.time()
                 got = None
                 if remaining > 0.001:
@@ -249,7 +284,7 @@ class RedisSeedClientTransport(ClientTransport):
         if not self._open or self._redis is None:
             raise self._failures.closed()
         try:
-            await self._redis.lpush(queue, body)
+            await push(self._redis, self._pushes, queue, body)
         except CONNECTION_ERRORS as exc:
             raise self._failures.sending(exc) from exc
 

@@ -7,6 +7,8 @@ query options). Our own query options are taken out first:
 - ``wire=seed``: the client speaks the seed's protocol (bare request, BRPOP on its id).
 - ``heartbeat=SECONDS``: a worker's heartbeat TTL; a killed worker's messages are back in
   the queue at most 1.5 x this after its death (default 10).
+- ``worker_window=SECONDS``: a client's no-worker rule (`_shared.worker_window`; default 30,
+  off with ``wire=seed``, whose Ruby workers never say they are alive).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._exceptions import ConfigurationError, TransportError
 from ..._settings import mask_password
-from .._shared import UrlOptions
+from .._shared import UrlOptions, worker_window
 from . import compat
 
 logger = logging.getLogger("micromessaging.transport.redis")
@@ -51,7 +53,7 @@ BLOCK_SECONDS = 1
 """How long one blocking pop waits in Redis, so that loops notice a stop or a lost link."""
 REPLY_BLOCK_SECONDS = 2
 
-OUR_OPTIONS = frozenset({"wire", "heartbeat"})
+OUR_OPTIONS = frozenset({"wire", "heartbeat", "worker_window"})
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 LINK_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
@@ -88,6 +90,8 @@ class RedisSettings:
     """The URL with its password masked, for logs and errors."""
     wire: str = "envelope"
     heartbeat: float = DEFAULT_HEARTBEAT
+    worker_window: float = 0.0
+    """Seconds: the no-worker rule of clients (`_shared.worker_window`; 0: off)."""
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
@@ -98,7 +102,10 @@ class RedisSettings:
         options, clean = UrlOptions.split(url, OUR_OPTIONS, what="Redis")
         wire = options.choice("wire", "envelope", ("envelope", "seed"))
         heartbeat = options.seconds("heartbeat", DEFAULT_HEARTBEAT, minimum=0.3, maximum=3600)
-        return cls(clean, mask_password(clean), wire, heartbeat)
+        # The seed's workers never say they are alive: a seed-wire client waits, as the
+        # seed's own does, unless the URL asks for the rule.
+        window = worker_window(options) if wire != "seed" or "worker_window" in options else 0.0
+        return cls(clean, mask_password(clean), wire, heartbeat, window)
 
     def configure(
         self,
