@@ -11,7 +11,6 @@ Talks to the shared broker; every queue is unique to the test and deleted after 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +22,14 @@ from micromessaging import AsyncClient, CallTimeout, Worker
 
 from .common import Gauge, request, until
 
-BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+BROKER = ""
+"""The session's RabbitMQ (conftest's `amqp_url`: the shared one, or a node of the suite's own)."""
+
+
+@pytest.fixture(autouse=True)
+def _broker(amqp_url: str) -> None:
+    global BROKER
+    BROKER = amqp_url
 
 
 @pytest.fixture

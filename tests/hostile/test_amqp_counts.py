@@ -25,7 +25,16 @@ import pytest
 
 from micromessaging import ErrorCode
 
-BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+BROKER = ""
+"""The session's RabbitMQ (conftest's `amqp_url`: the shared one, or a node of the suite's own)."""
+
+
+@pytest.fixture(autouse=True)
+def _broker(amqp_url: str) -> None:
+    global BROKER
+    BROKER = amqp_url
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.fault

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import struct
 import time
 import uuid
@@ -52,7 +51,14 @@ from .common import (
     until,
 )
 
-BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+BROKER = ""
+"""The session's RabbitMQ (conftest's `amqp_url`: the shared one, or a node of the suite's own)."""
+
+
+@pytest.fixture(autouse=True)
+def _broker(amqp_url: str) -> None:
+    global BROKER
+    BROKER = amqp_url
 
 
 async def _reachable() -> bool:
