@@ -169,3 +169,21 @@ async def test_a_method_blocking_for_seconds_never_stalls_other_calls(warm: bool
         assert await asyncio.gather(*blocking) == ["done", "done", True]
         stop.set()
         assert await lag < 0.2  # heartbeats and every other task kept running
+
+
+async def test_a_plain_method_returning_a_coroutine_is_awaited_inline_too() -> None:
+    async def later(value: int) -> int:
+        return value
+
+    class Deferring:
+        def get(self, value: int) -> object:
+            return later(value)
+
+    url = f"memory://{uuid.uuid4().hex[:8]}"
+    async with (
+        Worker(Deferring(), url, "deferring") as worker,
+        AsyncClient(url, "deferring", timeout=10) as client,
+    ):
+        for i in range(TRIAL_CALLS * 2):
+            assert await client.get(i) == i
+        assert worker._dispatcher._placements["get"].inline
