@@ -72,6 +72,21 @@ async def test_a_slow_trial_call_starts_the_trial_again() -> None:
     assert placement.inline
 
 
+async def test_a_call_between_the_limits_neither_counts_nor_spoils_the_trial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In the pool, a fast call may wait for the GIL a few ms: that delays, never resets."""
+    monkeypatch.setattr(_placement, "INLINE_LIMIT", 0.03)
+    monkeypatch.setattr(_placement, "DEMOTE_LIMIT", 1.0)
+    placement = Placement("add", inline=True)
+    for _ in range(TRIAL_CALLS - 1):
+        await placement.call(None, lambda: None)
+        await placement.call(None, time.sleep, 0.06)  # between INLINE_LIMIT and DEMOTE_LIMIT
+    assert not placement.inline
+    await placement.call(None, lambda: None)
+    assert placement.inline
+
+
 async def test_inline_off_keeps_every_call_in_the_pool() -> None:
     placement = Placement("add", inline=False)
     for _ in range(TRIAL_CALLS * 2):

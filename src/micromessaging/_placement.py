@@ -2,20 +2,21 @@
 
 Handing each call of a sync method to a thread pool and back costs two thread wake-ups,
 which for a method like the seed's ``add`` is most of the call. So a sync method starts
-in the pool, timed; once `TRIAL_CALLS` calls in a row have each taken less than
-`INLINE_LIMIT`, later calls run inline on the event loop. An inline call that takes longer
-than `DEMOTE_LIMIT` sends the method back to the pool at once, so a method that blocks
-(sleeps, waits on I/O, computes for long) does not hold the loop again; one that blocks
-from the start never leaves the pool, so other calls and the heartbeats always run.
+in the pool, timed; once `TRIAL_CALLS` calls have each taken less than `INLINE_LIMIT`,
+with none taking `DEMOTE_LIMIT` or more in between, later calls run inline on the event
+loop. An inline call that takes longer than `DEMOTE_LIMIT` sends the method back to the
+pool at once, so a method that blocks (sleeps, waits on I/O, computes for long) does not
+hold the loop again; one that blocks from the start never leaves the pool, so other calls
+and the heartbeats always run.
 
 A busy machine also makes fast calls look slow now and then (the process is not scheduled
-for a few milliseconds, or the thread waits for the GIL), so a slow call is not a verdict
-for good: a slow trial call starts the trial again, and a demoted method may earn its way
-back, with a trial four times longer after each demotion. After `MAX_DEMOTIONS` it stays in
-the pool for good, so a method that blocks now and then stalls the loop at most that many
-times; a method that has run `FORGIVE_CALLS` calls inline since its last demotion has one
-demotion forgiven. `Worker(inline=False)` (``--no-inline``) runs every sync call in the
-pool instead.
+for a few milliseconds, or a pool thread waits for the GIL while 64 calls are in flight),
+so one slow call is no verdict for good. In the pool, a call between the two limits
+neither counts towards the trial nor spoils it; a slower one starts it again. A demoted
+method may earn its way back, with a trial four times longer after each demotion; after
+`MAX_DEMOTIONS` it stays in the pool for good, so a method that blocks now and then stalls
+the loop at most that many times. `FORGIVE_CALLS` inline calls without a stall forgive one
+demotion. `Worker(inline=False)` (``--no-inline``) runs every sync call in the pool.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 logger = logging.getLogger("micromessaging.worker")
 
 TRIAL_CALLS = 20
-"""Calls in a row a sync method makes fast in the pool before it first runs inline."""
+"""Fast calls a sync method makes in the pool (none slow in between) before it runs inline."""
 INLINE_LIMIT = 0.001
 """Seconds each trial call must stay under for the method to run inline."""
 DEMOTE_LIMIT = 0.01
@@ -100,9 +101,11 @@ class Placement:
         return result
 
     def _judge(self, seconds: float) -> None:
-        if seconds >= INLINE_LIMIT:
+        if seconds >= DEMOTE_LIMIT:
             self.trials = 0  # the trial starts again: calls in a row must be fast
             return
+        if seconds >= INLINE_LIMIT:
+            return  # not fast, or a pool thread kept waiting for the GIL: no progress
         self.trials += 1
         if self.trials >= self.needed:
             self.inline = True
