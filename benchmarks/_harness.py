@@ -79,11 +79,6 @@ def median_ratio(ours: list[float], theirs: list[float]) -> float:
     return statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
 
 
-def verdict(ok: bool) -> str:
-    """How a figure compares with its target, in words."""
-    return "met" if ok else "NOT met"
-
-
 def table(title: str, rows: list[tuple[str, str, str, float, str, bool]]) -> None:
     """The figures as a table: what, ours, the baseline's, the ratio, the target, PASS/MISS."""
     print(f"\n== {title}")
