@@ -82,9 +82,9 @@ def median_ratio(ours: list[float], theirs: list[float]) -> float:
 def table(title: str, rows: list[tuple[str, str, str, float, str, bool]]) -> None:
     """The figures as a table: what, ours, the baseline's, the ratio, the target, PASS/MISS."""
     print(f"\n== {title}")
-    print(f"{'':34}{'ours':>13}{'baseline':>13}{'ratio':>8}  target")
+    print(f"{'':34}{'ours':>11}{'baseline':>11}{'ratio':>8}  target")
     for name, ours, theirs, ratio, target, ok in rows:
-        print(f"{name:34}{ours:>13}{theirs:>13}{ratio:7.2f}x  {target} {pass_miss(ok)}")
+        print(f"{name:34}{ours:>11}{theirs:>11}{ratio:7.2f}x  {target:7} {pass_miss(ok)}")
 
 
 def pass_miss(ok: bool) -> str:

@@ -199,9 +199,9 @@ def report(figures: dict[str, list[float]], rounds: int) -> None:
          "<= 0.8x", ratio("seq_sync", "seq_theirs") <= 0.8),
         (f"AsyncClient, {IN_FLIGHT} in flight", rate(m("thr_ours")), thr,
          ratio("thr_ours", "thr_theirs"), ">= 4x", ratio("thr_ours", "thr_theirs") >= 4),
-        ("async service: sequential", us(m("seq_async")), seq, ratio("seq_async", "seq_theirs"),
+        ("async service, sequential", us(m("seq_async")), seq, ratio("seq_async", "seq_theirs"),
          "<= 0.8x", ratio("seq_async", "seq_theirs") <= 0.8),
-        (f"async service: {IN_FLIGHT} in flight", rate(m("thr_async")), thr,
+        (f"async service, {IN_FLIGHT} in flight", rate(m("thr_async")), thr,
          ratio("thr_async", "thr_theirs"), ">= 4x", ratio("thr_async", "thr_theirs") >= 4),
     ]  # fmt: skip
     table(

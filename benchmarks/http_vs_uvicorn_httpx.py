@@ -165,7 +165,7 @@ async def measure(calls: int, rounds: int, inflight: int) -> None:
 
     base_seq, base_par = us(m(seq["baseline"])), rate(1 / m(par["baseline"]))
     rows = []
-    for name, label in (("ours", ""), ("async service", "async service: ")):
+    for name, label in (("ours", ""), ("async service", "async service, ")):
         s_ratio = ratio(seq[name], seq["baseline"])
         p_ratio = ratio(par["baseline"], par[name])  # throughput: baseline time / ours
         rows += [

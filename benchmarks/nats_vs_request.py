@@ -184,9 +184,9 @@ def report(title: str, results: dict[str, list[float]], width: int) -> None:
          ratio("sync", "raw") <= 1.0),
         (f"AsyncClient, {width} in flight", rate(m("ours64")), par, ratio("ours64", "raw64"),
          ">= 1.0x", ratio("ours64", "raw64") >= 1.0),
-        ("async service: sequential", us(m("a_seq")), seq, ratio("a_seq", "raw"), "<= 1.0x",
+        ("async service, sequential", us(m("a_seq")), seq, ratio("a_seq", "raw"), "<= 1.0x",
          ratio("a_seq", "raw") <= 1.0),
-        (f"async service: {width} in flight", rate(m("a64")), par, ratio("a64", "raw64"),
+        (f"async service, {width} in flight", rate(m("a64")), par, ratio("a64", "raw64"),
          ">= 1.0x", ratio("a64", "raw64") >= 1.0),
     ]  # fmt: skip
     table(title, rows)

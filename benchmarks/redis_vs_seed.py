@@ -162,9 +162,9 @@ def report(figures: dict[str, list[float]], rounds: int, lanes: int) -> None:
         ("AsyncClient, sequential", us(m("async")), base_us, latency("async"), "(none)", True),
         (f"AsyncClient, {lanes} in flight", rate(m("flight")), base_rate, speedup("flight"),
          ">= 8x", speedup("flight") >= 8),
-        ("async service: Client, sequential", us(m("a_sync")), base_us, latency("a_sync"),
+        ("async service, Client, sequential", us(m("a_sync")), base_us, latency("a_sync"),
          "<= 1.0x", latency("a_sync") <= 1.0),
-        (f"async service: {lanes} in flight", rate(m("a_flight")), base_rate,
+        (f"async service, {lanes} in flight", rate(m("a_flight")), base_rate,
          speedup("a_flight"), ">= 8x", speedup("a_flight") >= 8),
     ]  # fmt: skip
     table(
