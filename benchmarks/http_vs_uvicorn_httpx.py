@@ -165,13 +165,13 @@ async def measure(calls: int, rounds: int, inflight: int) -> None:
 
     base_seq, base_par = us(m(seq["baseline"])), rate(1 / m(par["baseline"]))
     rows = []
-    for name, label in (("ours", ""), ("async service", "async service, ")):
+    for name, label in (("ours", "AsyncClient, "), ("async service", "async service, ")):
         s_ratio = ratio(seq[name], seq["baseline"])
         p_ratio = ratio(par["baseline"], par[name])  # throughput: baseline time / ours
         rows += [
-            (f"{label}AsyncClient, sequential", us(m(seq[name])), base_seq, s_ratio, "<= 1.0x",
+            (f"{label}sequential", us(m(seq[name])), base_seq, s_ratio, "<= 1.0x",
              s_ratio <= 1.0),
-            (f"{label}AsyncClient, {inflight} in flight", rate(1 / m(par[name])), base_par,
+            (f"{label}{inflight} in flight", rate(1 / m(par[name])), base_par,
              p_ratio, ">= 2x", p_ratio >= 2),
         ]  # fmt: skip
     table(
