@@ -79,12 +79,13 @@ def median_ratio(ours: list[float], theirs: list[float]) -> float:
     return statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
 
 
-def table(title: str, rows: list[tuple[str, str, str, float, str, bool]]) -> None:
+def table(title: str, rows: list[tuple[str, str, str, float, str, bool | None]]) -> None:
     """The figures as a table: what, ours, the baseline's, the ratio, the target, PASS/MISS."""
     print(f"\n== {title}")
     print(f"{'':34}{'ours':>11}{'baseline':>11}{'ratio':>8}  target")
     for name, ours, theirs, ratio, target, ok in rows:
-        print(f"{name:34}{ours:>11}{theirs:>11}{ratio:7.2f}x  {target:7} {pass_miss(ok)}")
+        verdict = "" if ok is None else pass_miss(ok)  # None: a figure without a target
+        print(f"{name:34}{ours:>11}{theirs:>11}{ratio:7.2f}x  {target:7} {verdict}".rstrip())
 
 
 def pass_miss(ok: bool) -> str:

@@ -159,7 +159,7 @@ def report(figures: dict[str, list[float]], rounds: int, lanes: int) -> None:
     rows = [
         ("Client, sequential", us(m("sync")), base_us, latency("sync"), "<= 1.0x",
          latency("sync") <= 1.0),
-        ("AsyncClient, sequential", us(m("async")), base_us, latency("async"), "(none)", True),
+        ("AsyncClient, sequential", us(m("async")), base_us, latency("async"), "", None),
         (f"AsyncClient, {lanes} in flight", rate(m("flight")), base_rate, speedup("flight"),
          ">= 8x", speedup("flight") >= 8),
         ("async service, Client, sequential", us(m("a_sync")), base_us, latency("a_sync"),
