@@ -169,3 +169,29 @@ def test_real_brokers_side_by_side_with_worker_processes(redis_url: str) -> None
         assert left == []
     finally:
         client.close()
+
+
+def test_the_benchmarks_tables_fit_80_columns_and_say_pass_or_miss(capsys) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "_harness.py"
+    spec = importlib.util.spec_from_file_location("_bench_harness", path)
+    assert spec is not None and spec.loader is not None
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    harness.table(
+        "Redis",
+        [
+            ("async service, Client, sequential", harness.us(0.000363), harness.us(0.000227),
+             1.51, "<= 1.0x", False),
+            ("AsyncClient, 64 in flight", harness.rate(123_456.0), harness.rate(4_404.0), 28.03,
+             ">= 8x", True),
+            ("AsyncClient, sequential", harness.us(0.00035), harness.us(0.000227), 1.44, "", None),
+        ],
+    )  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[-3].endswith("MISS") and lines[-2].endswith("PASS")
+    assert lines[-1].endswith("1.44x")
+    assert "363 us" in lines[-3] and "123,456/s" in lines[-2]
