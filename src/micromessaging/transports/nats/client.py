@@ -92,7 +92,7 @@ class NatsClientTransport(ClientTransport):
     ) -> bytes:
         self._live(queue)
         correlation_id, future = self._router.expect(deadline)
-        call = Call(queue, body, deadline, future)
+        call = Call(queue, body, deadline, future, trace=trace, sent=time.time())
         self._calls[correlation_id] = call
         try:
             if self._stored is not None:
@@ -110,10 +110,10 @@ class NatsClientTransport(ClientTransport):
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
         nc = self._live(queue)
-        headers = wire.deadline_header(deadline) or None
+        headers = wire.request_headers(deadline, trace)
         self._check_size(nc, body, headers)
         if self._stored is not None:
-            await self._stored.notify(queue, body, headers or {}, deadline)
+            await self._stored.notify(queue, body, headers, deadline)
             return
         try:
             await nc.publish(queue, body, headers=headers)
@@ -122,7 +122,7 @@ class NatsClientTransport(ClientTransport):
 
     async def _publish(self, correlation_id: str, call: Call) -> None:
         nc = self._live(call.queue)
-        headers = wire.deadline_header(call.deadline)
+        headers = wire.request_headers(call.deadline, call.trace, call.sent)
         if call.delivery_count > 1:
             headers[wire.DELIVERY_COUNT] = str(call.delivery_count)
         self._check_size(nc, call.body, headers)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
+from .._context import decode_sent, encode_sent, read_trace, trace_headers
 from .._shared import UrlOptions, decode_deadline, encode_deadline
+from ..base import TraceContext
 
 DEADLINE = "Mm-Deadline"
 """Integer milliseconds since the Unix epoch after which the caller no longer waits."""
@@ -24,6 +26,8 @@ REPLY_TO = "Mm-Reply-To"
 """JetStream mode: the reply subject (the NATS reply field carries JetStream's own acks)."""
 STATUS = "Mm-Status"
 """On an empty-bodied message to a reply subject: why it carries no reply (see `Bounce`)."""
+SENT = "Mm-Sent"
+"""Integer milliseconds since the Unix epoch at which the client sent the request."""
 REASON = "Mm-Reason"
 """On a dead letter: why the worker gave up on the request."""
 NATS_STATUS = "Status"
@@ -179,6 +183,26 @@ def dead_letter_stream_name(queue: str) -> str:
 def deadline_header(deadline: float | None) -> dict[str, str]:
     """The headers carrying `deadline` (epoch seconds)."""
     return {} if deadline is None else {DEADLINE: str(encode_deadline(deadline))}
+
+
+def request_headers(
+    deadline: float | None, trace: TraceContext | None = None, sent: float | None = None
+) -> dict[str, str]:
+    """The headers a request carries: its deadline, when it was sent, the trace context."""
+    headers = deadline_header(deadline)
+    headers[SENT] = encode_sent(time.time() if sent is None else sent)
+    headers.update(trace_headers(trace))
+    return headers
+
+
+def read_sent(headers: Mapping[str, str] | None) -> float | None:
+    """When the client sent the request (epoch seconds), or None when unreadable."""
+    return decode_sent(headers.get(SENT)) if headers else None
+
+
+def read_trace_context(headers: Mapping[str, str] | None) -> TraceContext | None:
+    """The caller's trace context, or None when absent or malformed (dropped, never fatal)."""
+    return read_trace(headers) if headers else None
 
 
 def read_deadline(headers: Mapping[str, str] | None) -> float | None:

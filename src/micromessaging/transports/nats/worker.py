@@ -54,6 +54,8 @@ class NatsDelivery(LedgerDelivery):
         self.reply_to = None if self.refusal else reply_to
         self.body = msg.data
         self.deadline = wire.read_deadline(msg.headers)
+        self.sent = wire.read_sent(msg.headers)
+        self.trace = wire.read_trace_context(msg.headers)
         self.delivery_count = delivery_count
 
     @property
