@@ -37,7 +37,7 @@ from micromessaging.transports.nats.wire import (
 from .common import REQUEST, Gauge, until_true
 
 NATS_URL = os.environ.get("MICROMESSAGING_NATS_URL", "nats://127.0.0.1:4222")
-JETSTREAM = NATS_URL + "?jetstream=1"
+JETSTREAM = NATS_URL + "?jetstream=1&worker_window=0"  # calls are made before any worker
 
 
 def _reachable() -> bool:
@@ -95,7 +95,7 @@ async def lateness(client: AsyncClient, calls: int, timeout: float) -> list[floa
 async def test_calls_time_out_on_time_with_thousands_in_flight(queue: str) -> None:
     # Core NATS waits for nothing but the reply: how late its timeouts fire is this
     # machine's floor (a sweep every 50 ms, the event loop's own work, the load of others).
-    async with AsyncClient(NATS_URL, queue) as client:
+    async with AsyncClient(NATS_URL + "?worker_window=0", queue) as client:
         floor = (await lateness(client, 10_000, 1.0))[-1]
     async with AsyncClient(JETSTREAM, queue) as client:
         first_use = (await lateness(client, 10_000, 1.0))[-1]

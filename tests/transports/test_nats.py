@@ -21,7 +21,16 @@ import nats.js.errors
 import orjson
 import pytest
 
-from micromessaging import AsyncClient, CallTimeout, ErrorCode, RemoteError, TransportError, Worker
+from micromessaging import (
+    AsyncClient,
+    CallTimeout,
+    ConfigurationError,
+    ErrorCode,
+    NoWorkers,
+    RemoteError,
+    TransportError,
+    Worker,
+)
 from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
 from micromessaging.transports.base import WorkerOptions
@@ -30,6 +39,7 @@ from micromessaging.transports.nats.wire import (
     DEADLINE,
     DELIVERY_COUNT,
     REPLY_TO,
+    SENT,
     check_queue,
     dead_letter_stream_name,
     parse_url,
@@ -230,7 +240,10 @@ class TestNatsJetStreamContract(TestNatsContract):
         try:
             js = nc.jetstream()
             left = []
-            state = (await js.stream_info(stream_name(queue))).state
+            try:
+                state = (await js.stream_info(stream_name(queue))).state
+            except nats.js.errors.NotFoundError:
+                return []  # never made: nothing at all was left
             if state.messages:
                 left.append(f"{state.messages} requests in {stream_name(queue)}")
             consumer = await js.consumer_info(stream_name(queue), "mm-workers")
@@ -326,7 +339,8 @@ async def test_one_reply_subscription_for_many_calls(url: str, queue: str) -> No
 
 
 async def test_our_headers_travel_with_the_request(url: str, queue: str, nats_url: str) -> None:
-    async with AsyncClient(url, queue, timeout=2) as client:
+    # No worker: in JetStream mode the request waits in the stream (no-worker rule off).
+    async with AsyncClient(with_options(url, worker_window=0), queue, timeout=2) as client:
         if "jetstream" in url:
             pending = asyncio.create_task(client.add(1, 2))
             nc = await raw_connection(nats_url)
@@ -353,6 +367,7 @@ async def test_our_headers_travel_with_the_request(url: str, queue: str, nats_ur
             headers = msg.headers or {}
             assert msg.reply.startswith("_INBOX.")
         assert abs(int(headers[DEADLINE]) / 1000 - (time.time() + 2)) < 1
+        assert abs(int(headers[SENT]) / 1000 - time.time()) < 1
         assert orjson.loads(msg.data)["method"] == "add"  # the body is the JSON-RPC, unchanged
         with pytest.raises(CallTimeout):
             await pending
@@ -452,7 +467,7 @@ async def test_stored_request_past_its_deadline_is_skipped(nats_url: str) -> Non
     queue = f"mm-test-{uuid.uuid4().hex[:12]}"
     service = Overlap()
     try:
-        async with AsyncClient(url, queue, timeout=0.3) as client:
+        async with AsyncClient(with_options(url, worker_window=0), queue, timeout=0.3) as client:
             with pytest.raises(CallTimeout):
                 await client.hold(0, "too late")  # stored: no worker yet
         # Taken back by its caller as it gave up (or skipped by a worker): never run.
@@ -539,3 +554,55 @@ def test_worker_mode_follows_the_url() -> None:
     assert isinstance(durable, nats_transport.NatsJetStreamWorkerTransport)
     assert "at most once" in core.describe()
     assert "redelivery" in durable.describe()
+
+
+# --- no worker ----------------------------------------------------------------------------
+
+
+class CoreOnlyNode(NatsNode):
+    """A nats-server without JetStream: nobody keeps worker records there."""
+
+    def command(self) -> list[str]:
+        return [part for part in super().command() if part != "-js"][:5]
+
+
+async def test_core_nats_without_jetstream_tells_no_worker_by_what_it_saw(
+    tmp_path: Path,
+) -> None:
+    # No records to ask: "no responders" and no answer seen by this client is NoWorkers;
+    # after an answer, a worker restarting within the window makes calls wait.
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    with CoreOnlyNode(base=tmp_path) as node:
+        async with AsyncClient(node.url, queue, timeout=10) as client:
+            started = time.monotonic()
+            with pytest.raises(NoWorkers, match="without JetStream"):
+                await client.add(1, 2)
+            assert time.monotonic() - started < 1
+            async with Worker(Probe(), node.url, queue):
+                assert await client.add(1, 2) == 3
+            call = asyncio.create_task(client.add(2, 3))
+            await asyncio.sleep(0.3)
+            assert not call.done()  # waits for the next worker
+            async with Worker(Probe(), node.url, queue):
+                assert await call == 5
+
+
+async def test_no_worker_names_the_queue_and_creates_no_stream(nats_url: str) -> None:
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    url = with_options(nats_url, jetstream=1, worker_window=5)
+    async with AsyncClient(url, queue) as client:
+        with pytest.raises(NoWorkers, match=f"{queue}.*last 5 s"):
+            await client.add(1, 2)
+    nc = await raw_connection(nats_url)
+    try:
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await nc.jetstream().stream_info(stream_name(queue))
+    finally:
+        await nc.close()
+
+
+def test_worker_window_option() -> None:
+    assert parse_url("nats://h").worker_window == 30
+    assert parse_url("nats://h?worker_window=0").worker_window == 0
+    with pytest.raises(ConfigurationError, match="worker_window"):
+        parse_url("nats://h?worker_window=-1")

@@ -113,8 +113,9 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         ]
 
     async def _set_up(self, js: JetStreamContext) -> None:
-        await ensure_work_stream(js, self.queue, self._settings.max_age)
-        await ensure_dead_letter_stream(js, self.queue)
+        replicas = self._settings.replicas
+        await ensure_work_stream(js, self.queue, self._settings.max_age, replicas)
+        await ensure_dead_letter_stream(js, self.queue, replicas)
         await ensure_consumer(js, self.queue, self._settings.ack_wait)
 
     async def _reconnected(self) -> None:
@@ -290,7 +291,7 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
             except nats.js.errors.NoStreamResponseError:
                 # Deleted (by an operator, say): made again, or every dead letter would be
                 # retried for ever, each holding a slot.
-                await ensure_dead_letter_stream(self._js, self.queue)
+                await ensure_dead_letter_stream(self._js, self.queue, self._settings.replicas)
                 await self._js.publish(subject, delivery.body, headers=headers)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't store a dead letter in JetStream: {exc!r}") from exc

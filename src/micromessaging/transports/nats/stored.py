@@ -100,7 +100,7 @@ class StoredRequests:
         ready = self._streams.get(queue)
         if ready is None or (ready.done() and ready.exception() is not None):
             ready = self._streams[queue] = asyncio.ensure_future(
-                ensure_work_stream(self.js, queue, self._settings.max_age)
+                ensure_work_stream(self.js, queue, self._settings.max_age, self._settings.replicas)
             )
             ready.add_done_callback(_retrieve)
         return ready

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
 from .._context import decode_sent, encode_sent, read_trace, trace_headers
-from .._shared import UrlOptions, decode_deadline, encode_deadline
+from .._shared import WORKER_WINDOW, UrlOptions, decode_deadline, encode_deadline, worker_window
 from ..base import TraceContext
 
 DEADLINE = "Mm-Deadline"
@@ -64,6 +64,8 @@ URL_OPTIONS = frozenset(
         "connect_timeout",
         "backlog",
         "max_age",
+        "worker_window",
+        "replicas",
     }
 )
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -84,6 +86,10 @@ class NatsSettings:
     """Core-mode workers: requests held beyond the concurrency before bouncing (None: 1024)."""
     max_age: float | None = None
     """JetStream: seconds a request may wait in a stream this end creates (None: for ever)."""
+    worker_window: float = WORKER_WINDOW
+    """Clients: seconds since a worker was last seen after which calls fail with NoWorkers."""
+    replicas: int = 1
+    """JetStream: copies of each stream this end creates, on as many servers of a cluster."""
 
 
 def parse_url(url: str) -> NatsSettings:
@@ -91,7 +97,8 @@ def parse_url(url: str) -> NatsSettings:
 
     Options: ``jetstream`` (durable mode), ``ack_wait`` and ``max_age`` (seconds, JetStream),
     ``inbox_prefix``, ``tls_insecure`` (accept any certificate), ``reconnect_wait``,
-    ``connect_timeout`` and ``backlog`` (core-mode workers).
+    ``connect_timeout``, ``backlog`` (core-mode workers), ``worker_window`` (clients: the
+    no-worker rule) and ``replicas`` (JetStream streams this end creates).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -123,6 +130,8 @@ def parse_url(url: str) -> NatsSettings:
         connect_timeout=options.seconds("connect_timeout", 2.0),
         backlog=options.count("backlog", 0) if "backlog" in options else None,
         max_age=options.seconds("max_age", 0) if "max_age" in options else None,
+        worker_window=worker_window(options),
+        replicas=options.count("replicas", 1, minimum=1),
     )
 
 
@@ -168,6 +177,11 @@ def reply_subject_refusal(subject: str, inbox_prefix: str) -> str | None:
 def dead_letter_subject(queue: str) -> str:
     """Where a queue's dead letters are published."""
     return DEAD_LETTER_PREFIX + queue
+
+
+def token(name: str) -> str:
+    """`name` as one subject token (dots and other unsafe characters become ``_``)."""
+    return _STREAM_UNSAFE.sub("_", name)
 
 
 def stream_name(queue: str) -> str:

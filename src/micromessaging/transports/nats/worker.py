@@ -18,14 +18,17 @@ import logging
 import math
 from collections import deque
 
+import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from ..._exceptions import TransportError
 from .._shared import LedgerDelivery, WorkerTransportBase
 from ..base import WorkerOptions
-from . import wire
+from . import presence, wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 
 logger = logging.getLogger("micromessaging.transport.nats")
@@ -77,6 +80,9 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         self.inbox_prefix = self._settings.inbox_prefix
         wire.check_queue(options.queue)
         self._nc: NATS | None = None
+        self._status_sub: Subscription | None = None
+        self._records_js: JetStreamContext | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     def _connection(self) -> NATS:
         if self._nc is None:
@@ -84,12 +90,47 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         return self._nc
 
     async def _connect(self) -> NATS:
-        self._nc = await open_connection(
+        nc = self._nc = await open_connection(
             self._settings,
             f"micromessaging-worker {self.queue}",
             on_reconnect=self._reconnected,
         )
-        return self._nc
+        try:
+            # Answers `status` (every mode), then says it is alive where clients look.
+            self._status_sub = await nc.subscribe(
+                presence.status_subject(self.queue), cb=self._asked_status
+            )
+        except NATS_ERRORS as exc:
+            await self._disconnect()
+            raise TransportError(f"can't subscribe on NATS: {exc!r}") from exc
+        self._records_js = nc.jetstream(timeout=self._settings.connect_timeout)
+        await self._announce()
+        self._heartbeat = asyncio.create_task(self._keep_announcing())
+        return nc
+
+    async def _announce(self) -> None:
+        reporter = self.reporter
+        if reporter is None or self._records_js is None:
+            return
+        try:
+            kept = await presence.announce(self._records_js, reporter(), self._settings.replicas)
+        except (*NATS_ERRORS, nats.js.errors.Error) as exc:
+            logger.debug("worker record of %r not stored: %r", self.queue, exc)
+            kept = True  # JetStream is there (it answered): try again next time
+        if not kept:
+            self._records_js = None
+
+    async def _keep_announcing(self) -> None:
+        while True:
+            await asyncio.sleep(presence.HEARTBEAT)
+            await self._announce()
+
+    async def _asked_status(self, msg: Msg) -> None:
+        reporter = self.reporter
+        if reporter is None or wire.reply_subject_refusal(msg.reply, self.inbox_prefix):
+            return
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._connection().publish(msg.reply, orjson.dumps(reporter().to_json()))
 
     async def _reconnected(self) -> None:
         logger.info("worker of %r reconnected to NATS", self.queue)
@@ -137,6 +178,14 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
             raise TransportError(f"can't publish a dead letter on NATS: {exc!r}") from exc
 
     async def _disconnect(self) -> None:
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._announce(), 2)  # seen until now: a restart waits
+        self._records_js = None
         nc, self._nc = self._nc, None
         if nc is not None:
             with contextlib.suppress(*NATS_ERRORS):
