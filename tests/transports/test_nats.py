@@ -33,11 +33,13 @@ from micromessaging import (
 )
 from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
+from micromessaging.transports.admin import AdminTransport
 from micromessaging.transports.base import WorkerOptions
 from micromessaging.transports.nats.wire import (
     DEAD_LETTER_PREFIX,
     DEADLINE,
     DELIVERY_COUNT,
+    REASON,
     REPLY_TO,
     SENT,
     check_queue,
@@ -47,6 +49,7 @@ from micromessaging.transports.nats.wire import (
 )
 from tests.brokers import NatsNode, free_port, self_signed_certificate
 
+from .admin_contract import AdminContract, wait_until
 from .contract import Probe, TransportContract, eventually
 
 
@@ -116,6 +119,7 @@ class TestNatsContract(TransportContract):
         yield self._dead
         await sub.unsubscribe()
         await nc.close()
+        await delete_streams(nats_url, queue)  # core workers keep dead letters there too
 
     async def _keep_dead(self, msg: nats.aio.msg.Msg) -> None:
         self._dead.append(msg.data)
@@ -260,6 +264,62 @@ class TestNatsJetStreamContract(TestNatsContract):
         )
 
 
+class TestNatsAdmin(AdminContract):
+    """Core NATS: live workers answer mm.status.<queue>; dead letters kept in JetStream."""
+
+    @pytest.fixture
+    def broker_url(self, nats_url: str) -> str:
+        return nats_url
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # The real path: a worker dead-letters what was delivered past its limit.
+        nc = await raw_connection(broker_url)
+        try:
+            await nc.publish(queue, body, headers={DELIVERY_COUNT: "5"})
+            await nc.flush()
+        finally:
+            await nc.close()
+
+
+class TestNatsJetStreamAdmin(TestNatsAdmin):
+    """JetStream: depth and in flight from the stream's consumer, dead letters by seq."""
+
+    @pytest.fixture
+    def broker_url(self, nats_url: str) -> str:
+        return with_options(nats_url, jetstream=1, ack_wait=5)
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # JetStream counts deliveries itself and a test can't forge that count (see
+        # test_requeued_too_often_is_dead_lettered for the real path): stored as a worker
+        # stores a dead letter.
+        nc = await raw_connection(broker_url)
+        try:
+            await nc.jetstream().publish(
+                DEAD_LETTER_PREFIX + queue,
+                body,
+                headers={REASON: "delivered 3 times (limit 2)", DELIVERY_COUNT: "3"},
+            )
+        finally:
+            await nc.close()
+
+    async def test_depth_and_oldest_wait_of_a_stream(
+        self, broker_url: str, queue: str, admin: AdminTransport
+    ) -> None:
+        async with Worker(Probe(), broker_url, queue):
+            pass  # seen: calls wait within the window
+        async with AsyncClient(broker_url, queue, timeout=5) as client:
+            calls = [asyncio.create_task(client.add(i, 1)) for i in range(3)]
+            status = await wait_until(lambda: self._depth(admin, queue, 3))
+            assert status.oldest_wait is not None and 0 <= status.oldest_wait < 5
+            assert status.in_flight == 0 and status.workers == []
+            async with Worker(Probe(), broker_url, queue):
+                assert await asyncio.gather(*calls) == [1, 2, 3]
+
+    async def _depth(self, admin: AdminTransport, queue: str, depth: int):  # type: ignore[no-untyped-def]
+        status = await admin.status(queue)
+        return status if status.depth == depth else None
+
+
 @pytest.fixture(params=["core", "jetstream"])
 def url(request: pytest.FixtureRequest, nats_url: str) -> str:
     if request.param == "core":
@@ -271,8 +331,7 @@ def url(request: pytest.FixtureRequest, nats_url: str) -> str:
 async def queue(url: str, nats_url: str) -> AsyncIterator[str]:
     name = f"mm-test-{uuid.uuid4().hex[:12]}"
     yield name
-    if "jetstream" in url:
-        await delete_streams(nats_url, name)
+    await delete_streams(nats_url, name)  # core workers keep dead letters in JetStream too
 
 
 # --- interoperability -------------------------------------------------------------------

@@ -274,28 +274,6 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
                 with contextlib.suppress(TransportError):
                     await self._signal(delivery, IN_PROGRESS)
 
-    async def keep_dead_letter(self, delivery: NatsDelivery, reason: str) -> None:
-        """Store the request in the queue's dead-letter stream, with the reason."""
-        assert self._js is not None
-        headers = {
-            wire.REASON: reason,
-            wire.DELIVERY_COUNT: str(delivery.delivery_count),
-            **wire.deadline_header(delivery.deadline),
-        }
-        if delivery.reply_to:
-            headers[wire.REPLY_TO] = delivery.reply_to
-        subject = wire.dead_letter_subject(self.queue)
-        try:
-            try:
-                await self._js.publish(subject, delivery.body, headers=headers)
-            except nats.js.errors.NoStreamResponseError:
-                # Deleted (by an operator, say): made again, or every dead letter would be
-                # retried for ever, each holding a slot.
-                await ensure_dead_letter_stream(self._js, self.queue, self._settings.replicas)
-                await self._js.publish(subject, delivery.body, headers=headers)
-        except NATS_ERRORS as exc:
-            raise TransportError(f"can't store a dead letter in JetStream: {exc!r}") from exc
-
     # --- stopping ----------------------------------------------------------------------------
 
     async def _stop_taking(self) -> None:

@@ -39,6 +39,8 @@ CHECK_EVERY = 1.0
 """Seconds a client trusts its last look at a queue's records."""
 STATUS_PREFIX = "mm.status."
 """Workers answer requests on ``mm.status.<queue>`` with their record (core and JetStream)."""
+ALL_STATUS = "mm.status"
+"""Every worker of every queue answers requests here too (how `queues` finds them)."""
 
 
 def record_subject(queue: str, worker_id: str) -> str:

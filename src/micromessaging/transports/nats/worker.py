@@ -30,6 +30,7 @@ from .._shared import LedgerDelivery, WorkerTransportBase
 from ..base import WorkerOptions
 from . import presence, wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
+from .streams import ensure_dead_letter_stream
 
 logger = logging.getLogger("micromessaging.transport.nats")
 
@@ -80,9 +81,10 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         self.inbox_prefix = self._settings.inbox_prefix
         wire.check_queue(options.queue)
         self._nc: NATS | None = None
-        self._status_sub: Subscription | None = None
         self._records_js: JetStreamContext | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._dead_letter_stream = False
+        """Whether this worker has seen its queue's dead-letter stream (or made it)."""
 
     def _connection(self) -> NATS:
         if self._nc is None:
@@ -97,9 +99,8 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         )
         try:
             # Answers `status` (every mode), then says it is alive where clients look.
-            self._status_sub = await nc.subscribe(
-                presence.status_subject(self.queue), cb=self._asked_status
-            )
+            for subject in (presence.status_subject(self.queue), presence.ALL_STATUS):
+                await nc.subscribe(subject, cb=self._asked_status)
         except NATS_ERRORS as exc:
             await self._disconnect()
             raise TransportError(f"can't subscribe on NATS: {exc!r}") from exc
@@ -165,15 +166,41 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         await self._complete(delivery, reply)
 
     async def keep_dead_letter(self, delivery: NatsDelivery, reason: str) -> None:
-        """Publish the request on the queue's dead-letter subject, with the reason."""
+        """Store the request in the queue's dead-letter stream, with the reason (core NATS
+        without JetStream: publish it on the dead-letter subject, for whoever listens)."""
         nc = self._connection()
         headers = {
             wire.REASON: reason,
             wire.DELIVERY_COUNT: str(delivery.delivery_count),
             **wire.deadline_header(delivery.deadline),
         }
+        if delivery.reply_to:
+            headers[wire.REPLY_TO] = delivery.reply_to  # for a replay
+        subject = wire.dead_letter_subject(self.queue)
+        js = self._records_js
+        if js is not None:
+            try:
+                if not self._dead_letter_stream:
+                    # Made by the first dead letter (a publish before would reach
+                    # subscribers of the subject twice).
+                    await ensure_dead_letter_stream(js, self.queue, self._settings.replicas)
+                    self._dead_letter_stream = True
+                try:
+                    await js.publish(subject, delivery.body, headers=headers)
+                except nats.js.errors.NoStreamResponseError:
+                    # Not made yet (only a dead letter makes it), or deleted by an operator:
+                    # made again, or every dead letter would be retried for ever.
+                    await ensure_dead_letter_stream(js, self.queue, self._settings.replicas)
+                    await js.publish(subject, delivery.body, headers=headers)
+                return
+            except NATS_ERRORS as exc:
+                if self._settings.jetstream:
+                    raise TransportError(
+                        f"can't store a dead letter in JetStream: {exc!r}"
+                    ) from exc
+                self._records_js = None  # core NATS without JetStream after all
         try:
-            await nc.publish(wire.dead_letter_subject(self.queue), delivery.body, headers=headers)
+            await nc.publish(subject, delivery.body, headers=headers)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish a dead letter on NATS: {exc!r}") from exc
 
