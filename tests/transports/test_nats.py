@@ -665,3 +665,13 @@ def test_worker_window_option() -> None:
     assert parse_url("nats://h?worker_window=0").worker_window == 0
     with pytest.raises(ConfigurationError, match="worker_window"):
         parse_url("nats://h?worker_window=-1")
+
+
+def test_several_servers_and_replicas() -> None:
+    # nats-py takes a list of server URLs; credentials given once apply to each.
+    settings = parse_url("nats://u:p@h1:4222,h2:4223?jetstream=1&replicas=3")
+    assert settings.servers == ("nats://u:p@h1:4222", "nats://u:p@h2:4223")
+    assert settings.replicas == 3
+    assert parse_url("nats://h").replicas == 1
+    with pytest.raises(ConfigurationError, match="replicas"):
+        parse_url("nats://h?replicas=0")
