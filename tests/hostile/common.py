@@ -10,9 +10,10 @@ worker's own queue changed (each suite compares a canary queue's state before an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 
@@ -44,6 +45,16 @@ class Gauge:
 
     def record(self, value: object) -> None:
         self.ran.append(value)
+
+    async def hold(self, seconds: float) -> int:
+        """Sleep `seconds`; how many calls of `hold` ran at once at most, so far."""
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.running -= 1
+        return self.most
 
     async def overlap(self, calls: int) -> int:
         """Return once `calls` calls of this method run at once: how many ran at most."""
@@ -101,3 +112,41 @@ def error_code(reply: bytes | None) -> int | None:
     decoded = json.loads(reply)  # exact: a reply may carry an id of any size
     first = decoded[0] if isinstance(decoded, list) else decoded
     return first.get("error", {}).get("code")
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    service: object, url: str, queue: str, **options: object
+) -> AsyncIterator[Worker]:
+    """`async with Worker(...)`, its start and stop bounded so that no test can hang."""
+    worker = Worker(service, url, queue, **options)  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(worker.__aenter__(), 15)
+    except BaseException:
+        if worker._runner is not None:
+            worker._runner.cancel()
+        raise
+    try:
+        yield worker
+    finally:
+        await asyncio.wait_for(worker.__aexit__(None, None, None), worker.grace + 15)
+
+
+async def assert_full_concurrency(client: AsyncClient, gauge: Gauge, concurrency: int) -> None:
+    """`concurrency` slow calls all run at once: no slot was lost to what came before."""
+    gauge.most = 0
+    results = await asyncio.gather(*(client.hold(0.3) for _ in range(concurrency)))
+    assert gauge.most == concurrency, (gauge.most, results)
+
+
+async def eventually(predicate, timeout: float = 10.0) -> None:
+    """Wait until `predicate()` (sync or async) is true, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

@@ -21,7 +21,7 @@ import pytest
 
 from micromessaging import AsyncClient, ErrorCode
 
-from .helpers import Gauge, assert_full_concurrency, eventually, serving
+from .common import Gauge, assert_full_concurrency, eventually, serving
 
 CONCURRENCY = 4
 QUEUE = "calc"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
@@ -22,26 +21,10 @@ from micromessaging import AsyncClient, CallTimeout, Client, NoWorkers
 from micromessaging.transports.redis import calls, scripts
 from micromessaging.transports.redis import wire as wire
 
-from ..brokers import REDIS, RedisNode
-from ..conftest import need
-from .helpers import Gauge, serving
+from ..brokers import RedisNode
+from .common import Gauge, serving
 
 ABANDONED = 20_000
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisNode]:
-    need(REDIS)
-    with RedisNode() as started:
-        yield started
-
-
-@pytest.fixture
-async def redis(server: RedisNode) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(server.url)
-    yield client
-    await client.flushdb()
-    await client.aclose()
 
 
 @pytest.fixture

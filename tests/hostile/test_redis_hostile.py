@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from micromessaging import AsyncClient
 from micromessaging.transports.redis import wire as wire
 
-from ..brokers import REDIS, RedisNode
-from ..conftest import need
-from .helpers import Gauge, assert_full_concurrency, eventually, keyspace, serving
+from ..brokers import RedisNode
+from .common import Gauge, assert_full_concurrency, eventually, serving
+from .helpers import keyspace
 
 CONCURRENCY = 4
 VICTIM = "victim-list-of-someone-else"
@@ -156,13 +156,6 @@ KINDS = [
     Kind("seed-huge-10mb", lambda q, r: body("echo", ["x" * (10 * 1024 * 1024)], q + "-r"), "dead"),
     Kind("seed-notification", lambda q, r: body("record", ["seed"], None), "nothing"),
 ]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisNode]:
-    need(REDIS)
-    with RedisNode() as started:
-        yield started
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
@@ -23,24 +22,9 @@ from micromessaging import AsyncClient
 from micromessaging.transports.redis import scripts
 from micromessaging.transports.redis import wire as wire
 
-from ..brokers import REDIS, RedisNode
-from ..conftest import need
-from .helpers import Gauge, eventually, keyspace, queue_prefixes, serving
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisNode]:
-    need(REDIS)
-    with RedisNode() as started:
-        yield started
-
-
-@pytest.fixture
-async def redis(server: RedisNode) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(server.url)
-    yield client
-    await client.flushdb()
-    await client.aclose()
+from ..brokers import RedisNode
+from .common import Gauge, eventually, serving
+from .helpers import keyspace, queue_prefixes
 
 
 @pytest.fixture
