@@ -10,14 +10,17 @@ worker's own queue changed (each suite compares a canary queue's state before an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
 from micromessaging import AsyncClient, Worker
+
+from ..transports.contract import serving
+
+__all__ = ["serving"]  # the hostile suites take it from here with the rest
 
 CONCURRENCY = 4
 REQUEST = b'{"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": 1}'
@@ -112,24 +115,6 @@ def error_code(reply: bytes | None) -> int | None:
     decoded = json.loads(reply)  # exact: a reply may carry an id of any size
     first = decoded[0] if isinstance(decoded, list) else decoded
     return first.get("error", {}).get("code")
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    service: object, url: str, queue: str, **options: object
-) -> AsyncIterator[Worker]:
-    """`async with Worker(...)`, its start and stop bounded so that no test can hang."""
-    worker = Worker(service, url, queue, **options)  # type: ignore[arg-type]
-    try:
-        await asyncio.wait_for(worker.__aenter__(), 15)
-    except BaseException:
-        if worker._runner is not None:
-            worker._runner.cancel()
-        raise
-    try:
-        yield worker
-    finally:
-        await asyncio.wait_for(worker.__aexit__(None, None, None), worker.grace + 15)
 
 
 async def assert_full_concurrency(client: AsyncClient, gauge: Gauge, concurrency: int) -> None:

@@ -10,7 +10,6 @@ Ruby 3 with the bunny gem is needed (.ci/run installs the Debian packages).
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import sys
 import uuid
@@ -23,8 +22,8 @@ from micromessaging import AsyncClient, Client, Worker
 from micromessaging.examples.calculator import Calculator
 
 from ..transports.test_amqp import delete_queues, queue_state
-
-SEED = os.path.join(os.path.dirname(__file__), "seed")
+from . import seed_programs
+from .seed_programs import finished
 
 pytestmark = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
 
@@ -40,24 +39,7 @@ async def ruby(program: str, queue: str, amqp_url: str) -> asyncio.subprocess.Pr
     # Bunny reads "amqp://host/" as the vhost "" (as the AMQP URI spec says), where
     # aio-pika reads the default vhost "/": without the path both mean "/".
     bunny_url = amqp_url[:-1] if urlsplit(amqp_url).path == "/" else amqp_url
-    return await asyncio.create_subprocess_exec(
-        "ruby",
-        os.path.join(SEED, program),
-        env={**os.environ, "QUEUE": queue, "RABBITMQ_URL": bunny_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finished(process: asyncio.subprocess.Process, timeout: float = 30) -> str:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError("the Ruby program did not finish") from None
-    assert process.returncode == 0, err.decode()
-    return out.decode()
+    return await seed_programs.ruby(program, QUEUE=queue, RABBITMQ_URL=bunny_url)
 
 
 async def test_seed_client_gets_answers_from_our_worker_process(queue: str, amqp_url: str) -> None:

@@ -9,7 +9,6 @@ needed (.ci/run installs Debian's ruby-redis).
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -21,9 +20,10 @@ import pytest
 from micromessaging import AsyncClient, Client
 from micromessaging.examples.calculator import Calculator
 
-from ..transports.test_redis import delete_queue, serving
-
-SEED = os.path.join(os.path.dirname(__file__), "seed")
+from ..transports.contract import serving
+from ..transports.test_redis import delete_queue
+from . import seed_programs
+from .seed_programs import finished
 
 
 def _ruby_has_redis() -> bool:
@@ -46,24 +46,7 @@ async def queue(redis_url: str) -> AsyncIterator[str]:
 
 
 async def ruby(program: str, queue: str, redis_url: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        "ruby",
-        os.path.join(SEED, program),
-        env={**os.environ, "QUEUE": queue, "REDIS_URL": redis_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finished(process: asyncio.subprocess.Process, timeout: float = 30) -> str:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError("the Ruby program did not finish") from None
-    assert process.returncode == 0, err.decode()
-    return out.decode()
+    return await seed_programs.ruby(program, QUEUE=queue, REDIS_URL=redis_url)
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:

@@ -28,6 +28,7 @@ that test with a skip that says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -110,6 +111,24 @@ async def answers_again(client: AsyncClient, within: float = 15.0) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    service: object, url: str | None, queue: str, **options: object
+) -> AsyncIterator[Worker]:
+    """`async with Worker(...)`, its start and stop bounded so that no test can hang."""
+    worker = Worker(service, url, queue, **options)  # type: ignore[arg-type]
+    try:
+        await asyncio.wait_for(worker.__aenter__(), 15)
+    except BaseException:
+        if worker._runner is not None:
+            worker._runner.cancel()
+        raise
+    try:
+        yield worker
+    finally:
+        await asyncio.wait_for(worker.__aexit__(None, None, None), worker.grace + 15)
 
 
 class TransportContract:

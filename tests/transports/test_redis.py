@@ -8,7 +8,6 @@ of their own (`make_redis_node`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 import uuid
@@ -39,27 +38,9 @@ from micromessaging.transports.redis import wire as wire
 from tests.brokers import RedisNode, free_port
 
 from .admin_contract import AdminContract
-from .contract import Probe, TransportContract, eventually
+from .contract import Probe, TransportContract, eventually, serving
 
 # --- helpers shared with the fault and interop tests -------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    service: object, url: str | None, queue: str, **options: object
-) -> AsyncIterator[Worker]:
-    """`async with Worker(...)`, with its start and its stop bounded so no test can hang."""
-    worker = Worker(service, url, queue, **options)  # type: ignore[arg-type]
-    try:
-        await asyncio.wait_for(worker.__aenter__(), 15)
-    except BaseException:
-        if worker._runner is not None:
-            worker._runner.cancel()
-        raise
-    try:
-        yield worker
-    finally:
-        await asyncio.wait_for(worker.__aexit__(None, None, None), worker.grace + 15)
 
 
 async def queue_keys(url: str, queue: str) -> list[str]:
