@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -21,7 +22,12 @@ import aio_pika
 import orjson
 import pamqp.frame
 import pytest
+from aiormq.connection import FrameReceiver
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp.body import ContentBody
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
 
 from micromessaging import (
     AsyncClient,
@@ -327,6 +333,75 @@ def test_publish_frames_decode_with_pamqp() -> None:
     assert properties.message_id is None
     assert [len(b.value) for b in bodies] == [300, 300, 300, 300, 80]
     assert b"".join(b.value for b in bodies) == body
+
+
+def _stream(chunks: list[bytes], *, eof: bool = True) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    if eof:
+        reader.feed_eof()
+    return reader
+
+
+async def _read_all(receiver: FrameReceiver) -> list[tuple[int, int, object]]:
+    received = []
+    with contextlib.suppress(StopAsyncIteration):
+        while True:
+            received.append(await receiver.get_frame())
+    return received
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, ContentBody) or isinstance(b, ContentBody):
+        return type(a) is type(b) and a.value == b.value  # type: ignore[union-attr]
+    if isinstance(a, ContentHeader) and isinstance(b, ContentHeader):
+        return (a.body_size, dict(a.properties)) == (b.body_size, dict(b.properties))
+    if isinstance(a, Heartbeat):
+        return isinstance(b, Heartbeat)
+    return type(a) is type(b) and dict(a) == dict(b)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("step", [1, 5, 7, 64, 100_000])
+async def test_the_bulk_frame_reader_decodes_as_pamqp(step: int) -> None:
+    """Frames cut anywhere by the socket read back as pamqp decodes them, in order."""
+    deliveries = [
+        Basic.Deliver("ctag-é", 2**40 + n, bool(n % 2), "ex" * n, "rk" * (n + 1)) for n in range(3)
+    ]
+    data = b"".join(
+        pamqp.frame.marshal(frame, 5) for frame in (*deliveries, Basic.Ack(9, True), Heartbeat())
+    )
+    data += encode_publish(5, "q", bytes(range(256)) * 3, body_frame_size=200, headers={"n": 1})
+    expected = []
+    rest = whole = data
+    while rest:
+        used, channel, frame = pamqp.frame.unmarshal(rest)
+        expected.append((used, channel, frame))
+        rest = rest[used:]
+    chunks = [whole[i : i + step] for i in range(0, len(whole), step)]
+    received = await _read_all(FrameReceiver(_stream(chunks)))
+    assert len(received) == len(expected) == 11
+    for (used, channel, frame), (used2, channel2, frame2) in zip(received, expected, strict=True):
+        assert (used, channel) == (used2, channel2)
+        assert _same(frame, frame2), (frame, frame2)
+    assert isinstance(received[0][2], Basic.Deliver)
+    assert received[0][2].consumer_tag == "ctag-é" and received[1][2].redelivered
+
+
+async def test_the_bulk_frame_reader_fails_as_aiormq_does() -> None:
+    frame = pamqp.frame.marshal(Basic.Ack(1), 1)
+    with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
+        await _read_all(FrameReceiver(_stream([frame + frame[:5]])))
+    with pytest.raises(InvalidFrameError):
+        await _read_all(FrameReceiver(_stream([frame[:-1] + b"x"])))
+    with pytest.raises(ProtocolSyntaxError):
+        await _read_all(FrameReceiver(_stream([b"AMQP\x00\x00\x09\x01"])))
+    # A basic.deliver the fast decoder can't read goes to pamqp, which says what is wrong.
+    payload = struct.pack(">I", Basic.Deliver.index) + b"\xc8short"  # a tag of 200 bytes
+    broken = struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
+    with pytest.raises(InvalidFrameError):
+        await _read_all(FrameReceiver(_stream([broken])))
+    assert await _read_all(FrameReceiver(_stream([]))) == []
 
 
 def test_minimal_publish_and_settle_frames() -> None:

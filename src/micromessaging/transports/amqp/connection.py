@@ -38,6 +38,8 @@ logger = logging.getLogger("micromessaging.transport.amqp")
 
 # A message whose properties can't be decoded must reach the worker, not close the connection.
 compat.read_leniently()
+# ...and frames are read in bulk, not three awaits and a general decoder per frame.
+compat.read_quickly()
 
 CONNECT_TIMEOUT = 10.0
 PROBES = 8
