@@ -40,7 +40,7 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import WorkerOptions
-from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport
+from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport, compat
 from micromessaging.transports.amqp.connection import Link
 from micromessaging.transports.amqp.frames import encode_ack, encode_nack, encode_publish
 from micromessaging.transports.amqp.wire import (
@@ -335,13 +335,14 @@ def test_publish_frames_decode_with_pamqp() -> None:
     assert b"".join(b.value for b in bodies) == body
 
 
-def _stream(chunks: list[bytes], *, eof: bool = True) -> asyncio.StreamReader:
+def _stream(chunks: list[bytes]) -> FrameReceiver:
+    """A bulk frame receiver (as our connections have) reading `chunks`, then the end."""
     reader = asyncio.StreamReader()
     for chunk in chunks:
         reader.feed_data(chunk)
-    if eof:
-        reader.feed_eof()
-    return reader
+    reader.feed_eof()
+    with compat.our_connections():
+        return FrameReceiver(reader)
 
 
 async def _read_all(receiver: FrameReceiver) -> list[tuple[int, int, object]]:
@@ -379,7 +380,7 @@ async def test_the_bulk_frame_reader_decodes_as_pamqp(step: int) -> None:
         expected.append((used, channel, frame))
         rest = rest[used:]
     chunks = [whole[i : i + step] for i in range(0, len(whole), step)]
-    received = await _read_all(FrameReceiver(_stream(chunks)))
+    received = await _read_all(_stream(chunks))
     assert len(received) == len(expected) == 11
     for (used, channel, frame), (used2, channel2, frame2) in zip(received, expected, strict=True):
         assert (used, channel) == (used2, channel2)
@@ -391,17 +392,17 @@ async def test_the_bulk_frame_reader_decodes_as_pamqp(step: int) -> None:
 async def test_the_bulk_frame_reader_fails_as_aiormq_does() -> None:
     frame = pamqp.frame.marshal(Basic.Ack(1), 1)
     with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
-        await _read_all(FrameReceiver(_stream([frame + frame[:5]])))
+        await _read_all(_stream([frame + frame[:5]]))
     with pytest.raises(InvalidFrameError):
-        await _read_all(FrameReceiver(_stream([frame[:-1] + b"x"])))
+        await _read_all(_stream([frame[:-1] + b"x"]))
     with pytest.raises(ProtocolSyntaxError):
-        await _read_all(FrameReceiver(_stream([b"AMQP\x00\x00\x09\x01"])))
+        await _read_all(_stream([b"AMQP\x00\x00\x09\x01"]))
     # A basic.deliver the fast decoder can't read goes to pamqp, which says what is wrong.
     payload = struct.pack(">I", Basic.Deliver.index) + b"\xc8short"  # a tag of 200 bytes
     broken = struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
     with pytest.raises(InvalidFrameError):
-        await _read_all(FrameReceiver(_stream([broken])))
-    assert await _read_all(FrameReceiver(_stream([]))) == []
+        await _read_all(_stream([broken]))
+    assert await _read_all(_stream([])) == []
 
 
 def test_minimal_publish_and_settle_frames() -> None:
@@ -474,6 +475,29 @@ async def test_link_batches_writes_and_never_waits_on_a_dead_channel() -> None:
 
 
 # --- the broker --------------------------------------------------------------------------------
+
+
+async def test_only_our_connections_read_in_bulk_reconnections_too(
+    queue_name: str, amqp_url: str
+) -> None:
+    before = compat.bulk_readers
+    foreign = await aio_pika.connect(amqp_url)  # the user's own aio-pika: aiormq's reader
+    try:
+        assert compat.bulk_readers == before
+        async with (
+            Worker(Calculator(), amqp_url, queue_name),
+            AsyncClient(waiting(amqp_url), queue_name, timeout=10) as client,
+        ):
+            assert await client.add(1, 2) == 3
+            assert compat.bulk_readers == before + 2  # the worker's and the client's
+            await close_connections(amqp_url, f"micromessaging client {socket.gethostname()} ")
+            await eventually(lambda: compat.bulk_readers == before + 3, timeout=15)
+            assert await client.add(2, 2) == 4  # on the reconnection, read in bulk
+        channel = await foreign.channel()
+        await channel.declare_queue(queue_name, passive=True)
+        assert compat.bulk_readers == before + 3
+    finally:
+        await foreign.close()
 
 
 class Calculator:

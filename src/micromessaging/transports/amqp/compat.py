@@ -16,15 +16,19 @@ message and dead-letters it.
 `read_quickly` replaces aiormq's frame reader, which awaits three reads per frame and decodes
 every frame through pamqp's general decoder: ours reads what the socket has in one go, cuts
 it into frames, and decodes the two frames every message brings in bulk (``basic.deliver``
-and body frames) with `struct`; every other frame still goes through pamqp.
+and body frames) with `struct`; every other frame still goes through pamqp. Only connections
+opened inside `our_connections` (and their reconnections, which run in the context they
+were opened in) read so: other aio-pika code in the same process keeps aiormq's reader.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import aiormq.connection
@@ -118,12 +122,37 @@ def _decode(data: bytes, start: int, end: int) -> Received:
         raise InvalidFrameError(str(exc)) from exc
 
 
+_ours: ContextVar[bool] = ContextVar("micromessaging_amqp_connection", default=False)
+_aiormq_init = aiormq.connection.FrameReceiver.__init__
+_aiormq_get_frame = aiormq.connection.FrameReceiver.get_frame
+bulk_readers = 0
+"""How many frame receivers read in bulk so far (each connection and reconnection has one)."""
+
+
+@contextlib.contextmanager
+def our_connections() -> Iterator[None]:
+    """Connections opened (and reopened) from within read their frames in bulk."""
+    token = _ours.set(True)
+    try:
+        yield
+    finally:
+        _ours.reset(token)
+
+
+def _init(self: aiormq.connection.FrameReceiver, reader: asyncio.StreamReader) -> None:
+    global bulk_readers
+    _aiormq_init(self, reader)
+    if _ours.get():
+        bulk_readers += 1
+        self.__dict__["_mm_ready"] = deque()
+        self.__dict__["_mm_data"] = b""
+
+
 async def _get_frame(self: aiormq.connection.FrameReceiver) -> Received:
     """aiormq's `FrameReceiver.get_frame`, reading everything available at once."""
     ready: deque[Received] | None = self.__dict__.get("_mm_ready")
     if ready is None:
-        ready = self.__dict__["_mm_ready"] = deque()
-        self.__dict__["_mm_data"] = b""
+        return await _aiormq_get_frame(self)
     if ready:
         return ready.popleft()
     if self.reader.at_eof() and not self.__dict__["_mm_data"]:
@@ -164,8 +193,11 @@ async def _get_frame(self: aiormq.connection.FrameReceiver) -> Received:
 
 
 def read_quickly() -> None:
-    """Read frames with `_get_frame` instead of aiormq's reader (once per process)."""
-    aiormq.connection.FrameReceiver.get_frame = _get_frame  # type: ignore[method-assign]
+    """Read our connections' frames with `_get_frame` instead of aiormq's reader (once per
+    process; idempotent)."""
+    receiver = aiormq.connection.FrameReceiver
+    receiver.__init__ = _init  # type: ignore[method-assign]
+    receiver.get_frame = _get_frame  # type: ignore[method-assign]
 
 
 def frames(payload: bytes) -> Frames:
