@@ -36,7 +36,7 @@ from _harness import ASYNC_SERVICE, CALCULATOR, rate, table, us
 from aio_pika.patterns import RPC
 from pamqp.commands import Basic
 
-from micromessaging import AsyncClient, Client
+from micromessaging import AsyncClient, Client, NoWorkers
 
 IN_FLIGHT = 64
 
@@ -101,6 +101,19 @@ async def throughput(call, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+async def first_call(call) -> None:
+    """Call once the worker is up (NoWorkers until it has declared its queue)."""
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            await call(0)
+            return
+        except NoWorkers:
+            if time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(0.1)
+
+
 def sync_sequential(client: Client, count: int) -> float:
     started = time.perf_counter()
     for i in range(count):
@@ -144,8 +157,8 @@ async def main(broker: str, rounds: int, seq_calls: int, calls: int) -> None:
             async def ours_async(i: int) -> float:
                 return await bench.add(i, 1)
 
-            await ours(0)  # waits in the queue until the worker is up
-            await ours_async(0)
+            await first_call(ours)  # the workers are up
+            await first_call(ours_async)
             sync_client = Client(broker, our_queue, timeout=30)
             sync_client.connect()
             for call in (theirs, ours, ours_async):  # warm up
@@ -224,7 +237,7 @@ async def confirm_cost(broker: str, rounds: int, seq_calls: int, calls: int) -> 
     figures: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     try:
         async with AsyncClient(broker, queue, timeout=30) as client:
-            await client.add(0, 1)  # the worker is up
+            await first_call(lambda i: client.add(i, 1))  # the worker is up
         for _ in range(rounds):
             for confirms in (False, True):
                 figures[confirms].append(

@@ -405,6 +405,57 @@ async def test_the_bulk_frame_reader_fails_as_aiormq_does() -> None:
     assert await _read_all(_stream([])) == []
 
 
+class _Channel:
+    """What `compat.deliver_directly` needs of an aiormq channel."""
+
+    number = 1
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+
+
+async def test_direct_consumers_take_whole_messages_and_nothing_else() -> None:
+    channel = _Channel()
+    taken: list[tuple[str, int, bytes]] = []
+    compat.deliver_directly(
+        channel,  # type: ignore[arg-type]
+        "mine",
+        lambda m: taken.append((m.delivery.consumer_tag, m.delivery.delivery_tag, m.body)),
+    )
+    queue = channel.frames
+
+    def header(size: int) -> ContentHeader:
+        return ContentHeader(0, size, Basic.Properties(correlation_id="c"))
+
+    def message(tag: str, n: int, *parts: bytes) -> list[object]:
+        body = b"".join(parts)
+        return [Basic.Deliver(tag, n, routing_key="q"), header(len(body))] + [
+            ContentBody(part) for part in parts
+        ]
+
+    for frame in [*message("mine", 1, b"ab", b"cd"), *message("mine", 2)]:
+        await queue.put((0, frame))
+    assert taken == [("mine", 1, b"abcd"), ("mine", 2, b"")] and queue.empty()
+    # Another consumer's message, and anything else, goes to aiormq's reader as it came.
+    others = [*message("theirs", 3, b"x"), Basic.Ack(1)]
+    for frame in others:
+        queue.put_nowait((0, frame))
+    assert [queue.get_nowait()[1] for _ in others] == others and not taken[2:]
+    # Behind frames aiormq has not read yet, a message waits its turn in the queue.
+    queue.put_nowait((0, Basic.Ack(2)))
+    for frame in message("mine", 4, b"y"):
+        await queue.put((0, frame))
+    assert queue.qsize() == 4 and len(taken) == 2
+    while not queue.empty():
+        queue.get_nowait()
+    # A frame out of place: what was held goes to aiormq first, in order, to complain about.
+    sent = [*message("mine", 5, b"zz")[:2], Basic.Ack(3)]
+    for frame in sent:
+        await queue.put((0, frame))
+    assert [queue.get_nowait()[1] for _ in sent] == sent and queue.empty()
+    assert len(taken) == 2
+
+
 def test_minimal_publish_and_settle_frames() -> None:
     (_, method), (_, header) = decode_frames(encode_publish(1, "q", b"", body_frame_size=10))
     assert method.routing_key == "q" and not method.mandatory

@@ -19,12 +19,17 @@ it into frames, and decodes the two frames every message brings in bulk (``basic
 and body frames) with `struct`; every other frame still goes through pamqp. Only connections
 opened inside `our_connections` (and their reconnections, which run in the context they
 were opened in) read so: other aio-pika code in the same process keeps aiormq's reader.
+
+`deliver_directly` hands a consumer's messages to a plain function as the connection's
+reader puts their frames on the channel (``basic.deliver``, content header, body frames):
+no trip through the channel's frame queue and reader task, and no task per message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -34,7 +39,7 @@ from typing import Any
 import aiormq.connection
 import pamqp.frame
 from aiormq import Channel
-from aiormq.abc import ChannelFrame
+from aiormq.abc import ChannelFrame, DeliveredMessage
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
@@ -42,6 +47,8 @@ from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
 Frames = ChannelFrame
+
+logger = logging.getLogger("micromessaging.transport.amqp")
 
 
 class UnreadableProperties(Basic.Properties):
@@ -198,6 +205,87 @@ def read_quickly() -> None:
     receiver = aiormq.connection.FrameReceiver
     receiver.__init__ = _init  # type: ignore[method-assign]
     receiver.get_frame = _get_frame  # type: ignore[method-assign]
+
+
+OnMessage = Callable[[DeliveredMessage], None]
+
+
+class _DirectFrames(asyncio.Queue[tuple[int, Any]]):
+    """A channel's frame queue that takes its direct consumers' messages out of the stream.
+
+    A ``basic.deliver`` for a direct consumer that arrives while the queue is empty (so at a
+    message boundary: aiormq is not in the middle of reading a message) is held with the
+    content header and body frames that follow it, and the whole message goes to the
+    consumer's function. Any other frame goes into the queue, as before; a frame out of
+    place while a message is held sends what is held into the queue first, in order, for
+    aiormq to complain about as it would have.
+    """
+
+    channel: Channel
+    direct: dict[str, OnMessage]
+    _held: list[tuple[int, Any]]
+    _size: int
+    _left: int
+
+    def _take(self, item: tuple[int, Any]) -> bool:
+        frame = item[1]
+        held = self._held
+        if held:
+            if len(held) == 1:
+                if isinstance(frame, ContentHeader):
+                    held.append(item)
+                    self._left = frame.body_size or 0
+                    if not self._left:
+                        self._deliver()
+                    return True
+            elif isinstance(frame, ContentBody):
+                held.append(item)
+                self._left -= len(frame.value)
+                if self._left <= 0:
+                    self._deliver()
+                return True
+            self._held = []
+            for early in held:
+                super().put_nowait(early)
+            return False
+        if isinstance(frame, Basic.Deliver) and frame.consumer_tag in self.direct and self.empty():
+            held.append(item)
+            return True
+        return False
+
+    def _deliver(self) -> None:
+        held, self._held = self._held, []
+        frame, header = held[0][1], held[1][1]
+        body = b"".join(part[1].value for part in held[2:])
+        on_message = self.direct.get(frame.consumer_tag)
+        if on_message is None:
+            return
+        try:
+            on_message(DeliveredMessage(frame, header, body, self.channel))
+        except Exception:
+            logger.exception("a consumer of channel %s failed", self.channel.number)
+
+    def put_nowait(self, item: tuple[int, Any]) -> None:
+        if not self._take(item):
+            super().put_nowait(item)
+
+    async def put(self, item: tuple[int, Any]) -> None:
+        if not self._take(item):
+            await super().put(item)
+
+
+def deliver_directly(channel: Channel, consumer_tag: str, on_message: OnMessage) -> None:
+    """Hand the messages of `consumer_tag` on `channel` straight to `on_message` (which must
+    not raise: what it raises is logged)."""
+    queue = channel.frames
+    if not isinstance(queue, _DirectFrames):
+        queue.__class__ = _DirectFrames
+        assert isinstance(queue, _DirectFrames)
+        queue.channel = channel
+        queue.direct = {}
+        queue._held = []
+        queue._left = 0
+    queue.direct[consumer_tag] = on_message
 
 
 def frames(payload: bytes) -> Frames:
