@@ -111,6 +111,101 @@ def _deliver(payload: bytes) -> Basic.Deliver:
     return frame
 
 
+_SHORT_STRINGS = (
+    # Basic.Properties fields in flag order: (flag, name, kind) for those decoded here.
+    (1 << 15, "content_type", "s"),
+    (1 << 14, "content_encoding", "s"),
+    (1 << 13, "headers", "F"),
+    (1 << 12, "delivery_mode", "o"),
+    (1 << 11, "priority", "o"),
+    (1 << 10, "correlation_id", "s"),
+    (1 << 9, "reply_to", "s"),
+    (1 << 8, "expiration", "s"),
+    (1 << 7, "message_id", "s"),
+    (1 << 5, "message_type", "s"),
+    (1 << 4, "user_id", "s"),
+    (1 << 3, "app_id", "s"),
+)
+_QUICK_FLAGS = sum(flag for flag, _, _ in _SHORT_STRINGS)
+_header_head = struct.Struct(">HHQH")
+_long_long = struct.Struct(">q")
+_long = struct.Struct(">l")
+_unsigned = struct.Struct(">I")
+
+
+class _Irregular(Exception):
+    """Not a header `_content_header` decodes: pamqp does, or says what is wrong."""
+
+
+def _table(data: bytes, at: int) -> tuple[int, dict[str, Any]]:
+    """A field table of the value types our headers use (``l S I t V``), as pamqp's."""
+    (size,) = _unsigned.unpack_from(data, at)
+    at += 4
+    end = at + size
+    if end > len(data):
+        raise _Irregular
+    table: dict[str, Any] = {}
+    while at < end:
+        length = data[at]
+        name = data[at + 1 : at + 1 + length].decode()
+        at += 1 + length
+        kind = data[at]
+        at += 1
+        if kind == 0x6C:  # l
+            (table[name],) = _long_long.unpack_from(data, at)
+            at += 8
+        elif kind == 0x53:  # S
+            (length,) = _unsigned.unpack_from(data, at)
+            at += 4
+            if at + length > end:
+                raise _Irregular
+            table[name] = data[at : at + length].decode()  # not UTF-8: pamqp gives bytes
+            at += length
+        elif kind == 0x49:  # I
+            (table[name],) = _long.unpack_from(data, at)
+            at += 4
+        elif kind == 0x74:  # t
+            table[name] = bool(data[at])
+            at += 1
+        elif kind == 0x56:  # V
+            table[name] = None
+        else:
+            raise _Irregular
+    if at != end:
+        raise _Irregular
+    return at, table
+
+
+def _content_header(payload: bytes) -> ContentHeader:
+    """A content header whose properties are the ones our messages carry, decoded as pamqp
+    decodes them; `_Irregular` (or a decoding error) for anything else."""
+    class_id, weight, body_size, flags = _header_head.unpack_from(payload)
+    if flags & ~_QUICK_FLAGS:
+        raise _Irregular  # a timestamp, a cluster id, more flag words: pamqp's
+    properties = Basic.Properties()
+    at = 14
+    for flag, name, kind in _SHORT_STRINGS:
+        if not flags & flag:
+            continue
+        if kind == "s":
+            length = payload[at]
+            end = at + 1 + length
+            if end > len(payload):
+                raise _Irregular
+            setattr(properties, name, payload[at + 1 : end].decode())
+            at = end
+        elif kind == "o":
+            setattr(properties, name, payload[at])
+            at += 1
+        else:
+            at, properties.headers = _table(payload, at)
+    if at != len(payload):
+        raise _Irregular
+    header = ContentHeader(weight, body_size, properties)
+    header.class_id = class_id
+    return header
+
+
 def _decode(data: bytes, start: int, end: int) -> Received:
     """The frame in ``data[start:end]`` (frame end included), as pamqp's `unmarshal` returns it."""
     kind, channel, _ = _frame_head.unpack_from(data, start)
@@ -118,7 +213,12 @@ def _decode(data: bytes, start: int, end: int) -> Received:
         raise InvalidFrameError("frame end missing")
     if kind == 3:  # body
         return end - start, channel, ContentBody(data[start + 7 : end - 1])
-    if kind == 1 and data[start + 7 : start + 11] == _deliver_index:
+    if kind == 2:
+        try:
+            return end - start, channel, _content_header(data[start + 7 : end - 1])
+        except (_Irregular, IndexError, ValueError, struct.error):
+            pass  # pamqp's, or `read_leniently`'s
+    elif kind == 1 and data[start + 7 : start + 11] == _deliver_index:
         try:
             return end - start, channel, _deliver(data[start + 7 : end - 1])
         except (IndexError, ValueError, struct.error):
