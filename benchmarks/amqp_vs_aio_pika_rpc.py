@@ -12,10 +12,11 @@ Targets: sequential latency <= 0.8x aio-pika RPC's; throughput with 64 calls in 
 
 ``--confirm-cost`` measures instead what publisher confirms on requests would cost: a bare
 aiormq client (direct reply-to, our worker answering) publishing with and without confirms,
-interleaved (docs/wire-amqp.md explains why our requests are not confirmed).
+interleaved (docs/wire-amqp.md explains why our requests are not confirmed). ``--cpu``
+measures the CPU time per call of the client and of the worker process (64 in flight).
 
     python benchmarks/amqp_vs_aio_pika_rpc.py [--broker amqp://guest:guest@127.0.0.1/]
-        [--rounds 5] [--sequential 500] [--calls 3000] [--confirm-cost]
+        [--rounds 5] [--sequential 500] [--calls 3000] [--confirm-cost | --cpu]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from _harness import ASYNC_SERVICE, CALCULATOR, rate, table, us
 from aio_pika.patterns import RPC
 from pamqp.commands import Basic
 
-from micromessaging import AsyncClient, Client
+from micromessaging import AsyncClient, Client, NoWorkers
 
 IN_FLIGHT = 64
 
@@ -101,6 +102,19 @@ async def throughput(call, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+async def first_call(call) -> None:
+    """Call once the worker is up (NoWorkers until it has declared its queue)."""
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            await call(0)
+            return
+        except NoWorkers:
+            if time.monotonic() > give_up:
+                raise
+            await asyncio.sleep(0.1)
+
+
 def sync_sequential(client: Client, count: int) -> float:
     started = time.perf_counter()
     for i in range(count):
@@ -144,8 +158,8 @@ async def main(broker: str, rounds: int, seq_calls: int, calls: int) -> None:
             async def ours_async(i: int) -> float:
                 return await bench.add(i, 1)
 
-            await ours(0)  # waits in the queue until the worker is up
-            await ours_async(0)
+            await first_call(ours)  # the workers are up
+            await first_call(ours_async)
             sync_client = Client(broker, our_queue, timeout=30)
             sync_client.connect()
             for call in (theirs, ours, ours_async):  # warm up
@@ -224,7 +238,7 @@ async def confirm_cost(broker: str, rounds: int, seq_calls: int, calls: int) -> 
     figures: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     try:
         async with AsyncClient(broker, queue, timeout=30) as client:
-            await client.add(0, 1)  # the worker is up
+            await first_call(lambda i: client.add(i, 1))  # the worker is up
         for _ in range(rounds):
             for confirms in (False, True):
                 figures[confirms].append(
@@ -275,6 +289,41 @@ async def bare_client(
         return await sequential(call, seq_calls), await throughput(call, calls)
 
 
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat, Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_per_call(broker: str, rounds: int, calls: int) -> None:
+    """CPU time per call of the client (this process) and of the worker process, with
+    IN_FLIGHT calls in flight to the seed's Calculator: where a call's cost goes."""
+    queue = f"bench-cpu-{uuid.uuid4().hex[:8]}"
+    worker = start(worker_command(broker, CALCULATOR, queue))
+    try:
+        async with AsyncClient(broker, queue, timeout=30) as client:
+
+            async def call(i: int) -> float:
+                return await client.add(i, 1)
+
+            await first_call(call)
+            await throughput(call, 2000)  # warm up
+            for _ in range(rounds):
+                mine, theirs = cpu_seconds("self"), cpu_seconds(worker.pid)
+                per_second = await throughput(call, calls)
+                mine, theirs = cpu_seconds("self") - mine, cpu_seconds(worker.pid) - theirs
+                print(
+                    f"{per_second:7,.0f} calls/s; CPU per call: client {mine / calls * 1e6:4.0f} "
+                    f"us, worker {theirs / calls * 1e6:4.0f} us",
+                    flush=True,
+                )
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        await delete_queues(broker, [queue])
+
+
 async def delete_queues(broker: str, names: list[str]) -> None:
     connection = await aio_pika.connect(broker)
     async with connection:
@@ -291,9 +340,12 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--serve-aio-pika", metavar="QUEUE")
     parser.add_argument("--confirm-cost", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="CPU per call, client and worker")
     args = parser.parse_args()
     if args.serve_aio_pika:
         asyncio.run(serve_aio_pika(args.broker, args.serve_aio_pika))
+    elif args.cpu:
+        asyncio.run(cpu_per_call(args.broker, args.rounds, args.calls))
     elif args.confirm_cost:
         asyncio.run(confirm_cost(args.broker, args.rounds, args.sequential, args.calls))
     else:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 import subprocess
 import time
 import uuid
@@ -21,7 +22,12 @@ import aio_pika
 import orjson
 import pamqp.frame
 import pytest
+from aiormq.connection import FrameReceiver
+from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp.body import ContentBody
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
+from pamqp.heartbeat import Heartbeat
 
 from micromessaging import (
     AsyncClient,
@@ -34,7 +40,7 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import WorkerOptions
-from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport
+from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport, compat
 from micromessaging.transports.amqp.connection import Link
 from micromessaging.transports.amqp.frames import encode_ack, encode_nack, encode_publish
 from micromessaging.transports.amqp.wire import (
@@ -329,6 +335,190 @@ def test_publish_frames_decode_with_pamqp() -> None:
     assert b"".join(b.value for b in bodies) == body
 
 
+def _stream(chunks: list[bytes]) -> FrameReceiver:
+    """A bulk frame receiver (as our connections have) reading `chunks`, then the end."""
+    reader = asyncio.StreamReader()
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    reader.feed_eof()
+    with compat.our_connections():
+        return FrameReceiver(reader)
+
+
+async def _read_all(receiver: FrameReceiver) -> list[tuple[int, int, object]]:
+    received = []
+    with contextlib.suppress(StopAsyncIteration):
+        while True:
+            received.append(await receiver.get_frame())
+    return received
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, ContentBody) or isinstance(b, ContentBody):
+        return type(a) is type(b) and a.value == b.value  # type: ignore[union-attr]
+    if isinstance(a, ContentHeader) and isinstance(b, ContentHeader):
+        return (a.body_size, dict(a.properties)) == (b.body_size, dict(b.properties))
+    if isinstance(a, Heartbeat):
+        return isinstance(b, Heartbeat)
+    return type(a) is type(b) and dict(a) == dict(b)  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("step", [1, 5, 7, 64, 100_000])
+async def test_the_bulk_frame_reader_decodes_as_pamqp(step: int) -> None:
+    """Frames cut anywhere by the socket read back as pamqp decodes them, in order."""
+    deliveries = [
+        Basic.Deliver("ctag-é", 2**40 + n, bool(n % 2), "ex" * n, "rk" * (n + 1)) for n in range(3)
+    ]
+    data = b"".join(
+        pamqp.frame.marshal(frame, 5) for frame in (*deliveries, Basic.Ack(9, True), Heartbeat())
+    )
+    data += encode_publish(5, "q", bytes(range(256)) * 3, body_frame_size=200, headers={"n": 1})
+    expected = []
+    rest = whole = data
+    while rest:
+        used, channel, frame = pamqp.frame.unmarshal(rest)
+        expected.append((used, channel, frame))
+        rest = rest[used:]
+    chunks = [whole[i : i + step] for i in range(0, len(whole), step)]
+    received = await _read_all(_stream(chunks))
+    assert len(received) == len(expected) == 11
+    for (used, channel, frame), (used2, channel2, frame2) in zip(received, expected, strict=True):
+        assert (used, channel) == (used2, channel2)
+        assert _same(frame, frame2), (frame, frame2)
+    assert isinstance(received[0][2], Basic.Deliver)
+    assert received[0][2].consumer_tag == "ctag-é" and received[1][2].redelivered
+
+
+async def test_the_bulk_frame_reader_fails_as_aiormq_does() -> None:
+    frame = pamqp.frame.marshal(Basic.Ack(1), 1)
+    with pytest.raises(AMQPConnectionError, match="unexpectedly closed"):
+        await _read_all(_stream([frame + frame[:5]]))
+    with pytest.raises(InvalidFrameError):
+        await _read_all(_stream([frame[:-1] + b"x"]))
+    with pytest.raises(ProtocolSyntaxError):
+        await _read_all(_stream([b"AMQP\x00\x00\x09\x01"]))
+    # A basic.deliver the fast decoder can't read goes to pamqp, which says what is wrong.
+    payload = struct.pack(">I", Basic.Deliver.index) + b"\xc8short"  # a tag of 200 bytes
+    broken = struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
+    with pytest.raises(InvalidFrameError):
+        await _read_all(_stream([broken]))
+    assert await _read_all(_stream([])) == []
+
+
+def test_content_headers_decode_as_pamqp_decodes_them() -> None:
+    """Ours where it applies, pamqp's (with `read_leniently`) for everything else: the same
+    properties either way, on valid headers of every kind and on thousands of damaged ones."""
+    import datetime
+    import random
+
+    samples = [
+        Basic.Properties(),
+        Basic.Properties(content_type="application/json", correlation_id="abc.1"),
+        Basic.Properties(
+            content_type="a",
+            content_encoding="gzip",
+            headers={"mm-sent": 2**41, "i": -5, "s": "é", "t": True, "f": False, "v": None},
+            delivery_mode=2,
+            priority=3,
+            correlation_id="c",
+            reply_to="amq.rabbitmq.reply-to.xyz",
+            expiration="1000",
+            message_id="m",
+            message_type="t",
+            user_id="guest",
+            app_id="app",
+        ),
+        Basic.Properties(headers={"nested": {"a": 1}, "list": [1, "x"], "f": 1.5}),
+        Basic.Properties(timestamp=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)),
+        Basic.Properties(headers={"bytes": bytearray(b"\xff\xfe")}),
+    ]
+    rng = random.Random(11)
+    payloads = []
+    for properties in samples:
+        payload = ContentHeader(0, 42, properties).marshal()
+        payloads.append(payload)
+        for _ in range(400):
+            damaged = bytearray(payload)
+            for _ in range(rng.randint(1, 3)):
+                damaged[rng.randrange(12, len(damaged))] = rng.randrange(256)
+            payloads.append(bytes(damaged))
+            payloads.append(payload[: rng.randrange(12, len(payload))])
+    for payload in payloads:
+        data = struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+        try:
+            expected = pamqp.frame.unmarshal(data)[2]
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                compat._decode(data, 0, len(data))
+            continue
+        got = compat._decode(data, 0, len(data))[2]
+        assert type(got.properties) is type(expected.properties), payload
+        assert (got.class_id, got.weight, got.body_size) == (
+            expected.class_id,
+            expected.weight,
+            expected.body_size,
+        )
+        assert _properties(got) == _properties(expected), payload
+
+
+def _properties(header: ContentHeader) -> dict[str, object]:
+    properties = header.properties
+    if isinstance(properties, compat.UnreadableProperties):
+        return {"problem": properties.problem}
+    return {name: getattr(properties, name) for name in properties.__slots__}
+
+
+class _Channel:
+    """What `compat.deliver_directly` needs of an aiormq channel."""
+
+    number = 1
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+
+
+async def test_direct_consumers_take_whole_messages_and_nothing_else() -> None:
+    channel = _Channel()
+    taken: list[tuple[str, int, bytes]] = []
+    compat.deliver_directly(
+        channel,  # type: ignore[arg-type]
+        "mine",
+        lambda m: taken.append((m.delivery.consumer_tag, m.delivery.delivery_tag, m.body)),
+    )
+    queue = channel.frames
+
+    def header(size: int) -> ContentHeader:
+        return ContentHeader(0, size, Basic.Properties(correlation_id="c"))
+
+    def message(tag: str, n: int, *parts: bytes) -> list[object]:
+        body = b"".join(parts)
+        return [Basic.Deliver(tag, n, routing_key="q"), header(len(body))] + [
+            ContentBody(part) for part in parts
+        ]
+
+    for frame in [*message("mine", 1, b"ab", b"cd"), *message("mine", 2)]:
+        await queue.put((0, frame))
+    assert taken == [("mine", 1, b"abcd"), ("mine", 2, b"")] and queue.empty()
+    # Another consumer's message, and anything else, goes to aiormq's reader as it came.
+    others = [*message("theirs", 3, b"x"), Basic.Ack(1)]
+    for frame in others:
+        queue.put_nowait((0, frame))
+    assert [queue.get_nowait()[1] for _ in others] == others and not taken[2:]
+    # Behind frames aiormq has not read yet, a message waits its turn in the queue.
+    queue.put_nowait((0, Basic.Ack(2)))
+    for frame in message("mine", 4, b"y"):
+        await queue.put((0, frame))
+    assert queue.qsize() == 4 and len(taken) == 2
+    while not queue.empty():
+        queue.get_nowait()
+    # A frame out of place: what was held goes to aiormq first, in order, to complain about.
+    sent = [*message("mine", 5, b"zz")[:2], Basic.Ack(3)]
+    for frame in sent:
+        await queue.put((0, frame))
+    assert [queue.get_nowait()[1] for _ in sent] == sent and queue.empty()
+    assert len(taken) == 2
+
+
 def test_minimal_publish_and_settle_frames() -> None:
     (_, method), (_, header) = decode_frames(encode_publish(1, "q", b"", body_frame_size=10))
     assert method.routing_key == "q" and not method.mandatory
@@ -399,6 +589,29 @@ async def test_link_batches_writes_and_never_waits_on_a_dead_channel() -> None:
 
 
 # --- the broker --------------------------------------------------------------------------------
+
+
+async def test_only_our_connections_read_in_bulk_reconnections_too(
+    queue_name: str, amqp_url: str
+) -> None:
+    before = compat.bulk_readers
+    foreign = await aio_pika.connect(amqp_url)  # the user's own aio-pika: aiormq's reader
+    try:
+        assert compat.bulk_readers == before
+        async with (
+            Worker(Calculator(), amqp_url, queue_name),
+            AsyncClient(waiting(amqp_url), queue_name, timeout=10) as client,
+        ):
+            assert await client.add(1, 2) == 3
+            assert compat.bulk_readers == before + 2  # the worker's and the client's
+            await close_connections(amqp_url, f"micromessaging client {socket.gethostname()} ")
+            await eventually(lambda: compat.bulk_readers == before + 3, timeout=15)
+            assert await client.add(2, 2) == 4  # on the reconnection, read in bulk
+        channel = await foreign.channel()
+        await channel.declare_queue(queue_name, passive=True)
+        assert compat.bulk_readers == before + 3
+    finally:
+        await foreign.close()
 
 
 class Calculator:

@@ -80,9 +80,14 @@ class AmqpClientTransport(ClientTransport):
             pending = PendingConfirms(mask_password(self.settings.connect_url.split("?")[0]))
             compat.on_confirms(channel, pending.confirmed)
             self._pending_confirms = (channel, pending)
-        await channel.basic_consume(DIRECT_REPLY_TO, self._reply, no_ack=True)
+        ok = await channel.basic_consume(DIRECT_REPLY_TO, self._replied, no_ack=True)
+        assert ok.consumer_tag is not None
+        compat.deliver_directly(channel, ok.consumer_tag, self._reply)
 
-    async def _reply(self, message: DeliveredMessage) -> None:
+    async def _replied(self, message: DeliveredMessage) -> None:
+        self._reply(message)  # a reply that came before `deliver_directly`
+
+    def _reply(self, message: DeliveredMessage) -> None:
         self.router.resolve(message.header.properties.correlation_id, message.body)
 
     def _lost(self, exc: BaseException | None) -> None:

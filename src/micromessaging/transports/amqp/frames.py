@@ -10,7 +10,7 @@ through aiormq. The tests check these bytes against pamqp's decoder.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 FRAME_END = b"\xce"
 METHOD, HEADER, BODY = 1, 2, 3
@@ -29,6 +29,9 @@ HeaderValue = str | int | float | bool | None
 
 _frame_head = struct.Struct(">BHI")
 _ack = struct.Struct(">HHQB")
+_header_head = struct.Struct(">HHQH")
+_long_long = struct.Struct(">q")
+_publish_head = struct.pack(">HHH", BASIC, PUBLISH, 0) + b"\x00"  # ticket, exchange ""
 
 
 def frame(kind: int, channel: int, payload: bytes) -> bytes:
@@ -44,12 +47,28 @@ def shortstr(value: str) -> bytes:
     return bytes((len(data),)) + data
 
 
+_constants: dict[tuple[object, ...], bytes] = {}
+CONSTANTS_KEPT = 4096
+
+
+def _constant(key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
+    """`make()`, kept by `key` (queue names, content types: a few per process)."""
+    data = _constants.get(key)
+    if data is None:
+        data = make()
+        if len(_constants) < CONSTANTS_KEPT:
+            _constants[key] = data
+    return data
+
+
 def table(values: Mapping[str, HeaderValue]) -> bytes:
     """An AMQP field table of strings, integers, floats, booleans and voids."""
     parts = []
     for name, value in values.items():
-        parts.append(shortstr(name))
-        if isinstance(value, bool):  # before int: bool is an int
+        parts.append(_constant((name,), lambda name=name: shortstr(name)))  # type: ignore[misc]
+        if type(value) is int:  # the usual: a time in milliseconds
+            parts.append(b"l" + _long_long.pack(value))
+        elif isinstance(value, bool):  # before int: bool is an int
             parts.append(b"t\x01" if value else b"t\x00")
         elif isinstance(value, int):
             parts.append(b"l" + struct.pack(">q", value))
@@ -81,13 +100,21 @@ def encode_publish(
     expiration: str | None = None,
 ) -> bytes:
     """basic.publish to the default exchange, its content header and its body frames."""
-    method = struct.pack(">HHH", BASIC, PUBLISH, 0) + b"\x00" + shortstr(routing_key)
-    method += b"\x01" if mandatory else b"\x00"
+    method_frame = _constants.get((channel, routing_key, mandatory))
+    if method_frame is None:
+        method_frame = _constant(
+            (channel, routing_key, mandatory),
+            lambda: frame(
+                METHOD,
+                channel,
+                _publish_head + shortstr(routing_key) + (b"\x01" if mandatory else b"\x00"),
+            ),
+        )
     flags = 0
     properties = []
     if content_type is not None:
         flags |= CONTENT_TYPE
-        properties.append(shortstr(content_type))
+        properties.append(_constant((content_type,), lambda: shortstr(content_type)))
     if headers:
         flags |= HEADERS
         properties.append(table(headers))
@@ -99,15 +126,19 @@ def encode_publish(
         properties.append(shortstr(correlation_id))
     if reply_to is not None:
         flags |= REPLY_TO
-        properties.append(shortstr(reply_to))
+        properties.append(_constant((reply_to,), lambda: shortstr(reply_to)))
     if expiration is not None:
         flags |= EXPIRATION
         properties.append(shortstr(expiration))
-    header = struct.pack(">HHQH", BASIC, 0, len(body), flags) + b"".join(properties)
-    frames = [frame(METHOD, channel, method), frame(HEADER, channel, header)]
+    header = _header_head.pack(BASIC, 0, len(body), flags) + b"".join(properties)
+    frames = [method_frame, frame(HEADER, channel, header)]
     # The body is cut into frames of the size the connection negotiated (frame_max - 8).
     step = body_frame_size
-    frames.extend(frame(BODY, channel, body[i : i + step]) for i in range(0, len(body), step))
+    if len(body) <= step:
+        if body:
+            frames += (_frame_head.pack(BODY, channel, len(body)), body, FRAME_END)
+    else:
+        frames.extend(frame(BODY, channel, body[i : i + step]) for i in range(0, len(body), step))
     return b"".join(frames)
 
 

@@ -49,6 +49,7 @@ from .wire import (
     deadline_of,
     delivery_count_of,
     expiration_for,
+    is_direct_reply_to,
     parse_url,
     republishable,
     sent_of,
@@ -118,6 +119,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         self._counts_itself = False
         self.recounted = 0
         self._recounting: set[asyncio.Future[bool]] = set()
+        self._arriving: set[asyncio.Future[None]] = set()
 
     def _transient(self, exc: BaseException) -> bool:
         return is_transient(exc)
@@ -181,6 +183,7 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
     async def _consume(self, channel: Channel) -> None:
         ok = await channel.basic_consume(self.queue, self._arrived)
         assert ok.consumer_tag is not None
+        compat.deliver_directly(channel, ok.consumer_tag, self._took)
         self._consumer = (channel, ok.consumer_tag)
 
     def _cancelled_by_broker(self, frame: Basic.Cancel) -> None:
@@ -218,6 +221,54 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         # The broker puts the lost channel's unacknowledged messages back in the queue; the
         # calls running them finish, and their replies still go out on the next channel.
         self._consumer = None
+
+    def _took(self, message: DeliveredMessage) -> None:
+        """A request, as the connection's reader reads it (`compat.deliver_directly`): handed
+        over at once when nothing must be asked of the broker first (the usual case: a
+        first delivery replying to direct reply-to), else by `_arrived`, in a task."""
+        if self._take_now(message):
+            return
+        arriving = asyncio.ensure_future(self._arrived(message))
+        self._arriving.add(arriving)
+        arriving.add_done_callback(self._arrival_done)
+
+    def _arrival_done(self, arriving: asyncio.Future[None]) -> None:
+        self._arriving.discard(arriving)
+        if not arriving.cancelled() and arriving.exception() is not None:
+            logger.error(
+                "taking a request from %r failed", self.queue, exc_info=arriving.exception()
+            )
+
+    def _take_now(self, message: DeliveredMessage) -> bool:
+        """`_arrived` without waiting, when it would not wait; False (and nothing done) if it
+        would."""
+        channel = cast(Channel, message.channel)
+        frame = message.delivery
+        assert isinstance(frame, Basic.Deliver)
+        assert frame.delivery_tag is not None
+        assert self._link is not None
+        if not self.receiving:
+            self._link.write(channel, encode_nack(channel.number, frame.delivery_tag))
+            return True
+        if self._recounting:
+            return False
+        properties = message.header.properties
+        headers = properties.headers
+        deadline = deadline_of(headers)
+        count, recount = delivery_count_of(headers, frame.redelivered, quorum=self._counts_itself)
+        if recount and (deadline is None or deadline > time.time()):
+            return False
+        unreadable = properties if isinstance(properties, compat.UnreadableProperties) else None
+        reply_to = None if unreadable else properties.reply_to
+        if reply_to and not is_direct_reply_to(reply_to):
+            return False  # the broker is asked about it (`replies`)
+        delivery = AmqpDelivery(self, channel, frame.delivery_tag, message, count, deadline)
+        if unreadable is not None:
+            delivery.refusal = f"unreadable message properties: {unreadable.problem}"
+        elif reply_to:
+            delivery.reply_to = reply_to
+        self.hand_over(delivery)
+        return True
 
     async def _arrived(self, message: DeliveredMessage) -> None:
         channel = cast(Channel, message.channel)
