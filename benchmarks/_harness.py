@@ -15,6 +15,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,15 +34,23 @@ def worker(
     concurrency: int = 64,
     processes: int = 1,
     extra: tuple[str, ...] = (),
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``micromessaging worker`` serving `target` on `queue`, stopped (SIGTERM) at the end."""
+) -> Iterator[subprocess.Popen[str]]:
+    """``micromessaging worker`` serving `target` on `queue`, stopped (SIGTERM) at the end.
+
+    Returns once every worker process has logged that it serves: a call made before would
+    find no worker seen alive, and fail at once with NoWorkers. Later log lines at warning
+    and above are passed on to this process's stderr.
+    """
     command = [
         sys.executable, "-m", "micromessaging", "worker", target, "--broker", broker,
         "--queue", queue, "--concurrency", str(concurrency), "--processes", str(processes),
-        "--log-level", "warning", *extra,
+        "--log-level", "info", *extra,
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=HERE, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=HERE, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
     try:
+        _until_serving(process, processes)
         yield process
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -51,6 +60,27 @@ def worker(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _until_serving(process: subprocess.Popen[str], count: int, timeout: float = 60) -> None:
+    assert process.stderr is not None
+    stream = process.stderr
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    serving = 0
+    while serving < count:
+        line = stream.readline()
+        if not line or time.monotonic() > deadline:
+            raise RuntimeError("the worker did not start:\n" + "".join(seen[-20:]))
+        seen.append(line)
+        serving += "serving queue" in line
+
+    def drain() -> None:
+        for line in stream:
+            if " INFO " not in line and " DEBUG " not in line:
+                sys.stderr.write(line)
+
+    threading.Thread(target=drain, daemon=True).start()
 
 
 async def in_flight(call: Callable[[int], Awaitable[object]], calls: int, lanes: int) -> float:
