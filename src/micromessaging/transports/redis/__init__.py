@@ -1,4 +1,4 @@
-"""redis:// and rediss:// - JSON-RPC over Redis lists, compatible with the seed's programs.
+"""redis://, rediss://, redis+cluster:// - JSON-RPC over Redis lists, compatible with the seed.
 
 Requests are LPUSHed onto the list named after the queue and taken from its other end.
 A worker answers both wire forms on the same queue: the seed's bare JSON-RPC (the reply is
@@ -9,10 +9,13 @@ a delivery count). docs/wire-redis.md describes both, field by field.
 URL options besides redis-py's own: ``?wire=seed`` makes a client speak the seed's protocol;
 ``?heartbeat=SECONDS`` sets a worker's heartbeat TTL, which bounds how long a killed
 worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s).
+``redis+cluster://host:port,host:port`` (``rediss+cluster://`` with TLS) is a Redis Cluster:
+docs/scaling.md.
 """
 
 from __future__ import annotations
 
+from ..._exceptions import ConfigurationError
 from ..base import ClientTransport, SyncClientTransport, WorkerOptions
 from .client import RedisClientTransport, RedisSeedClientTransport
 from .connection import RedisSettings
@@ -20,9 +23,16 @@ from .sync_client import RedisSeedSyncClientTransport, RedisSyncClientTransport
 from .worker import RedisDelivery, RedisWorkerTransport
 
 
+def _settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_url(url)
+    if settings.cluster and settings.wire == "seed":
+        raise ConfigurationError("wire=seed is for one Redis: the seed's programs know no cluster")
+    return settings
+
+
 def client_transport(url: str) -> ClientTransport:
     """A client for a redis:// or rediss:// URL (the seed's protocol with ``?wire=seed``)."""
-    settings = RedisSettings.from_url(url)
+    settings = _settings(url)
     if settings.wire == "seed":
         return RedisSeedClientTransport(settings)
     return RedisClientTransport(settings)
@@ -30,7 +40,7 @@ def client_transport(url: str) -> ClientTransport:
 
 def sync_client_transport(url: str) -> SyncClientTransport:
     """A blocking client that does its I/O on the calling thread (for `Client`)."""
-    settings = RedisSettings.from_url(url)
+    settings = _settings(url)
     if settings.wire == "seed":
         return RedisSeedSyncClientTransport(settings)
     return RedisSyncClientTransport(settings)

@@ -122,13 +122,15 @@ def unreachable(where: str, exc: BaseException) -> TransportError:
     return error
 
 
-def replies_may_be_lost(exc: BaseException) -> bool:
+def replies_may_be_lost(exc: BaseException, *, cluster: bool = False) -> bool:
     """Whether a failed read of the reply list means its replies may never come.
 
     A broken link may be a restarted Redis that lost them: the calls waiting fail at once.
     A refusal (a replica during a failover, LOADING, UNBLOCKED) leaves them in their list.
+    On a Redis Cluster a lost node is a failover: its replica takes over with the list, so
+    the calls wait (those whose replies it had not yet received time out at their deadlines).
     """
-    return isinstance(exc, LINK_ERRORS)
+    return isinstance(exc, LINK_ERRORS) and not cluster
 
 
 class Failures:

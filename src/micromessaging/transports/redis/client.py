@@ -17,8 +17,10 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from ..._exceptions import CallTimeout, TransportError
 from .._shared import Backoff, ReplyRouter, connection_lost
@@ -31,13 +33,18 @@ from .connection import (
     Batcher,
     RedisSettings,
     close_client,
+    is_transient,
 )
-from .link import Link
+from .link import ClusterLink, Link
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
 # (queue, message, future, whether the future waits for a reply rather than for the push)
 _Push = tuple[str, bytes, "asyncio.Future[bytes] | asyncio.Future[None]", bool]
+
+FAILOVER_PATIENCE = 30.0
+"""Seconds a push to a Redis Cluster is retried while a master is down and its replica not
+yet promoted (its calls time out meanwhile at their own deadlines)."""
 
 
 class RedisClientTransport(ClientTransport):
@@ -47,21 +54,30 @@ class RedisClientTransport(ClientTransport):
         self._settings = settings
         self._failures = calls.Failures(settings)
         self.client_id = secrets.token_hex(8)
-        self.reply_list = wire.reply_key(self.client_id)
+        self.reply_list = wire.reply_key(self.client_id, cluster=settings.cluster)
         self._prefix = wire.request_prefix(self.reply_list)
         self._router = ReplyRouter()
         self._pusher: Batcher[_Push] = Batcher(self._push)
         self._sweeps = calls.Sweeps()
         self._push_link: Link | None = None
         self._read_link: Link | None = None
+        self._cluster: aiocluster.RedisCluster | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._open = False
 
     async def connect(self) -> None:
-        pool = self._settings.pool(calls.client_name(self.client_id))
-        self._push_link = Link(pool)
-        self._read_link = Link(pool, block=REPLY_BLOCK_SECONDS)
+        name = calls.client_name(self.client_id)
+        if self._settings.cluster:
+            self._cluster = self._settings.cluster_client(name, block=REPLY_BLOCK_SECONDS)
+            self._push_link = ClusterLink(self._cluster)
+            self._read_link = ClusterLink(self._cluster)
+        else:
+            pool = self._settings.pool(name)
+            self._push_link = Link(pool)
+            self._read_link = Link(pool, block=REPLY_BLOCK_SECONDS)
         try:
+            if self._cluster is not None:
+                await self._cluster.initialize()  # learns which node holds which slots
             await self._push_link.command("PING")
         except CONNECTION_ERRORS as exc:
             await self._close_connections()
@@ -100,7 +116,10 @@ class RedisClientTransport(ClientTransport):
         sweeps = self._sweeps.due((command[1] for command in commands), time.time())
         try:
             try:
-                replies = await link.pipeline(*commands, *sweeps)
+                if self._cluster is not None:
+                    replies = await self._push_through_failover(link, commands, sweeps, batch)
+                else:
+                    replies = await link.pipeline(*commands, *sweeps)
             except LINK_ERRORS:
                 # Most likely a connection Redis closed while idle (a restart, a timeout):
                 # try once more on a new one. Should the first push have landed after all,
@@ -120,6 +139,33 @@ class RedisClientTransport(ClientTransport):
             if not awaits_reply and not future.done():
                 future.set_result(None)  # type: ignore[arg-type]
 
+    async def _push_through_failover(
+        self, link: Link, commands: list[Any], sweeps: list[Any], batch: list[_Push]
+    ) -> list[Any]:
+        """On a Redis Cluster, push again while a master is down and its replica not yet
+        promoted, as long as a call of the batch still waits (`FAILOVER_PATIENCE` at most).
+
+        Should a push have landed after all, its request runs twice and its second reply is
+        dropped as unknown.
+        """
+        backoff, given_up = Backoff(), time.monotonic() + FAILOVER_PATIENCE
+        while True:
+            try:
+                replies = await link.pipeline(*commands, *sweeps)
+                failed = [r for r in replies[: len(commands)] if isinstance(r, Exception)]
+                if not failed:
+                    return replies
+                raise failed[0]
+            except CONNECTION_ERRORS as exc:
+                waiting = any(not future.done() for _, _, future, _ in batch)
+                if not (is_transient(exc) and waiting and self._open):
+                    raise
+                if time.monotonic() > given_up:
+                    raise
+                if backoff.failures == 0:
+                    logger.warning("pushing to the Redis Cluster failed (%s); retrying", exc)
+                await asyncio.sleep(backoff.failed())
+
     async def _read_replies(self) -> None:
         """Drain the reply list into the waiting calls; on a lost link, fail them and retry."""
         link = self._read_link
@@ -132,7 +178,7 @@ class RedisClientTransport(ClientTransport):
             except CONNECTION_ERRORS as exc:
                 if not self._open:
                     return
-                if calls.replies_may_be_lost(exc):
+                if calls.replies_may_be_lost(exc, cluster=self._cluster is not None):
                     # Replies to calls already sent may be lost with the link (a restarted
                     # Redis forgets the queue too): fail them now, not at their deadlines.
                     self._router.fail_all(connection_lost(self._failures.where, exc))
@@ -189,6 +235,8 @@ class RedisClientTransport(ClientTransport):
         for link in links:
             if link is not None:
                 await link.aclose()
+        cluster, self._cluster = self._cluster, None
+        await close_client(cluster)
 
 
 class RedisSeedClientTransport(ClientTransport):

@@ -7,6 +7,11 @@ query options). Our own query options are taken out first:
 - ``wire=seed``: the client speaks the seed's protocol (bare request, BRPOP on its id).
 - ``heartbeat=SECONDS``: a worker's heartbeat TTL; a killed worker's messages are back in
   the queue at most 1.5 x this after its death (default 10).
+
+redis+cluster:// and rediss+cluster:// URLs name a Redis Cluster by one or more of its nodes,
+``redis+cluster://[user:password@]host:port,host:port[/0][?options]``: they go to redis-py's
+cluster client (`cluster_client`, `sync_cluster_client`), which finds the other nodes and
+follows MOVED, ASK and failovers. docs/wire-redis.md says how the keys share hash slots.
 """
 
 from __future__ import annotations
@@ -16,18 +21,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,6 +51,7 @@ logger = logging.getLogger("micromessaging.transport.redis")
 
 T = TypeVar("T")
 P = TypeVar("P", aioredis.ConnectionPool, redis.ConnectionPool)
+C = TypeVar("C", aiocluster.RedisCluster, redis.cluster.RedisCluster)
 
 DEFAULT_HEARTBEAT = 10.0
 DEFAULT_SOCKET_TIMEOUT = 5.0
@@ -52,7 +62,13 @@ BLOCK_SECONDS = 1
 REPLY_BLOCK_SECONDS = 2
 
 OUR_OPTIONS = frozenset({"wire", "heartbeat"})
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,  # redis-py's cluster client raises these outside RedisError
+    OSError,
+    TimeoutError,
+)
 LINK_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -67,6 +83,7 @@ REFUSALS_FOR_NOW: tuple[type[BaseException], ...] = (
     OutOfMemoryError,  # maxmemory reached with noeviction: replies expire, memory frees
     TryAgainError,
     ClusterDownError,
+    SlotNotCoveredError,  # a Redis Cluster between a master's death and its replica's promotion
 )
 _TRY_AGAIN_CODES = frozenset({"BUSY", "NOREPLICAS", "MISCONF"})
 
@@ -88,17 +105,29 @@ class RedisSettings:
     """The URL with its password masked, for logs and errors."""
     wire: str = "envelope"
     heartbeat: float = DEFAULT_HEARTBEAT
+    nodes: tuple[tuple[str, int], ...] = ()
+    """The nodes a redis+cluster:// URL names; empty for one Redis."""
+
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster."""
+        return bool(self.nodes)
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
         """Read our options from `url`'s query; `ConfigurationError` when one is wrong."""
         scheme = urlsplit(url).scheme
-        if scheme not in ("redis", "rediss"):
-            raise ConfigurationError(f"not a redis:// or rediss:// URL: {mask_password(url)}")
+        if scheme not in ("redis", "rediss", *CLUSTER_SCHEMES):
+            raise ConfigurationError(
+                f"not a redis://, rediss:// or redis+cluster:// URL: {mask_password(url)}"
+            )
         options, clean = UrlOptions.split(url, OUR_OPTIONS, what="Redis")
         wire = options.choice("wire", "envelope", ("envelope", "seed"))
         heartbeat = options.seconds("heartbeat", DEFAULT_HEARTBEAT, minimum=0.3, maximum=3600)
-        return cls(clean, mask_password(clean), wire, heartbeat)
+        nodes: tuple[tuple[str, int], ...] = ()
+        if scheme in CLUSTER_SCHEMES:
+            clean, nodes = cluster_nodes(clean)
+        return cls(clean, mask_password(clean), wire, heartbeat, nodes)
 
     def configure(
         self,
@@ -142,18 +171,67 @@ class RedisSettings:
         """A redis-py client over `pool`, for commands off the hot path."""
         return aioredis.Redis(connection_pool=pool)
 
+    def cluster_client(self, name: str, *, block: float = 0.0) -> aiocluster.RedisCluster:
+        """redis-py's async cluster client for a redis+cluster:// URL (see `configure`:
+        the same timeouts; `block` is the longest a blocking command of ours waits)."""
+        return self._cluster(aiocluster.RedisCluster, aioredis.ConnectionPool, name, block)
+
+    def sync_cluster_client(self, name: str, *, block: float = 0.0) -> redis.cluster.RedisCluster:
+        """redis-py's blocking cluster client for a redis+cluster:// URL."""
+        return self._cluster(redis.cluster.RedisCluster, redis.ConnectionPool, name, block)
+
+    def _cluster(self, client_class: type[C], pool_class: type[Any], name: str, block: float) -> C:
+        if not self.cluster:
+            raise ConfigurationError(f"not a redis+cluster:// URL: {self.display}")
+        try:
+            client: C = compat.cluster_client(
+                client_class,
+                self.url,
+                self.nodes,
+                client_name=name,
+                retry=compat.retry(pool_class, 3),
+                default_timeout=DEFAULT_SOCKET_TIMEOUT,
+                block=block,
+            )
+            return client
+        except (ValueError, TypeError, RedisClusterException) as exc:
+            raise ConfigurationError(f"bad Redis Cluster URL {self.display}: {exc}") from exc
+
+
+def cluster_nodes(url: str) -> tuple[str, tuple[tuple[str, int], ...]]:
+    """A redis+cluster:// URL as a redis:// URL of its first node, and every node it names."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for address in hosts.split(","):
+        host, colon, port = address.strip().rpartition(":")
+        if not colon:
+            host, port = address.strip(), "6379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(
+                f"bad Redis Cluster node {address!r} in {mask_password(url)}: host:port expected"
+            )
+        nodes.append((host, int(port)))
+    first = f"{userinfo}@{hosts.split(',')[0]}" if userinfo else hosts.split(",")[0]
+    scheme = CLUSTER_SCHEMES[parts.scheme]
+    return urlunsplit(parts._replace(scheme=scheme, netloc=first)), tuple(nodes)
+
 
 def transport_error(what: str, exc: BaseException) -> TransportError:
     """A broker error as ours, naming what failed."""
     return TransportError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-async def close_client(client: aioredis.Redis | None) -> None:
+async def close_client(client: aioredis.Redis | aiocluster.RedisCluster | None) -> None:
     """Close a client and its pool, ignoring a broker that is already gone."""
     if client is None:
         return
     try:
-        await client.aclose(close_connection_pool=True)
+        if isinstance(client, aiocluster.RedisCluster):
+            await client.aclose()
+        else:
+            await client.aclose(close_connection_pool=True)
     except CONNECTION_ERRORS as exc:
         logger.debug("closing a Redis connection: %s", exc)
 

@@ -15,7 +15,9 @@ import hashlib
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError
+import redis.asyncio.cluster as aiocluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError, SlotNotCoveredError
 
 from . import compat
 
@@ -114,3 +116,49 @@ class Link:
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.disconnect(nowait=True)
+
+
+def command_key(args: tuple[Any, ...]) -> Any:
+    """The key that routes one of our commands on a Redis Cluster (None: any node will do).
+
+    Ours only: the keys of BLMPOP are "movable", which redis-py would ask a node to find
+    (COMMAND GETKEYS) on every call.
+    """
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA", "BLMPOP"):
+        return args[3] if len(args) > 3 and int(args[2]) > 0 else None
+    return args[1] if len(args) > 1 else None
+
+
+class ClusterLink(Link):
+    """A `Link` on a Redis Cluster: each command goes to the node of its key's slot, through
+    redis-py's cluster client (shared by the transport's links, which closes it), which
+    follows MOVED and ASK and learns the new layout after a failover."""
+
+    def __init__(self, cluster: aiocluster.RedisCluster) -> None:
+        self._cluster = cluster
+
+    async def command(self, *args: Any) -> Any:
+        key = command_key(args)
+        try:
+            if key is None:
+                return await self._cluster.execute_command(*args)
+            node = self._cluster.get_node_from_key(key)
+            return await self._cluster.execute_command(*args, target_nodes=node)
+        except SlotNotCoveredError as exc:  # its master is gone, no replica promoted yet
+            raise RedisConnectionError(str(exc)) from exc
+
+    async def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        try:
+            async with self._cluster.pipeline() as pipe:
+                for command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute(raise_on_error=False))
+        except SlotNotCoveredError as exc:
+            raise RedisConnectionError(str(exc)) from exc
+
+    def drop(self) -> None:
+        """Nothing: redis-py's cluster client drops the connections that failed."""
+
+    async def aclose(self) -> None:
+        """Nothing: the transport closes the cluster client its links share."""

@@ -5,7 +5,7 @@ alive with a TTL (refreshed three times per TTL). Every live worker looks, at st
 twice per TTL, for registered workers whose heartbeat has expired and moves their processing
 lists back to the consume end of the queue, counting a delivery (one Lua script each, so
 two live workers can't both do it). A killed worker's messages are therefore back in the
-queue at most 1.5 x TTL after its death.
+queue at most 1.5 x TTL after its death. (On a Redis Cluster the keys are ``mm:{<queue>}:...``.)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from . import scripts, wire
 from .connection import CONNECTION_ERRORS
@@ -28,13 +29,19 @@ class Liveness:
     """One worker's registration, heartbeat, recovery duty and final give-back."""
 
     def __init__(
-        self, redis_client: aioredis.Redis, queue: str, worker_id: str, heartbeat: float
+        self,
+        redis_client: aioredis.Redis | aiocluster.RedisCluster,
+        queue: str,
+        worker_id: str,
+        heartbeat: float,
+        cluster: bool = False,
     ) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.heartbeat = heartbeat
         self._redis = redis_client
-        self._workers = wire.workers_key(queue)
+        self._cluster = cluster
+        self._workers = wire.workers_key(queue, cluster=cluster)
         self._beat_script = redis_client.register_script(scripts.BEAT)
         self._give_back_script = redis_client.register_script(
             scripts.with_header_limit(scripts.GIVE_BACK, wire.HEADER_LIMIT)
@@ -44,6 +51,12 @@ class Liveness:
         )
         self._chores: list[asyncio.Task[None]] = []
         self._started = False
+
+    def _heartbeat(self, worker_id: str) -> str:
+        return wire.heartbeat_key(self.queue, worker_id, cluster=self._cluster)
+
+    def _processing(self, worker_id: str) -> str:
+        return wire.processing_key(self.queue, worker_id, cluster=self._cluster)
 
     async def start(self) -> None:
         """Register, recover what dead workers left, then keep both up in the background."""
@@ -78,7 +91,7 @@ class Liveness:
     async def beat(self) -> None:
         """Refresh the heartbeat and registration; warn when we had been taken for dead."""
         dropped = await self._beat_script(
-            keys=[wire.heartbeat_key(self.queue, self.worker_id), self._workers],
+            keys=[self._heartbeat(self.worker_id), self._workers],
             args=[int(self.heartbeat * 1000), self.worker_id, int(time.time())],
         )
         if dropped and self._started:
@@ -97,7 +110,7 @@ class Liveness:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in others:
-                pipe.exists(wire.heartbeat_key(self.queue, worker_id))
+                pipe.exists(self._heartbeat(worker_id))
             alive = await pipe.execute()
         for worker_id, exists in zip(others, alive, strict=True):
             if not exists:
@@ -106,7 +119,7 @@ class Liveness:
     async def recover_orphans(self) -> None:
         """Also recover processing lists whose worker is no longer registered (at start)."""
         await self.recover_dead()
-        prefix = wire.processing_key(self.queue, "")
+        prefix = self._processing("")
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
         async for key in self._redis.scan_iter(match=pattern, count=500):
             name = key.decode() if isinstance(key, bytes) else key
@@ -118,9 +131,9 @@ class Liveness:
         """Move a worker's messages back to the queue, unless its heartbeat is alive."""
         moved = await self._recover_script(
             keys=[
-                wire.processing_key(self.queue, worker_id),
+                self._processing(worker_id),
                 self.queue,
-                wire.heartbeat_key(self.queue, worker_id),
+                self._heartbeat(worker_id),
                 self._workers,
             ],
             args=[worker_id],
@@ -142,9 +155,9 @@ class Liveness:
         try:
             count = await self._give_back_script(
                 keys=[
-                    wire.processing_key(self.queue, self.worker_id),
+                    self._processing(self.worker_id),
                     self.queue,
-                    wire.heartbeat_key(self.queue, self.worker_id),
+                    self._heartbeat(self.worker_id),
                     self._workers,
                 ],
                 args=[self.worker_id, *handed],

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import redis
+import redis.cluster
 from redis.exceptions import ResponseError
 
 from ..._exceptions import CallTimeout, TransportError
@@ -53,7 +54,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._settings = settings
         self._failures = calls.Failures(settings)
         self.client_id = secrets.token_hex(8)
-        self.reply_list = wire.reply_key(self.client_id)
+        self.reply_list = wire.reply_key(self.client_id, cluster=settings.cluster)
         self._prefix = wire.request_prefix(self.reply_list)
         self._cids = map(f"{secrets.token_hex(6)}.{{}}".format, itertools.count(1))
         self._lock = threading.Lock()
@@ -63,11 +64,21 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._pushing = False
         self._sweeps = calls.Sweeps()
         self._closed = False
-        self._redis: redis.Redis | None = None
-        self._reader: redis.Redis | None = None
+        self._redis: redis.Redis | redis.cluster.RedisCluster | None = None
+        self._reader: redis.Redis | redis.cluster.RedisCluster | None = None
 
     def connect(self) -> None:
         name = calls.client_name(self.client_id)
+        if self._settings.cluster:
+            # One cluster client does both: pushes, and reads on a connection of its pool.
+            cluster = self._settings.sync_cluster_client(name, block=REPLY_BLOCK_SECONDS)
+            self._redis = self._reader = cluster
+            try:
+                cluster.ping()
+            except CONNECTION_ERRORS as exc:
+                self.close()
+                raise self._failures.unreachable(exc) from exc
+            return
         pool = self._settings.configure(
             redis.BlockingConnectionPool, name, max_connections=MAX_CONNECTIONS
         )
@@ -96,6 +107,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         with self._lock:
             self._pending[cid] = waiter
             lone = len(self._pending) == 1 and not self._reading and not self._pushing
+            lone = lone and not self._settings.cluster  # no one connection to write both on
             if lone:  # both roles are ours: push and first read go out in one round trip
                 self._reading = self._pushing = True
         try:
@@ -109,7 +121,7 @@ class RedisSyncClientTransport(SyncClientTransport):
                 self._pending.pop(cid, None)
                 self._pass_reading_on()
 
-    def _push(self, redis_client: redis.Redis, queue: str, message: bytes, waiter: _Waiter) -> None:
+    def _push(self, redis_client: Any, queue: str, message: bytes, waiter: _Waiter) -> None:
         """LPUSH `message`, together with those of the threads that call meanwhile.
 
         The first caller to find no push in progress sends everything that waits, round
@@ -124,7 +136,7 @@ class RedisSyncClientTransport(SyncClientTransport):
             self._pushing = True
         self._send_outbox(redis_client)
 
-    def _send_outbox(self, redis_client: redis.Redis) -> None:
+    def _send_outbox(self, redis_client: Any) -> None:
         """As the pusher: send what waits, round after round, until nothing does."""
         while True:
             with self._lock:
@@ -162,7 +174,7 @@ class RedisSyncClientTransport(SyncClientTransport):
 
     def _push_and_read(
         self,
-        redis_client: redis.Redis,
+        redis_client: Any,
         queue: str,
         message: bytes,
         waiter: _Waiter,
@@ -173,7 +185,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         assert self._reader is not None
         try:
             block = max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001)
-            connection = compat.dedicated_connection(self._reader)
+            connection = compat.dedicated_connection(self._reader)  # type: ignore[arg-type]
             read = calls.read_command(self.reply_list, block)
             sweeps = self._sweeps.due((queue,), time.time())
             commands = [("LPUSH", queue, message), *sweeps, read]
@@ -249,15 +261,23 @@ class RedisSyncClientTransport(SyncClientTransport):
             if block <= 0.001:
                 return
             try:
-                got = compat.execute(self._reader, calls.read_command(self.reply_list, block))
+                got = self._read(self._reader, block)
             except CONNECTION_ERRORS as exc:
-                if calls.replies_may_be_lost(exc):
+                if calls.replies_may_be_lost(exc, cluster=self._settings.cluster):
                     self._fail_all(self._failures.reading(exc))
                     return
                 # Refused for the moment (a failover): the replies wait in their list.
                 time.sleep(min(REFUSED_READ_PAUSE, max(deadline - time.time(), 0)))
                 continue
             self._hand_out(calls.replies(got))
+
+    def _read(self, reader: redis.Redis | redis.cluster.RedisCluster, block: float) -> Any:
+        """One read of the reply list (on a cluster, sent to the node of its slot at once:
+        redis-py would ask a node where the keys of BLMPOP are, every time)."""
+        command = calls.read_command(self.reply_list, block)
+        if isinstance(reader, redis.cluster.RedisCluster):
+            return compat.execute_at(reader, self.reply_list, command)
+        return compat.execute(reader, command)
 
     def _pass_reading_on(self) -> None:
         """With the lock held: when nobody reads replies, wake a waiting caller to do it."""
@@ -297,8 +317,10 @@ class RedisSyncClientTransport(SyncClientTransport):
             except CONNECTION_ERRORS as exc:
                 logger.debug("could not delete reply list %s: %s", self.reply_list, exc)
             redis_client.close()
+            if isinstance(redis_client, redis.cluster.RedisCluster):
+                return  # its reader, too, and it closes its connections itself
             redis_client.connection_pool.disconnect()
-        if reader is not None:
+        if reader is not None and not isinstance(reader, redis.cluster.RedisCluster):
             reader.close()
             reader.connection_pool.disconnect()
 
