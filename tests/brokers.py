@@ -327,6 +327,10 @@ class RedisCluster:
         slots = running[0].call("CLUSTER", "SLOTS")
         return all(len(served) >= 4 for served in slots)  # start, end, master, a replica
 
+    def running_masters(self) -> list[RedisNode]:
+        """The running nodes that are masters now."""
+        return [n for n in self.nodes if n.running and n.call("ROLE")[0] == b"master"]
+
     def master_of(self, key: str) -> RedisNode:
         """The running node that is now the master of `key`'s slot."""
         first = next(node for node in self.nodes if node.running)

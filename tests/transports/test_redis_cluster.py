@@ -27,12 +27,17 @@ from micromessaging import (
 from micromessaging.transports import client_transport
 from micromessaging.transports.redis import RedisSettings
 from micromessaging.transports.redis import wire as wire
-from tests.brokers import RedisCluster
+from tests.brokers import RedisCluster, RedisNode
 
 from .contract import Probe, eventually
 from .test_redis import serving
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+CALLS = 2000
+IN_FLIGHT = 64
+TIMEOUT = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +173,106 @@ async def test_a_seed_form_request_is_answered_on_the_cluster(
         await redis.aclose()
 
 
-# --- a master killed mid-run (last: the cluster is left with one master fewer) ----------------
+async def test_unsafe_seed_reply_lists_are_refused_on_the_cluster(
+    cluster: RedisCluster, queue: str
+) -> None:
+    """The checks of a seed-form reply list hold on a cluster too, where the list and the
+    workers set of its name (the "registered queue" check) share their own slot."""
+    probe = Probe()
+    other = f"{queue}-other"
+    redis = await raw_cluster(cluster)
 
-CALLS = 2000
-IN_FLIGHT = 64
-TIMEOUT = 8.0
+    def seed(reply_list: str) -> bytes:
+        request = {"jsonrpc": "2.0", "method": "record", "params": ["ran"], "id": reply_list}
+        return orjson.dumps(request)
+
+    refused = {
+        seed(other): "is a registered queue",
+        seed(f"{queue}-{{tag}}"): "brace",
+        seed(f"{queue}-data"): "is a list without a TTL",
+        seed(f"{queue}-string"): "holds a string",
+    }
+    dead = wire.dead_letter_key(queue, cluster=True)
+    try:
+        await redis.rpush(f"{queue}-data", b"someone's")
+        await redis.set(f"{queue}-string", b"someone's")
+        async with serving(Probe(), cluster.url, other), serving(probe, cluster.url, queue):
+            for message in refused:
+                await redis.lpush(queue, message)
+            deadline = time.monotonic() + 10
+            while await redis.llen(dead) < len(refused):
+                assert time.monotonic() < deadline, await redis.lrange(dead, 0, -1)
+                await asyncio.sleep(0.05)
+            reasons = [orjson.loads(r)["reason"] for r in await redis.lrange(dead, 0, -1)]
+            for expected in refused.values():
+                assert any(expected in reason for reason in reasons), (expected, reasons)
+            assert "ran" not in probe.ran
+            assert await redis.lrange(f"{queue}-data", 0, -1) == [b"someone's"]
+    finally:
+        await redis.delete(dead, f"{queue}-data", f"{queue}-string")
+        await redis.aclose()
+
+
+async def run_calls(
+    client: AsyncClient, calls: int, lanes: int, outcomes: dict[int, object]
+) -> dict[int, object]:
+    """`calls` calls of add(n, 1), `lanes` in flight: n -> its result, or its error."""
+    numbers = iter(range(calls))
+
+    async def lane() -> None:
+        for n in numbers:
+            try:
+                outcomes[n] = await client.add(n, 1)
+            except MicromessagingError as exc:
+                outcomes[n] = exc
+
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+    return outcomes
+
+
+def node_id(node: RedisNode) -> str:
+    return str(node.call("CLUSTER", "MYID").decode())
+
+
+async def migrate_slot(cluster: RedisCluster, key: str) -> RedisNode:
+    """Move `key`'s slot to another master the way redis-cli --cluster reshard does, keys
+    and all, while traffic goes on: IMPORTING / MIGRATING (clients meet ASK), MIGRATE the
+    keys, then the new owner for every master (clients meet MOVED)."""
+    source = cluster.master_of(key)
+    slot = int(source.call("CLUSTER", "KEYSLOT", key))
+    target = next(n for n in cluster.running_masters() if n is not source)
+    target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+    source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target))
+    while keys := source.call("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.call("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        await asyncio.sleep(0.01)
+    for master in cluster.running_masters():
+        master.call("CLUSTER", "SETSLOT", slot, "NODE", node_id(target))
+    return target
+
+
+async def test_calls_follow_their_queue_when_its_slot_moves(
+    cluster: RedisCluster, queue: str
+) -> None:
+    """The queue's slot migrates to another master mid-run (ASK, then MOVED): every call
+    is answered, by the same workers and client."""
+    async with (
+        serving(Probe(), cluster.url, queue),
+        serving(Probe(), cluster.url, queue),
+        AsyncClient(cluster.url, queue, timeout=TIMEOUT) as client,
+    ):
+        outcomes: dict[int, object] = {}
+        running = asyncio.create_task(run_calls(client, CALLS, IN_FLIGHT, outcomes))
+        await eventually(lambda: len(outcomes) >= 200, timeout=30)
+        target = await migrate_slot(cluster, queue)
+        assert len(outcomes) < CALLS  # it moved mid-run
+        await asyncio.wait_for(running, 60)
+        assert cluster.master_of(queue) is target
+        assert outcomes == {n: n + 1 for n in range(CALLS)}
+        assert await client.add(1, 1) == 2
+
+
+# --- a master killed mid-run (last: the cluster is left with one master fewer) ----------------
 
 
 async def test_a_master_killed_mid_run_loses_no_call(cluster: RedisCluster, queue: str) -> None:

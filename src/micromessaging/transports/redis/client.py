@@ -17,6 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -69,8 +70,9 @@ class RedisClientTransport(ClientTransport):
         name = calls.client_name(self.client_id)
         if self._settings.cluster:
             self._cluster = self._settings.cluster_client(name, block=REPLY_BLOCK_SECONDS)
-            self._push_link = ClusterLink(self._cluster)
-            self._read_link = ClusterLink(self._cluster)
+            pool_for = partial(self._settings.node_pool, name=name)
+            self._push_link = ClusterLink(self._cluster, pool_for)
+            self._read_link = ClusterLink(self._cluster, pool_for, block=REPLY_BLOCK_SECONDS)
         else:
             pool = self._settings.pool(name)
             self._push_link = Link(pool)

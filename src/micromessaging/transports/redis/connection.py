@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -170,6 +170,14 @@ class RedisSettings:
     def client(self, pool: aioredis.ConnectionPool) -> aioredis.Redis:
         """A redis-py client over `pool`, for commands off the hot path."""
         return aioredis.Redis(connection_pool=pool)
+
+    def node_pool(self, host: str, port: int, name: str) -> aioredis.ConnectionPool:
+        """An async pool (see `pool`) for one node of a Redis Cluster, with this URL's options."""
+        parts = urlsplit(self.url)
+        userinfo, _, _ = parts.netloc.rpartition("@")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        netloc = f"{userinfo}@{address}" if userinfo else address
+        return replace(self, url=urlunsplit(parts._replace(netloc=netloc))).pool(name)
 
     def cluster_client(self, name: str, *, block: float = 0.0) -> aiocluster.RedisCluster:
         """redis-py's async cluster client for a redis+cluster:// URL (see `configure`:

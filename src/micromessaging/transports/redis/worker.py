@@ -21,6 +21,7 @@ import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -123,8 +124,9 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         name = f"mm:worker:{self.queue}:{self.worker_id}"
         if self._cluster:
             self._redis = cluster = self._settings.cluster_client(name, block=BLOCK_SECONDS)
-            self._take_link = ClusterLink(cluster)
-            self._settle_link = ClusterLink(cluster)
+            pool_for = partial(self._settings.node_pool, name=name)
+            self._take_link = ClusterLink(cluster, pool_for, block=BLOCK_SECONDS)
+            self._settle_link = ClusterLink(cluster, pool_for)
         else:
             pool = self._settings.pool(name)
             self._redis = self._settings.client(pool)
