@@ -213,6 +213,15 @@ async def test_unsafe_seed_reply_lists_are_refused_on_the_cluster(
         await redis.aclose()
 
 
+def queue_on_a_replicated_master(cluster: RedisCluster) -> tuple[str, RedisNode]:
+    """A new queue name whose slot's master has a replica in sync, and that master."""
+    while True:
+        queue = f"cl-{uuid.uuid4().hex[:10]}"
+        master = cluster.master_of(queue)
+        if master.call("INFO", "replication")["connected_slaves"] >= 1:
+            return queue, master
+
+
 async def run_calls(
     client: AsyncClient, calls: int, lanes: int, outcomes: dict[int, object]
 ) -> dict[int, object]:
@@ -272,10 +281,44 @@ async def test_calls_follow_their_queue_when_its_slot_moves(
         assert await client.add(1, 1) == 2
 
 
-# --- a master killed mid-run (last: the cluster is left with one master fewer) ----------------
+# --- a master killed mid-run (last: each leaves a master without a replica) --------------------
 
 
-async def test_a_master_killed_mid_run_loses_no_call(cluster: RedisCluster, queue: str) -> None:
+async def test_the_blocking_client_rides_through_a_failover(cluster: RedisCluster) -> None:
+    """`Client`, shared by 16 threads, while the master of the queue's slot is killed: each
+    call gets its answer or a clear error by its deadline, and calls go on afterwards."""
+    queue, victim = queue_on_a_replicated_master(cluster)
+    outcomes: list[object] = []
+    late: list[float] = []
+
+    def thread(client: Client, first: int) -> None:
+        for n in range(first, first + 60):
+            started = time.monotonic()
+            try:
+                outcomes.append(client.add(n, 1) == n + 1 or f"wrong answer for {n}")
+            except MicromessagingError as exc:
+                outcomes.append(exc)
+            if time.monotonic() - started > TIMEOUT + 1.0:
+                late.append(time.monotonic() - started)
+
+    async with serving(Probe(), cluster.url, queue, concurrency=32):
+        with Client(cluster.url, queue, timeout=TIMEOUT) as client:
+            threads = [asyncio.to_thread(thread, client, 1000 * i) for i in range(16)]
+            running = asyncio.gather(*threads)
+            await eventually(lambda: len(outcomes) >= 200, timeout=30)
+            victim.kill()
+            await asyncio.wait_for(running, 120)
+            assert late == []
+            assert [o for o in outcomes if o is not True and not isinstance(o, Exception)] == []
+            errors = [o for o in outcomes if isinstance(o, Exception)]
+            assert len(errors) <= 16, sorted({str(e)[:100] for e in errors})
+            assert cluster.master_of(queue) is not victim
+            assert await asyncio.to_thread(lambda: [client.add(i, 3) for i in range(20)]) == [
+                i + 3 for i in range(20)
+            ]
+
+
+async def test_a_master_killed_mid_run_loses_no_call(cluster: RedisCluster) -> None:
     """2,000 calls across two workers while the master of the queue's slot is killed: each
     gets its correct answer or a clear error by its deadline; then calls succeed again, on
     the same workers and client, once the replica has taken over."""
@@ -284,7 +327,7 @@ async def test_a_master_killed_mid_run_loses_no_call(cluster: RedisCluster, queu
     late: list[float] = []
     finished: list[float] = []
     numbers = iter(range(CALLS))
-    victim = cluster.master_of(queue)
+    queue, victim = queue_on_a_replicated_master(cluster)
 
     async with (
         serving(Probe(), url, queue, concurrency=32),

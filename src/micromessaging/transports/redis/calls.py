@@ -26,6 +26,9 @@ REPLY_BATCH = 512
 """The most replies one read takes from the reply list."""
 SEED_MAX_CONNECTIONS = 64
 """Calls in flight at once over ``?wire=seed`` (each holds a connection for its BRPOP)."""
+FAILOVER_PATIENCE = 30.0
+"""Seconds a client retries a push to a Redis Cluster while a master is down and its replica
+not yet promoted (its calls still time out at their own deadlines)."""
 SWEEP_LIMIT = 500
 """The most expired requests one sweep drops, so that one run of the script stays short."""
 SWEEP_INTERVAL = 1.0

@@ -43,10 +43,6 @@ logger = logging.getLogger("micromessaging.transport.redis")
 # (queue, message, future, whether the future waits for a reply rather than for the push)
 _Push = tuple[str, bytes, "asyncio.Future[bytes] | asyncio.Future[None]", bool]
 
-FAILOVER_PATIENCE = 30.0
-"""Seconds a push to a Redis Cluster is retried while a master is down and its replica not
-yet promoted (its calls time out meanwhile at their own deadlines)."""
-
 
 class RedisClientTransport(ClientTransport):
     """Many calls in flight over one pool: envelopes out, one reply list back."""
@@ -145,12 +141,12 @@ class RedisClientTransport(ClientTransport):
         self, link: Link, commands: list[Any], sweeps: list[Any], batch: list[_Push]
     ) -> list[Any]:
         """On a Redis Cluster, push again while a master is down and its replica not yet
-        promoted, as long as a call of the batch still waits (`FAILOVER_PATIENCE` at most).
+        promoted, as long as a call of the batch still waits (`calls.FAILOVER_PATIENCE` at most).
 
         Should a push have landed after all, its request runs twice and its second reply is
         dropped as unknown.
         """
-        backoff, given_up = Backoff(), time.monotonic() + FAILOVER_PATIENCE
+        backoff, given_up = Backoff(), time.monotonic() + calls.FAILOVER_PATIENCE
         while True:
             try:
                 replies = await link.pipeline(*commands, *sweeps)

@@ -86,13 +86,18 @@ REFUSALS_FOR_NOW: tuple[type[BaseException], ...] = (
     SlotNotCoveredError,  # a Redis Cluster between a master's death and its replica's promotion
 )
 _TRY_AGAIN_CODES = frozenset({"BUSY", "NOREPLICAS", "MISCONF"})
+_MIGRATING = "Script attempted to access a non local key"
+"""What a Redis Cluster answers a script whose slot is being migrated (some of its keys have
+gone to the new owner): once the migration is done the script runs there."""
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a Redis error means "try again": a broken link, or a refusal for the moment."""
     if isinstance(exc, LINK_ERRORS + REFUSALS_FOR_NOW):
         return True
-    return isinstance(exc, ResponseError) and str(exc).split(" ", 1)[0] in _TRY_AGAIN_CODES
+    if not isinstance(exc, ResponseError):
+        return False
+    return str(exc).split(" ", 1)[0] in _TRY_AGAIN_CODES or str(exc).startswith(_MIGRATING)
 
 
 @dataclass(frozen=True, slots=True)

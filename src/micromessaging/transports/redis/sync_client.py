@@ -24,9 +24,10 @@ import redis.cluster
 from redis.exceptions import ResponseError
 
 from ..._exceptions import CallTimeout, TransportError
+from .._shared import Backoff
 from ..base import SyncClientTransport, TraceContext
 from . import calls, compat, wire
-from .connection import CONNECTION_ERRORS, REPLY_BLOCK_SECONDS, RedisSettings
+from .connection import CONNECTION_ERRORS, REPLY_BLOCK_SECONDS, RedisSettings, is_transient
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
@@ -114,14 +115,16 @@ class RedisSyncClientTransport(SyncClientTransport):
             if lone:
                 self._push_and_read(redis_client, queue, message, waiter, deadline)
             else:
-                self._push(redis_client, queue, message, waiter)
+                self._push(redis_client, queue, message, waiter, deadline)
             return self._wait(waiter, deadline)
         finally:
             with self._lock:
                 self._pending.pop(cid, None)
                 self._pass_reading_on()
 
-    def _push(self, redis_client: Any, queue: str, message: bytes, waiter: _Waiter) -> None:
+    def _push(
+        self, redis_client: Any, queue: str, message: bytes, waiter: _Waiter, deadline: float
+    ) -> None:
         """LPUSH `message`, together with those of the threads that call meanwhile.
 
         The first caller to find no push in progress sends everything that waits, round
@@ -134,9 +137,9 @@ class RedisSyncClientTransport(SyncClientTransport):
             if self._pushing:
                 return
             self._pushing = True
-        self._send_outbox(redis_client)
+        self._send_outbox(redis_client, deadline)
 
-    def _send_outbox(self, redis_client: Any) -> None:
+    def _send_outbox(self, redis_client: Any, deadline: float | None = None) -> None:
         """As the pusher: send what waits, round after round, until nothing does."""
         while True:
             with self._lock:
@@ -145,19 +148,10 @@ class RedisSyncClientTransport(SyncClientTransport):
                     self._pushing = False
                     return
             try:
-                commands = calls.push_commands((name, item) for name, item, _ in batch)
-                sweeps = self._sweeps.due((command[1] for command in commands), time.time())
-                if len(commands) == 1 and not sweeps:
-                    compat.execute(redis_client, commands[0])
+                if self._settings.cluster:
+                    self._push_through_failover(redis_client, batch, deadline)
                 else:
-                    with redis_client.pipeline(transaction=False) as pipe:
-                        for command in (*commands, *sweeps):
-                            compat.execute(pipe, command)
-                        replies = pipe.execute(raise_on_error=False)
-                    for reply in replies[: len(commands)]:
-                        if isinstance(reply, Exception):
-                            raise reply
-                    self._sweeps.done(sweeps, replies[len(commands) :])
+                    self._push_batch(redis_client, batch)
             except BaseException as exc:
                 broken = isinstance(exc, CONNECTION_ERRORS)
                 error = self._failures.sending(exc)
@@ -171,6 +165,42 @@ class RedisSyncClientTransport(SyncClientTransport):
                         failed.wake.set()
                 if not broken:
                     raise
+
+    def _push_batch(self, redis_client: Any, batch: list[tuple[str, bytes, _Waiter]]) -> None:
+        commands = calls.push_commands((name, item) for name, item, _ in batch)
+        sweeps = self._sweeps.due((command[1] for command in commands), time.time())
+        if len(commands) == 1 and not sweeps:
+            compat.execute(redis_client, commands[0])
+        else:
+            with redis_client.pipeline(transaction=False) as pipe:
+                for command in (*commands, *sweeps):
+                    compat.execute(pipe, command)
+                replies = pipe.execute(raise_on_error=False)
+            for reply in replies[: len(commands)]:
+                if isinstance(reply, Exception):
+                    raise reply
+            self._sweeps.done(sweeps, replies[len(commands) :])
+
+    def _push_through_failover(
+        self, redis_client: Any, batch: list[tuple[str, bytes, _Waiter]], deadline: float | None
+    ) -> None:
+        """On a Redis Cluster, push again while a master is down and its replica not yet
+        promoted: until the pushing caller's deadline (`calls.FAILOVER_PATIENCE` at most)."""
+        backoff = Backoff()
+        give_up = time.time() + calls.FAILOVER_PATIENCE
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
+            try:
+                self._push_batch(redis_client, batch)
+                return
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.failed()
+                if self._closed or not is_transient(exc) or time.time() + delay > give_up:
+                    raise
+                if backoff.failures == 1:
+                    logger.warning("pushing to the Redis Cluster failed (%s); retrying", exc)
+                time.sleep(delay)
 
     def _push_and_read(
         self,
