@@ -173,6 +173,35 @@ async def test_a_seed_form_request_is_answered_on_the_cluster(
         await redis.aclose()
 
 
+async def test_a_worker_recovers_what_dead_workers_left(cluster: RedisCluster, queue: str) -> None:
+    """A registered worker without a heartbeat, and a processing list whose worker is not
+    even registered (found by SCAN on every master): their requests run again."""
+    redis = await raw_cluster(cluster)
+    reply_to = wire.reply_key(uuid.uuid4().hex, cluster=True)
+
+    def request(cid: str, a: int) -> bytes:
+        header = {"mm": 1, "reply_to": reply_to, "cid": cid}
+        body = {"jsonrpc": "2.0", "method": "add", "params": [a, 1], "id": 1}
+        return orjson.dumps(header) + b"\n" + orjson.dumps(body)
+
+    try:
+        await redis.sadd(wire.workers_key(queue, cluster=True), "dead-worker")
+        await redis.lpush(wire.processing_key(queue, "dead-worker", cluster=True), request("d", 1))
+        await redis.lpush(wire.processing_key(queue, "orphan", cluster=True), request("o", 2))
+        async with serving(Probe(), cluster.url, queue):
+            replies = {}
+            for _ in range(2):
+                got = await redis.blpop([reply_to], timeout=10)
+                assert got is not None
+                cid, body = wire.decode_reply(got[1])
+                replies[cid] = orjson.loads(body)["result"]
+            assert replies == {"d": 2, "o": 3}
+            assert not await redis.sismember(wire.workers_key(queue, cluster=True), "dead-worker")
+    finally:
+        await redis.delete(reply_to)
+        await redis.aclose()
+
+
 async def test_unsafe_seed_reply_lists_are_refused_on_the_cluster(
     cluster: RedisCluster, queue: str
 ) -> None:
