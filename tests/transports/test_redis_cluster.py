@@ -310,6 +310,45 @@ async def test_calls_follow_their_queue_when_its_slot_moves(
         assert await client.add(1, 1) == 2
 
 
+async def test_a_queue_spread_over_shards(cluster: RedisCluster, queue: str) -> None:
+    """``?shards=4``: clients push to the four lists in turn, which live in four slots; a
+    sharded worker takes from all of them, and a client that does not shard is served too."""
+    probe = Probe()
+    shards = [wire.shard_queue(queue, shard) for shard in range(4)]
+    redis = await raw_cluster(cluster)
+    try:
+        slots = {redis.keyslot(name) for name in shards}
+        assert len(slots) == 4
+        async with AsyncClient(cluster.url + "?shards=4", queue, timeout=10) as client:
+            for n in range(8):
+                await client.notify("record", n)
+            assert [await redis.llen(name) for name in shards] == [2, 2, 2, 2]
+            async with serving(probe, cluster.url + "?shards=4", queue, concurrency=8):
+                await eventually(lambda: sorted(probe.ran) == list(range(8)), timeout=10)
+                for name in shards:
+                    assert await redis.scard(wire.workers_key(name, cluster=True)) == 1
+                results = await asyncio.gather(*(client.add(i, 1) for i in range(400)))
+                assert results == [i + 1 for i in range(400)]
+                async with AsyncClient(cluster.url, queue, timeout=10) as plain:
+                    assert await plain.add(2, 2) == 4
+
+                def blocking() -> list[float]:
+                    with Client(cluster.url + "?shards=4", queue, timeout=10) as sync_client:
+                        return [sync_client.add(i, 5) for i in range(8)]
+
+                assert await asyncio.to_thread(blocking) == [i + 5 for i in range(8)]
+        assert [await redis.exists(name) for name in shards] == [0, 0, 0, 0]
+    finally:
+        await redis.aclose()
+
+
+def test_shards_option_is_checked() -> None:
+    assert RedisSettings.from_url("redis://h:1/0?shards=3").shards == 3
+    for bad in ("0", "x", "1000"):
+        with pytest.raises(ConfigurationError, match="shards"):
+            RedisSettings.from_url(f"redis://h:1/0?shards={bad}")
+
+
 # --- a master killed mid-run (last: each leaves a master without a replica) --------------------
 
 

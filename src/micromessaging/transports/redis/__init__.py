@@ -9,8 +9,8 @@ a delivery count). docs/wire-redis.md describes both, field by field.
 URL options besides redis-py's own: ``?wire=seed`` makes a client speak the seed's protocol;
 ``?heartbeat=SECONDS`` sets a worker's heartbeat TTL, which bounds how long a killed
 worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s).
-``redis+cluster://host:port,host:port`` (``rediss+cluster://`` with TLS) is a Redis Cluster:
-docs/scaling.md.
+``redis+cluster://host:port,host:port`` (``rediss+cluster://`` with TLS) is a Redis Cluster,
+and ``?shards=N`` spreads one queue over N lists (N slots): docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..._exceptions import ConfigurationError
 from ..base import ClientTransport, SyncClientTransport, WorkerOptions
 from .client import RedisClientTransport, RedisSeedClientTransport
 from .connection import RedisSettings
+from .shards import ShardedWorkerTransport
 from .sync_client import RedisSeedSyncClientTransport, RedisSyncClientTransport
 from .worker import RedisDelivery, RedisWorkerTransport
 
@@ -46,9 +47,15 @@ def sync_client_transport(url: str) -> SyncClientTransport:
     return RedisSyncClientTransport(settings)
 
 
-def worker_transport(url: str, options: WorkerOptions) -> RedisWorkerTransport:
-    """A worker taking messages from the list named `options.queue`."""
-    return RedisWorkerTransport(RedisSettings.from_url(url), options)
+def worker_transport(
+    url: str, options: WorkerOptions
+) -> RedisWorkerTransport | ShardedWorkerTransport:
+    """A worker taking messages from the list named `options.queue` (and, with
+    ``?shards=N``, from every shard of it)."""
+    settings = RedisSettings.from_url(url)
+    if settings.shards > 1:
+        return ShardedWorkerTransport(settings, options)
+    return RedisWorkerTransport(settings, options)
 
 
 __all__ = [
@@ -59,6 +66,7 @@ __all__ = [
     "RedisSettings",
     "RedisSyncClientTransport",
     "RedisWorkerTransport",
+    "ShardedWorkerTransport",
     "client_transport",
     "sync_client_transport",
     "worker_transport",

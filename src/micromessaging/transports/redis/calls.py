@@ -8,6 +8,7 @@ how a reply is read, the errors raised, the pool they connect with - is here, on
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -54,6 +55,23 @@ def push_commands(messages: Iterable[tuple[str, bytes]]) -> list[tuple[Any, ...]
     for queue, message in messages:
         by_queue.setdefault(queue, []).append(message)
     return [("LPUSH", queue, *items) for queue, items in by_queue.items()]
+
+
+class Spreader:
+    """Which shard of a queue a client's next request goes to (``?shards=N``): each in turn.
+
+    Its state is one counter, whose `next` is atomic: threads may share it.
+    """
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self._turns = itertools.count()
+
+    def queue(self, queue: str) -> str:
+        """The list the next request to `queue` goes to."""
+        if self.shards == 1:
+            return queue
+        return wire.shard_queue(queue, next(self._turns) % self.shards)
 
 
 class Sweeps:

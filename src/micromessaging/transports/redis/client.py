@@ -56,6 +56,7 @@ class RedisClientTransport(ClientTransport):
         self._router = ReplyRouter()
         self._pusher: Batcher[_Push] = Batcher(self._push)
         self._sweeps = calls.Sweeps()
+        self._spreader = calls.Spreader(settings.shards)
         self._push_link: Link | None = None
         self._read_link: Link | None = None
         self._cluster: aiocluster.RedisCluster | None = None
@@ -91,7 +92,7 @@ class RedisClientTransport(ClientTransport):
         correlation_id, future = self._router.expect(deadline)
         message = wire.encode_request_fast(self._prefix, correlation_id, deadline, body)
         try:
-            await self._pusher.send((queue, message, future, True))
+            await self._pusher.send((self._spreader.queue(queue), message, future, True))
             return await future
         except BaseException:
             self._router.forget(correlation_id)
@@ -103,7 +104,8 @@ class RedisClientTransport(ClientTransport):
         if not self._open:
             raise self._failures.closed()
         pushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._pusher.send((queue, calls.notification(body, deadline), pushed, False))
+        notification = calls.notification(body, deadline)
+        await self._pusher.send((self._spreader.queue(queue), notification, pushed, False))
         await pushed
 
     async def _push(self, batch: list[_Push]) -> None:

@@ -7,6 +7,8 @@ query options). Our own query options are taken out first:
 - ``wire=seed``: the client speaks the seed's protocol (bare request, BRPOP on its id).
 - ``heartbeat=SECONDS``: a worker's heartbeat TTL; a killed worker's messages are back in
   the queue at most 1.5 x this after its death (default 10).
+- ``shards=N``: one queue spread over N lists (`wire.shard_queue`), in N slots of a Redis
+  Cluster: clients push to them in turn, a worker takes from all of them (`shards`).
 
 redis+cluster:// and rediss+cluster:// URLs name a Redis Cluster by one or more of its nodes,
 ``redis+cluster://[user:password@]host:port,host:port[/0][?options]``: they go to redis-py's
@@ -61,7 +63,8 @@ BLOCK_SECONDS = 1
 """How long one blocking pop waits in Redis, so that loops notice a stop or a lost link."""
 REPLY_BLOCK_SECONDS = 2
 
-OUR_OPTIONS = frozenset({"wire", "heartbeat"})
+OUR_OPTIONS = frozenset({"wire", "heartbeat", "shards"})
+MAX_SHARDS = 256
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     RedisError,
@@ -112,6 +115,8 @@ class RedisSettings:
     heartbeat: float = DEFAULT_HEARTBEAT
     nodes: tuple[tuple[str, int], ...] = ()
     """The nodes a redis+cluster:// URL names; empty for one Redis."""
+    shards: int = 1
+    """How many lists one queue is spread over (``?shards=N``)."""
 
     @property
     def cluster(self) -> bool:
@@ -129,10 +134,13 @@ class RedisSettings:
         options, clean = UrlOptions.split(url, OUR_OPTIONS, what="Redis")
         wire = options.choice("wire", "envelope", ("envelope", "seed"))
         heartbeat = options.seconds("heartbeat", DEFAULT_HEARTBEAT, minimum=0.3, maximum=3600)
+        shards = options.count("shards", 1, minimum=1)
+        if shards > MAX_SHARDS:
+            raise ConfigurationError(f"Redis URL option shards={shards} is above {MAX_SHARDS}")
         nodes: tuple[tuple[str, int], ...] = ()
         if scheme in CLUSTER_SCHEMES:
             clean, nodes = cluster_nodes(clean)
-        return cls(clean, mask_password(clean), wire, heartbeat, nodes)
+        return cls(clean, mask_password(clean), wire, heartbeat, nodes, shards)
 
     def configure(
         self,

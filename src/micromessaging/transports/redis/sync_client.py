@@ -64,6 +64,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._outbox: list[tuple[str, bytes, _Waiter]] = []
         self._pushing = False
         self._sweeps = calls.Sweeps()
+        self._spreader = calls.Spreader(settings.shards)
         self._closed = False
         self._redis: redis.Redis | redis.cluster.RedisCluster | None = None
         self._reader: redis.Redis | redis.cluster.RedisCluster | None = None
@@ -103,6 +104,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         if self._closed or redis_client is None:
             raise self._failures.closed()
         cid = next(self._cids)
+        queue = self._spreader.queue(queue)
         waiter = _Waiter()
         message = wire.encode_request_fast(self._prefix, cid, deadline, body)
         with self._lock:
@@ -332,7 +334,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         if self._closed or self._redis is None:
             raise self._failures.closed()
         try:
-            self._redis.lpush(queue, calls.notification(body, deadline))
+            self._redis.lpush(self._spreader.queue(queue), calls.notification(body, deadline))
         except CONNECTION_ERRORS as exc:
             raise self._failures.sending(exc) from exc
 

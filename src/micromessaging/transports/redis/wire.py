@@ -77,6 +77,12 @@ def reply_key(client_id: str, *, cluster: bool = False) -> str:
     return f"{REPLY_PREFIX}{_tagged(client_id, cluster)}"
 
 
+def shard_queue(queue: str, shard: int) -> str:
+    """The list of shard `shard` of a queue spread over several (``?shards=N``): shard 0 is
+    the queue itself, so that clients that don't shard (the seed's) are served too."""
+    return queue if shard == 0 else f"{queue}:shard:{shard}"
+
+
 # --- envelopes -------------------------------------------------------------------------------
 
 
