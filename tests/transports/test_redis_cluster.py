@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
@@ -23,13 +23,14 @@ from micromessaging import (
     ConfigurationError,
     ErrorCode,
     MicromessagingError,
+    Worker,
 )
 from micromessaging.transports import client_transport
 from micromessaging.transports.redis import RedisSettings
 from micromessaging.transports.redis import wire as wire
-from tests.brokers import RedisCluster, RedisNode
+from tests.brokers import RedisCluster, RedisNode, free_port
 
-from .contract import Probe, eventually
+from .contract import Probe, TransportContract, answers_again, eventually
 from .test_redis import serving
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -57,6 +58,101 @@ async def raw_cluster(cluster: RedisCluster) -> aiocluster.RedisCluster:
     return client
 
 
+# --- the transport contract, on the cluster ----------------------------------------------------
+
+
+class TestRedisClusterContract(TransportContract):
+    """Everything every transport does, over redis+cluster://."""
+
+    @pytest.fixture
+    def broker_url(self, cluster: RedisCluster) -> str:
+        return cluster.url
+
+    @pytest.fixture
+    async def worker(self, broker_url: str, queue: str, probe: Probe) -> AsyncIterator[Worker]:
+        async with serving(probe, broker_url, queue, concurrency=self.worker_concurrency) as w:
+            yield w
+
+    @pytest.fixture(autouse=True)
+    async def _redis(self, cluster: RedisCluster) -> AsyncIterator[None]:
+        self.cluster = cluster
+        self.redis = await raw_cluster(cluster)
+        self._replies_before = await self._reply_lists()
+        yield
+        await self.redis.aclose()
+
+    async def _reply_lists(self) -> set[str]:
+        return {k.decode() async for k in self.redis.scan_iter(match="mm:reply:*", count=1000)}
+
+    async def inject(
+        self, broker_url: str, queue: str, body: bytes, delivery_count: int = 1, wait: float = 5
+    ) -> bytes | None:
+        reply_to = wire.reply_key(f"inject-{uuid.uuid4().hex}", cluster=True)
+        header = {"mm": 1, "reply_to": reply_to, "cid": "c1", "n": delivery_count}
+        await self.redis.lpush(queue, orjson.dumps(header) + b"\n" + body)
+        got = await self.redis.brpop([reply_to], timeout=wait)
+        await self.redis.delete(reply_to)
+        if got is None:
+            return None
+        cid, reply = wire.decode_reply(got[1])
+        assert cid == "c1"
+        return reply
+
+    async def dead_letters(self, broker_url: str, queue: str) -> list[bytes]:
+        records = await self.redis.lrange(wire.dead_letter_key(queue, cluster=True), 0, -1)
+        return [wire.dead_letter_body(record) for record in records]
+
+    def unreachable_url(self, broker_url: str) -> str:
+        return f"redis+cluster://127.0.0.1:{free_port()}"
+
+    async def wait_queued(
+        self, broker_url: str, queue: str, client: AsyncClient, count: int
+    ) -> None:
+        deadline = time.monotonic() + 10
+        while await self.redis.llen(queue) < count:
+            assert time.monotonic() < deadline, "the requests never queued"
+            await asyncio.sleep(0.01)
+
+    cuts_connections = True
+
+    def _kill(self, prefix: str) -> int:
+        killed = 0
+        for node in self.cluster.nodes:
+            if node.running:
+                for line in node.call("CLIENT", "LIST").decode().splitlines():
+                    fields = dict(field.split("=", 1) for field in line.split(" ") if "=" in field)
+                    if fields.get("name", "").startswith(prefix):
+                        killed += node.call("CLIENT", "KILL", "ID", fields["id"])
+        return killed
+
+    async def cut_client(self, broker_url: str, client: AsyncClient) -> None:
+        prefix = f"mm:client:{client._transport.client_id}"  # type: ignore[union-attr]
+        assert self._kill(prefix) >= 1
+
+    async def cut_worker(self, broker_url: str, queue: str) -> None:
+        assert self._kill(f"mm:worker:{queue}:") >= 1
+
+    async def leftovers(self, broker_url: str, queue: str) -> list[str]:
+        pattern = f"mm:{{{queue}}}:*"
+        keys = [k.decode() async for k in self.redis.scan_iter(match=pattern, count=1000)]
+        if await self.redis.exists(queue):
+            keys.append(queue)
+        return sorted(keys) + sorted(await self._reply_lists() - self._replies_before)
+
+    async def test_lost_connection_fails_calls_at_once_then_recovers(
+        self, worker: Worker, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        """Not on a cluster: a lost link there is most likely a failover, after which the
+        replica has the reply list, so the calls wait for their replies (and get them)."""
+        async with AsyncClient(broker_url, queue, timeout=30) as client:
+            assert await client.add(1, 1) == 2
+            pending = asyncio.create_task(client.slow(1, "lost"))
+            await eventually(lambda: ("slow", "lost") in probe.ran)
+            await self.cut_client(broker_url, client)
+            assert await asyncio.wait_for(pending, 10) == "lost"
+            await answers_again(client)
+
+
 # --- URLs and key names (no I/O) ----------------------------------------------------------------
 
 
@@ -73,6 +169,8 @@ def test_cluster_urls_name_several_nodes() -> None:
     assert not RedisSettings.from_url("redis://h:1/0").cluster
     with pytest.raises(ConfigurationError, match="host:port"):
         RedisSettings.from_url("redis+cluster://h:1,h:notaport")
+    with pytest.raises(ConfigurationError, match="database 0"):
+        RedisSettings.from_url("redis+cluster://h:1/2")
     with pytest.raises(ConfigurationError, match="wire=seed"):
         client_transport("redis+cluster://h:1?wire=seed")
 

@@ -215,8 +215,10 @@ class RedisSettings:
                 block=block,
             )
             return client
-        except (ValueError, TypeError, RedisClusterException) as exc:
+        except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis Cluster URL {self.display}: {exc}") from exc
+        # A RedisClusterException here (the blocking client connects at once) is a cluster
+        # out of reach: the caller's to report, as for any connection error.
 
 
 def cluster_nodes(url: str) -> tuple[str, tuple[tuple[str, int], ...]]:
@@ -234,6 +236,10 @@ def cluster_nodes(url: str) -> tuple[str, tuple[tuple[str, int], ...]]:
                 f"bad Redis Cluster node {address!r} in {mask_password(url)}: host:port expected"
             )
         nodes.append((host, int(port)))
+    if parts.path not in ("", "/", "/0"):
+        raise ConfigurationError(
+            f"a Redis Cluster has only database 0, not {parts.path[1:]!r}: {mask_password(url)}"
+        )
     first = f"{userinfo}@{hosts.split(',')[0]}" if userinfo else hosts.split(",")[0]
     scheme = CLUSTER_SCHEMES[parts.scheme]
     return urlunsplit(parts._replace(scheme=scheme, netloc=first)), tuple(nodes)

@@ -72,10 +72,10 @@ class RedisSyncClientTransport(SyncClientTransport):
     def connect(self) -> None:
         name = calls.client_name(self.client_id)
         if self._settings.cluster:
-            # One cluster client does both: pushes, and reads on a connection of its pool.
-            cluster = self._settings.sync_cluster_client(name, block=REPLY_BLOCK_SECONDS)
-            self._redis = self._reader = cluster
             try:
+                # One cluster client does both: pushes, and reads on a connection of its pool.
+                cluster = self._settings.sync_cluster_client(name, block=REPLY_BLOCK_SECONDS)
+                self._redis = self._reader = cluster
                 cluster.ping()
             except CONNECTION_ERRORS as exc:
                 self.close()
