@@ -1,9 +1,11 @@
 """redis+cluster://: the Redis transport on a Redis Cluster of the test's own.
 
 One cluster for the module (3 masters, 3 replicas, redis-servers on free ports in their own
-dirs, stopped by pid at the end): the ordinary round trip, a notification, the blocking
-client, a dead letter, and then, last, 2,000 calls across two workers while the master
-holding the queue's slot is killed (kill -9) and its replica takes over.
+dirs, stopped by pid at the end, `tests.brokers.RedisCluster`): the transport contract; key
+slots; the round trip, a notification, the blocking client, a dead letter, recovery, seed-form
+replies and their refusals, shards; the queue's slot migrated mid-run (ASK, MOVED); and last,
+since each leaves a master without a replica, 2,000 calls across two workers (and a blocking
+client shared by 16 threads) while the master holding the queue's slot is killed (kill -9).
 """
 
 from __future__ import annotations
