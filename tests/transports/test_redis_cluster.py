@@ -28,15 +28,12 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import client_transport
-from micromessaging.transports.redis import RedisSettings
+from micromessaging.transports.redis import RedisSettings, scripts
 from micromessaging.transports.redis import wire as wire
 from tests.brokers import RedisCluster, RedisNode, free_port
 
 from .contract import Probe, TransportContract, answers_again, eventually
 from .test_redis import serving
-
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 CALLS = 2000
 IN_FLIGHT = 64
@@ -387,6 +384,33 @@ async def migrate_slot(cluster: RedisCluster, key: str) -> RedisNode:
     for master in cluster.running_masters():
         master.call("CLUSTER", "SETSLOT", slot, "NODE", node_id(target))
     return target
+
+
+def test_the_settle_script_hands_over_what_it_took_when_its_slot_starts_migrating(
+    cluster: RedisCluster, queue: str
+) -> None:
+    """Redis undoes nothing when a script fails: once the queue's last request is taken,
+    the next LMOVE of a slot being migrated fails ("non local key"), and the requests
+    already moved must still come back to the worker, not sit in its processing list."""
+    source = cluster.master_of(queue)
+    target = next(n for n in cluster.running_masters() if n is not source)
+    slot = int(source.call("CLUSTER", "KEYSLOT", queue))
+    processing = wire.processing_key(queue, "w1", cluster=True)
+    source.call("RPUSH", processing, b"still running", b"settled")
+    source.call("RPUSH", queue, b"second", b"first")
+    target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source))
+    source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target))
+    try:
+        errors, taken, swept = source.call(
+            "EVAL", scripts.SETTLE, 3, processing, queue, processing,
+            wire.REPLY_TTL, 5, int(time.time() * 1000), 10, b"settled", b"",
+        )  # fmt: skip
+        assert (errors, taken, swept) == ([0], [b"first", b"second"], 0)
+        assert source.call("LRANGE", processing, 0, -1) == [b"second", b"first", b"still running"]
+    finally:
+        for node in (source, target):
+            node.call("CLUSTER", "SETSLOT", slot, "STABLE")
+        source.call("DEL", processing, queue)
 
 
 async def test_calls_follow_their_queue_when_its_slot_moves(

@@ -135,9 +135,11 @@ for i = 3, #KEYS do
 end
 local taken, swept = {}, 0
 if tonumber(ARGV[2]) > 0 then swept = sweep(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) end
+-- An error stops the taking, not the script: what it moved already must reach the worker
+-- (Redis undoes nothing; on a Redis Cluster a slot being migrated fails the next move).
 for i = 1, tonumber(ARGV[2]) do
-  local item = redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')
-  if not item then break end
+  local item = redis.pcall('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')
+  if type(item) ~= 'string' then break end
   taken[i] = item
 end
 return {errors, taken, swept}
