@@ -79,6 +79,38 @@ def median_ratio(ours: list[float], theirs: list[float]) -> float:
     return statistics.median(o / t for o, t in zip(ours, theirs, strict=True))
 
 
-def verdict(ok: bool) -> str:
-    """How a figure compares with its target, in words."""
-    return "met" if ok else "NOT met"
+def table(title: str, rows: list[tuple[str, str, str, float, str, bool | None]]) -> None:
+    """The figures as a table: what, ours, the baseline's, the ratio, the target, PASS/MISS."""
+    print(f"\n== {title}")
+    print(f"{'':34}{'ours':>11}{'baseline':>11}{'ratio':>8}  target")
+    for name, ours, theirs, ratio, target, ok in rows:
+        verdict = "" if ok is None else pass_miss(ok)  # None: a figure without a target
+        print(f"{name:34}{ours:>11}{theirs:>11}{ratio:7.2f}x  {target:7} {verdict}".rstrip())
+
+
+def pass_miss(ok: bool) -> str:
+    """PASS when a figure meets its target, MISS when it does not."""
+    return "PASS" if ok else "MISS"
+
+
+def us(seconds: float) -> str:
+    """Seconds per call, in microseconds."""
+    return f"{seconds * 1e6:,.0f} us"
+
+
+def rate(calls_per_second: float) -> str:
+    """Calls per second, rounded."""
+    return f"{calls_per_second:,.0f}/s"
+
+
+async def until_served(call: Callable[[], Awaitable[object]], timeout: float = 60) -> None:
+    """Wait until `call` succeeds: the worker process is up and serving."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await call()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)

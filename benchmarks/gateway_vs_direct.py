@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import in_flight, median_ratio, verdict, worker
+from _harness import in_flight, median_ratio, rate, table, worker
 
 from micromessaging import AsyncClient
 from micromessaging.gateway.auth import hash_token
@@ -89,10 +89,12 @@ async def main(broker: str, calls: int, rounds: int, lanes: int) -> None:
             gateway.terminate()
             gateway.wait(20)
     ratio = median_ratio(figures["gateway"], figures["direct"])
-    print(f"\n{lanes} in flight, medians of {rounds} rounds, {os.cpu_count()} cores")
-    print(f"straight to the broker : {statistics.median(figures['direct']):8,.0f} calls/s")
-    print(f"through the gateway    : {statistics.median(figures['gateway']):8,.0f} calls/s")
-    print(f"ratio gateway/direct   : {ratio:5.2f}x  (target >= 0.8x: {verdict(ratio >= 0.8)})")
+    direct, gateway = (statistics.median(figures[k]) for k in ("direct", "gateway"))
+    table(
+        f"Gateway: Calculator on Redis, {lanes} in flight, through the gateway against straight "
+        f"to the broker (medians of {rounds} rounds, {os.cpu_count()} cores)",
+        [("through the gateway", rate(gateway), rate(direct), ratio, ">= 0.8x", ratio >= 0.8)],
+    )
 
 
 if __name__ == "__main__":

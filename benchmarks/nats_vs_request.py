@@ -1,13 +1,14 @@
 """Our NATS transport against hand-rolled nats-py request/reply, in one run.
 
 Baseline: a nats-py ``nc.request()`` loop against a hand-rolled nats-py responder (another
-process: parse the JSON-RPC, add, respond). Ours: AsyncClient -> nats:// -> one Worker
-process (concurrency 64), with deadlines, flow control and our headers. Both serve the same
-async ``add`` and run interleaved, round by round, so both see the same (noisy) machine.
+process: parse the JSON-RPC, add, respond), sequential and with 64 requests in flight.
+Ours: the seed's `Calculator` (plain class, sync ``def`` methods) served by one
+``micromessaging worker`` process (concurrency 64) with deadlines, flow control, heartbeats
+and our headers; a second worker serves the async bench service, for the second rows. All
+run interleaved, round by round, so all see the same (noisy) machine.
 
-Figures: sequential latency per call, and throughput with 64 calls in flight on one client.
-Aims (no target was set): sequential <= 1.2x the baseline's latency, and 64-in-flight
-throughput >= 5x the baseline's sequential rate. ``--jetstream`` adds the durable mode.
+Targets: sequential <= 1.0x the hand-rolled loop's latency; 64 in flight >= 1.0x the
+hand-rolled 64-in-flight loop's rate. ``--jetstream`` adds the durable mode.
 
     python benchmarks/nats_vs_request.py [--url nats://127.0.0.1:4222] [--calls 2000]
 """
@@ -25,6 +26,7 @@ import uuid
 
 import nats
 import orjson
+from _harness import ASYNC_SERVICE, rate, table, until_served, us, worker
 
 from micromessaging import AsyncClient, Client
 
@@ -41,22 +43,6 @@ async def main(url, subject):
     await nc.flush()
     print("ready", flush=True)
     await asyncio.Event().wait()
-
-asyncio.run(main(sys.argv[1], sys.argv[2]))
-"""
-
-WORKER = """
-import asyncio, sys
-from micromessaging import Worker
-
-class Adder:
-    async def add(self, a, b):
-        return a + b
-
-async def main(url, queue):
-    async with Worker(Adder(), url, queue, concurrency=64) as worker:
-        print("ready", flush=True)
-        await asyncio.Event().wait()
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
@@ -112,39 +98,64 @@ async def ours_in_flight(client: AsyncClient, calls: int, width: int) -> float:
     return calls / (time.perf_counter() - start)
 
 
-def sync_sequential(url: str, queue: str, calls: int) -> float:
-    with Client(url, queue, timeout=10) as client:
-        client.add(0, 1)
-        start = time.perf_counter()
-        for i in range(calls):
-            assert client.add(i, 1) == i + 1
-        return (time.perf_counter() - start) / calls
+def sync_sequential(client: Client, calls: int) -> float:
+    start = time.perf_counter()
+    for i in range(calls):
+        assert client.add(i, 1) == i + 1
+    return (time.perf_counter() - start) / calls
+
+
+KEYS = ("raw", "ours", "raw64", "ours64", "sync", "a_seq", "a64")
 
 
 async def measure(url: str, calls: int, rounds: int, width: int) -> dict[str, list[float]]:
     raw_subject = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    queue = f"bench-mm-{uuid.uuid4().hex[:8]}"
-    results: dict[str, list[float]] = {k: [] for k in ("raw", "ours", "raw64", "ours64", "sync")}
+    queue, async_queue = f"bench-mm-{uuid.uuid4().hex[:8]}", f"bench-as-{uuid.uuid4().hex[:8]}"
+    results: dict[str, list[float]] = {k: [] for k in KEYS}
     responder = spawn(RESPONDER, url.split("?")[0], raw_subject)
-    worker = spawn(WORKER, url, queue)
     try:
-        nc = await nats.connect(url.split("?")[0])
-        async with AsyncClient(url, queue, timeout=10) as client:
-            await raw_sequential(nc, raw_subject, 200)  # warm up
-            await ours_sequential(client, 200)
-            for _ in range(rounds):
-                results["raw"].append(await raw_sequential(nc, raw_subject, calls))
-                results["ours"].append(await ours_sequential(client, calls))
-                results["raw64"].append(await raw_in_flight(nc, raw_subject, calls * 2, width))
-                results["ours64"].append(await ours_in_flight(client, calls * 2, width))
-            results["sync"].append(await asyncio.to_thread(sync_sequential, url, queue, calls))
-        await nc.close()
+        with worker(url, queue), worker(url, async_queue, target=ASYNC_SERVICE):
+            nc = await nats.connect(url.split("?")[0])
+            async with (
+                AsyncClient(url, queue, timeout=10) as client,
+                AsyncClient(url, async_queue, timeout=10) as bench,
+            ):
+                await until_served(lambda: client.add(0, 1))
+                await until_served(lambda: bench.add(0, 1))
+                sync_client = Client(url, queue, timeout=10)
+                await asyncio.to_thread(sync_client.connect)
+                await raw_sequential(nc, raw_subject, 200)  # warm up
+                await raw_in_flight(nc, raw_subject, 1000, width)
+                for c in (client, bench):
+                    await ours_sequential(c, 200)
+                    await ours_in_flight(c, 1000, width)
+                await asyncio.to_thread(sync_sequential, sync_client, 200)
+                for n in range(rounds):
+                    results["raw"].append(await raw_sequential(nc, raw_subject, calls))
+                    results["ours"].append(await ours_sequential(client, calls))
+                    results["sync"].append(
+                        await asyncio.to_thread(sync_sequential, sync_client, calls)
+                    )
+                    results["raw64"].append(await raw_in_flight(nc, raw_subject, calls * 2, width))
+                    results["ours64"].append(await ours_in_flight(client, calls * 2, width))
+                    results["a_seq"].append(await ours_sequential(bench, calls))
+                    results["a64"].append(await ours_in_flight(bench, calls * 2, width))
+                    print(
+                        f"round {n + 1}: sequential {us(results['ours'][-1])} vs "
+                        f"{us(results['raw'][-1])} (Client {us(results['sync'][-1])}), "
+                        f"{width} in flight {rate(results['ours64'][-1])} vs "
+                        f"{rate(results['raw64'][-1])} (async service "
+                        f"{us(results['a_seq'][-1])}, {rate(results['a64'][-1])})",
+                        flush=True,
+                    )
+                await asyncio.to_thread(sync_client.close)
+            await nc.close()
     finally:
-        for process in (responder, worker):
-            process.terminate()
-            process.wait()
+        responder.terminate()
+        responder.wait()
     if "jetstream" in url:
         await delete_streams(url, queue)
+        await delete_streams(url, async_queue)
     return results
 
 
@@ -159,31 +170,31 @@ async def delete_streams(url: str, queue: str) -> None:
 
 
 def report(title: str, results: dict[str, list[float]], width: int) -> None:
-    raw, ours = statistics.median(results["raw"]), statistics.median(results["ours"])
-    latency_ratio = statistics.median(
-        o / r for o, r in zip(results["ours"], results["raw"], strict=True)
-    )
-    raw64, ours64 = statistics.median(results["raw64"]), statistics.median(results["ours64"])
-    sequential_rate = 1 / raw
-    print(f"== {title}")
-    print(f"hand-rolled nc.request, sequential : {raw * 1e6:8.1f} us/call ({1 / raw:8.0f}/s)")
-    print(f"ours (AsyncClient), sequential     : {ours * 1e6:8.1f} us/call ({1 / ours:8.0f}/s)")
-    print(f"ours (sync Client), sequential     : {results['sync'][0] * 1e6:8.1f} us/call")
-    print(f"hand-rolled, {width} in flight        : {raw64:8.0f} calls/s")
-    print(f"ours, {width} in flight               : {ours64:8.0f} calls/s")
-    verdict = "met" if latency_ratio <= 1.2 else "NOT met"
-    print(f"sequential latency ratio           : {latency_ratio:8.2f}x  (aim <= 1.2x: {verdict})")
-    throughput_ratio = ours64 / sequential_rate
-    verdict = "met" if throughput_ratio >= 5 else "NOT met"
-    print(
-        f"ours {width} in flight / hand-rolled sequential rate: {throughput_ratio:6.2f}x"
-        f"  (aim >= 5x: {verdict})"
-    )
-    print(f"ours {width} in flight / hand-rolled {width} in flight: {ours64 / raw64:6.2f}x")
+    def m(key: str) -> float:
+        return statistics.median(results[key])
+
+    def ratio(key: str, base: str) -> float:
+        return statistics.median(o / r for o, r in zip(results[key], results[base], strict=True))
+
+    seq, par = us(m("raw")), rate(m("raw64"))
+    rows = [
+        ("AsyncClient, sequential", us(m("ours")), seq, ratio("ours", "raw"), "<= 1.0x",
+         ratio("ours", "raw") <= 1.0),
+        ("Client, sequential", us(m("sync")), seq, ratio("sync", "raw"), "<= 1.0x",
+         ratio("sync", "raw") <= 1.0),
+        (f"AsyncClient, {width} in flight", rate(m("ours64")), par, ratio("ours64", "raw64"),
+         ">= 1.0x", ratio("ours64", "raw64") >= 1.0),
+        ("async service, sequential", us(m("a_seq")), seq, ratio("a_seq", "raw"), "<= 1.0x",
+         ratio("a_seq", "raw") <= 1.0),
+        (f"async service, {width} in flight", rate(m("a64")), par, ratio("a64", "raw64"),
+         ">= 1.0x", ratio("a64", "raw64") >= 1.0),
+    ]  # fmt: skip
+    table(title, rows)
 
 
 async def main(url: str, calls: int, rounds: int, width: int, jetstream: bool) -> None:
-    report(f"core NATS ({url})", await measure(url, calls, rounds, width), width)
+    title = f"core NATS: Calculator, one worker process, against nats-py request() ({url})"
+    report(title, await measure(url, calls, rounds, width), width)
     if jetstream:
         durable = url + ("&" if "?" in url else "?") + "jetstream=1"
         report(f"JetStream ({durable})", await measure(durable, calls, rounds, width), width)

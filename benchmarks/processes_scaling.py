@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 
-from _harness import in_flight, median_ratio, verdict, worker
+from _harness import in_flight, median_ratio, rate, table, worker
 
 from micromessaging import AsyncClient
 
@@ -54,10 +54,12 @@ def main(broker: str, calls: int, rounds: int, lanes: int) -> None:
             flush=True,
         )
     ratio = median_ratio(figures[2], figures[1])
-    print(f"\n{lanes} in flight, client in its own process, {os.cpu_count()} cores")
-    print(f"--processes 1 : {statistics.median(figures[1]):8,.0f} calls/s")
-    print(f"--processes 2 : {statistics.median(figures[2]):8,.0f} calls/s")
-    print(f"ratio         : {ratio:5.2f}x  (target >= 1.3x: {verdict(ratio >= 1.3)})")
+    one, two = statistics.median(figures[1]), statistics.median(figures[2])
+    table(
+        f"Scaling: Calculator on Redis, {lanes} in flight from a client process of its own, "
+        f"--processes 2 against 1 (medians of {rounds} rounds, {os.cpu_count()} cores)",
+        [("--processes 2", rate(two), rate(one), ratio, ">= 1.3x", ratio >= 1.3)],
+    )
 
 
 if __name__ == "__main__":

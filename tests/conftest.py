@@ -20,6 +20,7 @@ import faulthandler
 import os
 import sys
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -143,6 +144,22 @@ def redis_url(session_dir: Path) -> Iterator[str]:
     need(REDIS)
     with RedisNode(base=session_dir) as node:
         yield node.url
+
+
+@pytest.fixture
+def redis_queue(redis_url: str) -> Iterator[str]:
+    """A queue name of its own on the session's Redis; its keys are deleted afterwards."""
+    import redis  # the redis extra: only the tests that ask for Redis need it
+
+    name = f"mm-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"*{name}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ from pathlib import Path
 import click
 import orjson
 import pytest
-import redis
 from click.testing import CliRunner
 
 from micromessaging import Worker, transports
@@ -27,7 +26,6 @@ from micromessaging.cli.call import params_from_args, parse_arg
 from micromessaging.examples.calculator import Calculator
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS = "redis://127.0.0.1:6379/0"
 
 
 class Typed:
@@ -58,18 +56,6 @@ def served() -> Iterator[str]:
     loop.call_soon_threadsafe(worker.stop)
     thread.join(5)
     loop.close()
-
-
-@pytest.fixture
-def redis_queue() -> Iterator[str]:
-    """A queue name of its own on the shared Redis; its keys are deleted afterwards."""
-    name = f"mm-cli-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"*{name}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def invoke(*args: str, **kwargs: object) -> click.testing.Result:
@@ -349,8 +335,10 @@ def test_worker_queue_defaults_to_the_class_name() -> None:
         finish(process)
 
 
-def test_worker_second_signal_abandons_the_drain_and_exits_130(redis_queue: str) -> None:
-    broker = ["--broker", REDIS, "--queue", redis_queue]
+def test_worker_second_signal_abandons_the_drain_and_exits_130(
+    redis_url: str, redis_queue: str
+) -> None:
+    broker = ["--broker", redis_url, "--queue", redis_queue]
     worker = start_worker(*broker, "--grace", "60", target="tests.cli_targets:Sleepy")
     caller = None
     try:
@@ -365,8 +353,8 @@ def test_worker_second_signal_abandons_the_drain_and_exits_130(redis_queue: str)
         finish(worker, *([caller] if caller else []))
 
 
-def test_ctrl_c_on_call_exits_130(redis_queue: str) -> None:
-    broker = ["--broker", REDIS, "--queue", redis_queue]
+def test_ctrl_c_on_call_exits_130(redis_url: str, redis_queue: str) -> None:
+    broker = ["--broker", redis_url, "--queue", redis_queue]
     worker = start_worker(*broker, "--grace", "0", target="tests.cli_targets:Sleepy")
     caller = None
     try:

@@ -14,6 +14,7 @@ from micromessaging import (
     CallTimeout,
     Client,
     ConfigurationError,
+    NoWorkers,
     RemoteError,
     Service,
     TransportError,
@@ -88,10 +89,19 @@ def test_timeout_is_finite_by_default_and_validated(url: str) -> None:
 
 
 async def test_timeout_names_the_call(url: str) -> None:
-    async with AsyncClient(url, "nobody-home", timeout=0.2) as client:
+    async with AsyncClient(f"{url}?worker_window=0", "nobody-home", timeout=0.2) as client:
         with pytest.raises(CallTimeout, match=r"add from queue 'nobody-home' within 0.2s"):
             await client.add(1, 2)
     assert issubclass(CallTimeout, TimeoutError)
+
+
+async def test_no_worker_is_told_apart_from_a_slow_one(url: str) -> None:
+    async with AsyncClient(url, "nobody-home", timeout=5) as client:
+        with pytest.raises(NoWorkers, match="nobody-home") as caught:
+            await client.add(1, 2)
+    assert isinstance(caught.value, TransportError)
+    with pytest.raises(ConfigurationError, match="worker_window"):
+        client_transport(f"{url}?worker_window=soon")
 
 
 async def test_closing_fails_calls_in_flight_and_later_calls(served: Worker, url: str) -> None:

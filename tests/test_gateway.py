@@ -26,7 +26,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from micromessaging import AsyncClient, ErrorCode, RemoteError, Worker
+from micromessaging import AsyncClient, ErrorCode, NoWorkers, RemoteError, Worker
 from micromessaging.cli import main
 from micromessaging.gateway import (
     FORBIDDEN,
@@ -254,6 +254,35 @@ async def test_slow_call_is_504_and_its_deadline_reaches_the_worker(
     assert "late" not in probe.ran
 
 
+async def test_the_callers_trace_context_reaches_the_worker_with_a_send_time(http) -> None:
+    broker, queue, seen = f"memory://gateway-{uuid.uuid4().hex[:8]}", "traced", []
+    grants = tuple(parse_tokens(tokens_toml(queue), "test"))
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with (
+        Worker(Probe(), broker, queue) as worker,
+        serving(GatewaySettings(broker, grants)) as url,
+    ):
+        taken = worker.observer.taken
+
+        def spy(delivery):  # type: ignore[no-untyped-def]
+            seen.append((delivery.sent, delivery.trace and dict(delivery.trace)))
+            return taken(delivery)
+
+        worker.observer.taken = spy  # type: ignore[method-assign]
+        before = time.time()
+        headers = {**bearer(FULL), "traceparent": parent, "tracestate": "gw=1"}
+        response = await http.post(f"{url}/{queue}", json=rpc("add", 1, 2), headers=headers)
+        assert response.json()["result"] == 3
+        # A malformed traceparent is not passed on; the call goes through all the same.
+        headers = {**bearer(FULL), "traceparent": "00-nope", "tracestate": "gw=1"}
+        response = await http.post(f"{url}/{queue}", json=rpc("add", 1, 2), headers=headers)
+        assert response.json()["result"] == 3
+    (sent, trace), (_, dropped) = seen
+    assert sent is not None and before - 1 <= sent <= time.time() + 1
+    assert trace == {"traceparent": parent, "tracestate": "gw=1"}
+    assert dropped is None
+
+
 async def test_our_client_through_the_gateway_with_a_token_in_the_url(gateway, queue) -> None:
     base = gateway.replace("http://", f"http://:{FULL}@")
     async with AsyncClient(base, queue, timeout=5) as calc:
@@ -270,7 +299,9 @@ async def test_healthz(gateway: str, http) -> None:
 
 
 async def test_unreachable_broker_is_503_health_and_502_calls(http) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+    if not _available("redis"):
+        pytest.skip("needs the redis transport: a broker that can be down")
+    dead = f"redis://127.0.0.1:{free_port()}"
     grants = tuple(parse_tokens(tokens_toml("calc"), "test"))
     async with serving(GatewaySettings(dead, grants)) as url:
         response = await http.get(f"{url}/healthz")
@@ -279,6 +310,33 @@ async def test_unreachable_broker_is_503_health_and_502_calls(http) -> None:
         response = await http.post(f"{url}/calc", json=rpc("add", 1, 2), headers=bearer(FULL))
         assert response.status_code == 502
         assert response.json()["error"]["code"] == ErrorCode.SERVER_ERROR
+
+
+@pytest.mark.parametrize("kind", ["memory", "http"])
+async def test_a_queue_nobody_serves_is_503_naming_it(kind: str, http) -> None:
+    # memory:// knows no worker attached; over http:// nothing listens (connection refused).
+    broker = {
+        "memory": f"memory://gateway-{uuid.uuid4().hex[:8]}",
+        "http": f"http://127.0.0.1:{free_port()}",
+    }[kind]
+    grants = tuple(parse_tokens(tokens_toml("calc"), "test"))
+    async with serving(GatewaySettings(broker, grants)) as url:
+        started = time.monotonic()
+        response = await http.post(f"{url}/calc", json=rpc("add", 1, 2), headers=bearer(FULL))
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        error = response.json()["error"]
+        assert (error["code"], error["message"]) == (ErrorCode.SERVER_ERROR, "No workers")
+        assert error["data"]["queue"] == "calc" and error["data"]["retry"] is True
+        assert "'calc'" in error["data"]["message"]
+        # Our client through the gateway raises NoWorkers, as it would on the broker.
+        async with AsyncClient(url.replace("http://", f"http://:{FULL}@"), "calc") as client:
+            with pytest.raises(NoWorkers) as caught:
+                await client.add(1, 2)
+            assert caught.value.queue == "calc"
+            with pytest.raises(NoWorkers):
+                await client.notify("record", 1)
 
 
 # --- tokens ----------------------------------------------------------------------------------
@@ -415,3 +473,80 @@ async def test_gateway_command_serves_with_two_worker_processes(tmp_path, http) 
     assert f"micromessaging gateway on http://127.0.0.1:{port} -> http://:****@" in output
     assert "(1 token, 2 processes" in output
     assert "broker-pass" not in output
+
+
+# --- operations: access lines and metrics, from the real command -----------------------------
+
+
+async def test_the_command_logs_each_request_and_serves_its_metrics(tmp_path, http) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    worker_port, port, metrics_port = free_port(), free_port(), free_port()
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_toml("calc"))
+    args = [
+        "--broker", f"http://127.0.0.1:{worker_port}", "--host", "127.0.0.1",
+        "--port", str(port), "--tokens", str(tokens), "--processes", "2",
+        "--metrics-port", str(metrics_port), "--log-format", "json", "--timeout", "0.5",
+        "--max-message-size", "2048",
+    ]  # fmt: skip
+    async with Worker(Probe(), f"http://127.0.0.1:{worker_port}", "calc"):
+        with gateway_command(args, {}) as process:
+            url = f"http://127.0.0.1:{port}"
+            await wait_healthy(http, url)
+            calls = [
+                (200, bearer(FULL), rpc("add", 1, 2)),
+                (200, bearer(FULL), rpc("add", 2, 2)),
+                (200, bearer(ADD_ONLY), rpc("add", 3, 2)),
+                (401, {}, rpc("add", 1, 2)),
+                (403, bearer(ELSEWHERE), rpc("add", 1, 2)),
+                (403, bearer(ADD_ONLY), rpc("subtract", 1, 2)),
+                (413, bearer(FULL), rpc("echo", "x" * 4000)),
+                (504, bearer(FULL), rpc("slow", 2.0)),
+            ]
+            for status, headers, body in calls:
+                async with httpx.AsyncClient(timeout=10) as fresh:  # spread over both processes
+                    response = await fresh.post(f"{url}/calc", json=body, headers=headers)
+                    assert response.status_code == status, response.text
+            scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+            output = process.stderr.read()
+    counts: dict[tuple[str, str], float] = {}
+    latency: dict[str, float] = {}
+    for family in text_string_to_metric_families(scraped):
+        for sample in family.samples:
+            if sample.name == "micromessaging_gateway_requests_total":
+                counts[sample.labels["queue"], sample.labels["status"]] = sample.value
+            elif sample.name == "micromessaging_gateway_request_seconds_count":
+                latency[sample.labels["queue"]] = sample.value
+    assert {k: v for k, v in counts.items() if k[0] == "calc"} == {
+        ("calc", "200"): 3, ("calc", "401"): 1, ("calc", "403"): 2, ("calc", "413"): 1,
+        ("calc", "504"): 1,
+    }  # fmt: skip
+    assert latency["calc"] == len(calls)
+    assert counts[("<other>", "200")] >= 1  # the health checks
+    lines = [orjson.loads(line) for line in output.splitlines() if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "micromessaging.gateway.access"]
+    mine = [line for line in access if line["path"] == "/calc"]
+    assert sorted(line["status"] for line in mine) == sorted(status for status, _, _ in calls)
+    forbidden = [line for line in mine if line["status"] == 403]
+    assert {line["token"] for line in forbidden} == {"elsewhere", "add-only"}
+    assert all(line["queue"] == "calc" and line["duration_ms"] >= 0 for line in mine)
+    assert ["subtract"] in [line["rpc"] for line in forbidden]
+    assert len({line["pid"] for line in access}) == 2  # both processes log
+    # The gateway's own info lines, and uvicorn's, appear too, in the same format.
+    assert any("may not call" in line["message"] for line in lines)
+    assert any(line["logger"].startswith("uvicorn") for line in lines)
+
+
+async def test_access_lines_name_the_token_and_escape_the_path(gateway, queue, http, caplog):
+    caplog.set_level("INFO", logger="micromessaging.gateway.access")
+    await http.post(f"{gateway}/{queue}", json=rpc("add", 1, 2), headers=bearer(ADD_ONLY))
+    await http.post(f"{gateway}/a%0Afake%20line", json=rpc("add", 1, 2))
+    first, second = (r for r in caplog.records if r.name == "micromessaging.gateway.access")
+    assert first.getMessage().startswith(f"POST /{queue} 200 ")
+    assert f"queue={queue} token=add-only rpc=add" in first.getMessage()
+    assert (first.status, first.token, first.rpc) == (200, "add-only", ["add"])  # type: ignore[attr-defined]
+    assert "\n" not in second.getMessage() and "\\n" in second.getMessage()
+    assert second.status == 404 and second.queue is None  # type: ignore[attr-defined]

@@ -10,18 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from micromessaging.cli.exits import EXIT_WORKERS_FAILED
 from micromessaging.cli.supervisor import RestartPolicy, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS = "redis://127.0.0.1:6379/0"
 CALCULATOR = "micromessaging.examples.calculator:Calculator"
 
 
@@ -75,17 +71,6 @@ async def test_fast_crashes_back_off_then_give_up(caplog) -> None:
 # --- the worker command, as real processes ------------------------------------------------------
 
 
-@pytest.fixture
-def queue() -> Iterator[str]:
-    name = f"mm-supervisor-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"*{name}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 def worker_command(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "micromessaging", "worker", *args],
@@ -123,7 +108,10 @@ def finish(process: subprocess.Popen[str], children: set[int] = frozenset()) -> 
 
 
 def test_a_target_that_does_not_import_stops_before_any_fork() -> None:
-    process = worker_command("calculater:Calculator", "--processes", "2", "-b", REDIS)
+    # Nothing is forked, nor any broker reached: the URL is never used.
+    process = worker_command(
+        "calculater:Calculator", "--processes", "2", "-b", "redis://127.0.0.1:1"
+    )
     try:
         assert process.wait(30) == 2
     finally:
@@ -133,7 +121,9 @@ def test_a_target_that_does_not_import_stops_before_any_fork() -> None:
 
 
 def test_a_class_that_cannot_be_built_stops_before_any_fork() -> None:
-    process = worker_command("tests.cli_targets:Boom", "--processes", "2", "-b", REDIS)
+    process = worker_command(
+        "tests.cli_targets:Boom", "--processes", "2", "-b", "redis://127.0.0.1:1"
+    )
     try:
         assert process.wait(30) == 2
     finally:
@@ -141,11 +131,11 @@ def test_a_class_that_cannot_be_built_stops_before_any_fork() -> None:
     assert "RuntimeError: no database configured" in output and "restarting" not in output
 
 
-def test_workers_that_keep_dying_are_given_up_on(queue: str) -> None:
+def test_workers_that_keep_dying_are_given_up_on() -> None:
     # The broker refuses connections and the workers wait for it no time: each exits with 4.
     unreachable = "redis://127.0.0.1:1"
     process = worker_command(
-        CALCULATOR, "--processes", "2", "-b", unreachable, "-q", queue, "--wait-for-broker", "0"
+        CALCULATOR, "--processes", "2", "-b", unreachable, "-q", "calc", "--wait-for-broker", "0"
     )
     try:
         assert process.wait(90) == EXIT_WORKERS_FAILED
@@ -159,8 +149,10 @@ def test_workers_that_keep_dying_are_given_up_on(queue: str) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_drains_every_worker_and_exits_0(queue: str, signum: int) -> None:
-    process = worker_command(CALCULATOR, "--processes", "2", "-b", REDIS, "-q", queue)
+def test_a_signal_drains_every_worker_and_exits_0(
+    redis_url: str, redis_queue: str, signum: int
+) -> None:
+    process = worker_command(CALCULATOR, "--processes", "2", "-b", redis_url, "-q", redis_queue)
     pids: set[int] = set()
     try:
         pids = worker_pids(lines_until(process, ": serving queue", count=2))
@@ -173,8 +165,8 @@ def test_a_signal_drains_every_worker_and_exits_0(queue: str, signum: int) -> No
     assert "restarting" not in output
 
 
-def test_workers_stop_when_their_supervisor_is_killed(queue: str) -> None:
-    process = worker_command(CALCULATOR, "--processes", "2", "-b", REDIS, "-q", queue)
+def test_workers_stop_when_their_supervisor_is_killed(redis_url: str, redis_queue: str) -> None:
+    process = worker_command(CALCULATOR, "--processes", "2", "-b", redis_url, "-q", redis_queue)
     pids: set[int] = set()
     try:
         pids = worker_pids(lines_until(process, ": serving queue", count=2))

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._protocol import ErrorCode, dumps, error_response, too_large_response
+from .transports._context import decode_sent, read_trace
 from .transports._shared import decode_deadline
+from .transports.base import TraceContext
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -24,6 +26,10 @@ JSON_CONTENT_TYPE = b"application/json"
 
 DEADLINE_HEADER = b"x-mm-deadline"
 """When the caller stops waiting, in milliseconds since the epoch (the shared deadline rule)."""
+SENT_HEADER = b"x-mm-sent"
+"""When the client sent the request, in milliseconds since the epoch (read like a deadline)."""
+NO_WORKERS_REASON = "no-workers"
+"""``data.reason`` of the gateway's 503 when its broker has no worker for the queue."""
 RETRY_AFTER_SECONDS = 1
 RETRY_AFTER: Headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())]
 
@@ -83,6 +89,27 @@ def not_run_body(detail: str) -> bytes:
 def request_deadline(scope: Scope) -> float | None:
     """The deadline a request's ``X-MM-Deadline`` header names (None for none)."""
     return decode_deadline(header(scope, DEADLINE_HEADER))
+
+
+def request_context(scope: Scope) -> tuple[float | None, TraceContext | None]:
+    """The send time (``X-MM-Sent``) and W3C trace context a request's headers carry.
+
+    A malformed ``traceparent`` is dropped with its ``tracestate`` (`read_trace`), and so is
+    one sent twice (W3C: a receiver given several must not pick one).
+    """
+    sent = parent = state = None
+    parents = 0
+    for key, value in scope["headers"]:
+        if key == SENT_HEADER:
+            sent = sent or value
+        elif key == b"traceparent":
+            parent, parents = value, parents + 1
+        elif key == b"tracestate":
+            state = value if state is None else state + b"," + value
+    trace = None
+    if parent is not None and parents == 1:
+        trace = read_trace({"traceparent": parent, "tracestate": state})
+    return decode_sent(sent), trace
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -8,6 +8,7 @@ from service code and results JSON can't carry. Nothing a caller sends can raise
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import traceback
@@ -137,7 +138,12 @@ class Dispatcher:
                 result = await method.func(*args, **kwargs)
             else:
                 placement = self._placements[method.name]
-                result = await placement.call(self._executor, method.func, *args, **kwargs)
+                if placement.inline:  # the fast path: no coroutine, no thread
+                    result = placement.call_inline(method.func, args, kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                else:
+                    result = await placement.call(self._executor, method.func, *args, **kwargs)
             return result_response(id_, result)
         except InvalidParams as exc:
             return error_response(id_, ErrorCode.INVALID_PARAMS, data={"message": str(exc)})

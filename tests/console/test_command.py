@@ -41,10 +41,13 @@ def test_listening_beyond_loopback_warns_that_there_is_no_login() -> None:
         finish(process)
 
 
-def test_a_broker_without_an_admin_side_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["console", "--broker", "http://127.0.0.1:1"])
+def test_a_broker_without_an_admin_side_is_a_usage_error(monkeypatch) -> None:
+    from micromessaging import transports
+
+    monkeypatch.setitem(transports.SCHEMES, "nobody", ("tests.fake_transports", None))
+    result = CliRunner().invoke(main, ["console", "--broker", "nobody://host"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: http:// offers no status or dead letters"
+    assert result.stderr.strip() == "error: nobody:// offers no status or dead letters"
 
 
 def test_a_busy_port_is_a_usage_error() -> None:

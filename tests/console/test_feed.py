@@ -159,10 +159,11 @@ async def test_a_broker_that_is_down_shows_as_an_error_in_the_snapshot() -> None
         await feed.aclose()
 
 
-async def test_a_broker_without_an_admin_side_says_so() -> None:
-    from micromessaging.transports import admin_transport
+async def test_a_broker_without_an_admin_side_says_so(monkeypatch) -> None:
+    from micromessaging import transports
 
-    feed = StatusFeed(lambda: admin_transport("http://127.0.0.1:1"), "http://127.0.0.1:1")
+    monkeypatch.setitem(transports.SCHEMES, "nobody", ("tests.fake_transports", None))
+    feed = StatusFeed(lambda: transports.admin_transport("nobody://host"), "nobody://host")
     try:
         snapshot = orjson.loads(await feed.latest())
         assert "offers no status" in snapshot["error"]

@@ -24,7 +24,8 @@ from tests.brokers import RabbitNode
 from tests.transports.contract import Probe
 from tests.transports.test_amqp import delete_queues, drain_queue
 
-from .suite import FaultSuite
+from .suite import FaultSuite, Outcome, check, outcome_of
+from .suite import eventually as suite_eventually
 
 pytestmark = pytest.mark.fault
 
@@ -140,3 +141,57 @@ async def test_amqps_with_a_self_signed_certificate(rabbit_node: RabbitNode, que
     assert time.monotonic() - started < 5
     with pytest.raises(ConfigurationError, match="no_verify_ssl='' is not a yes or no"):
         await asyncio.wait_for(serve(f"{tls}?no_verify_ssl=", queue), 15)
+
+
+# --- quorum queues: the node restarted mid-run ------------------------------------------------
+
+
+async def test_quorum_queue_through_a_node_restart(rabbit_node: RabbitNode, queue: str) -> None:
+    """2,000 calls across 2 workers on a quorum queue while the node restarts: each ends in
+    its right answer or a clear error before its timeout; then calls succeed again, with
+    nothing restarted by hand. The workers' heartbeat (durable) keeps the queue served while
+    they reconnect: no call is told NoWorkers."""
+    from micromessaging import NoWorkers
+
+    url = rabbit_node.url.rstrip("/") + "/?queue_type=quorum"
+    timeout, total, lanes = 10.0, 2000, 32
+    outcomes: list[Outcome] = []
+    counter = iter(range(total))
+    try:
+        async with (
+            Worker(Probe(), url, queue, concurrency=16),
+            Worker(Probe(), url, queue, concurrency=16),
+            AsyncClient(url, queue, timeout=timeout) as client,
+        ):
+
+            async def lane() -> None:
+                for i in counter:
+                    outcome = await outcome_of(client.call("slow", 0.1, i), i)
+                    outcomes.append(outcome)
+                    if outcome.failed:
+                        await asyncio.sleep(0.05)
+
+            running = asyncio.gather(*(lane() for _ in range(lanes)))
+            await suite_eventually(lambda: len(outcomes) >= 300, 30, "300 calls answered")
+            await asyncio.to_thread(rabbit_node.stop_app)
+            await asyncio.to_thread(rabbit_node.start_app)
+            await asyncio.wait_for(running, 120)
+            assert len(outcomes) == total
+            check(outcomes, timeout)
+            assert not [o for o in outcomes if isinstance(o.value, NoWorkers)]
+            failed = sum(o.failed for o in outcomes)
+            assert failed < total - 300, "nothing was answered after the restart"
+            # Afterwards: both ends reconnected by themselves.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert await client.call("slow", 0, "probe", timeout=2) == "probe"
+                    break
+                except TransportError:
+                    assert time.monotonic() < deadline, "never answered again"
+                    await asyncio.sleep(0.2)
+            answers = await asyncio.gather(*(client.add(i, 1) for i in range(200)))
+            assert answers == [i + 1 for i in range(200)]
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(delete_queues(rabbit_node.url, queue), 15)

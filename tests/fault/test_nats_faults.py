@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import nats
+import nats.errors
 import nats.js.errors
 import pytest
 
 from micromessaging import AsyncClient, CallTimeout, MicromessagingError, TransportError, Worker
 from micromessaging.transports.nats.wire import CONSUMER_NAME, dead_letter_stream_name, stream_name
-from tests.brokers import NatsNode
+from tests.brokers import NatsNode, free_port
 from tests.transports.contract import eventually
 
 from .service import executions, worker_processes
@@ -159,3 +161,131 @@ async def test_killed_core_worker_loses_its_call(nats_node: NatsNode, tmp_path: 
                 await call
             assert isinstance(caught.value, CallTimeout | TransportError)
             assert time.monotonic() - started < 3
+
+
+# --- a JetStream cluster ------------------------------------------------------------------
+
+
+class ClusterNode(NatsNode):
+    """One nats-server of a 3-server JetStream cluster of the test's own (routes to the others)."""
+
+    def __init__(self, name: str, base: Path) -> None:
+        super().__init__(base=base)
+        self.name = name
+        self.cluster_port = free_port()
+        self.routes: list[str] = []
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--server_name", self.name,
+            "--cluster_name", "mm-test",
+            "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+            "--routes", ",".join(self.routes),
+        ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def cluster(base: Path) -> Iterator[list[ClusterNode]]:
+    """Three servers routed to each other, started together, stopped by pid."""
+    nodes = [ClusterNode(f"mm-n{i}", base) for i in range(3)]
+    for node in nodes:
+        node.routes = [f"nats://127.0.0.1:{o.cluster_port}" for o in nodes if o is not node]
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.close()
+
+
+async def until_jetstream_ready(url: str, timeout: float = 30) -> None:
+    """Until the cluster has a meta leader: a replicated stream can be made (and is removed)."""
+    deadline = time.monotonic() + timeout
+    nc = await nats.connect(url.split("?")[0].split(","))
+    try:
+        js = nc.jetstream(timeout=2)
+        while True:
+            try:
+                await js.add_stream(name="MM_READY", subjects=["mm.ready"], num_replicas=3)
+                await js.delete_stream("MM_READY")
+                return
+            except (TimeoutError, nats.errors.Error):
+                assert time.monotonic() < deadline, "the cluster never got JetStream ready"
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+class Adder:
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+
+async def test_calls_go_on_when_the_stream_leader_of_a_cluster_is_killed(tmp_path: Path) -> None:
+    # 2,000 calls, 64 at a time, across 2 workers of an R3 work-queue stream; the server
+    # holding the stream's leader is killed (-9) a quarter of the way. Every call ends before
+    # its timeout with its one correct answer or a clear error; then calls succeed again
+    # with nothing restarted.
+    with cluster(tmp_path) as nodes:
+        servers = ",".join(f"127.0.0.1:{node.port}" for node in nodes)
+        url = f"nats://{servers}?jetstream=1&replicas=3&ack_wait=2&reconnect_wait=0.2"
+        await until_jetstream_ready(f"nats://{servers}")
+        queue = f"mm-cluster-{uuid.uuid4().hex[:8]}"
+        timeout = 5.0
+        async with (
+            Worker(Adder(), url, queue, concurrency=32),
+            Worker(Adder(), url, queue, concurrency=32),
+            AsyncClient(url, queue, timeout=timeout) as client,
+        ):
+            assert await client.add(1, 1) == 2
+            nc = await nats.connect([f"nats://127.0.0.1:{node.port}" for node in nodes])
+            try:
+                info = await nc.jetstream().stream_info(stream_name(queue))
+            finally:
+                await nc.close()
+            assert info.config.num_replicas == 3 and info.cluster is not None
+            [leader] = [node for node in nodes if node.name == info.cluster.leader]
+
+            gate = asyncio.Semaphore(64)
+            answers: dict[int, object] = {}
+            hung: list[str] = []
+            done = 0
+
+            async def one(i: int) -> None:
+                nonlocal done
+                async with gate:
+                    task = asyncio.ensure_future(client.add(i, 1000))
+                    await asyncio.wait({task}, timeout=timeout + 2)
+                    if not task.done():
+                        if not hung:  # where it waits, for the failure's message
+                            stack = io.StringIO()
+                            task.print_stack(file=stack)
+                            hung.append(stack.getvalue())
+                        task.cancel()
+                        answers[i] = "hung"
+                    elif isinstance(task.exception(), MicromessagingError):
+                        answers[i] = task.exception()
+                    else:
+                        answers[i] = task.result()
+                    done += 1
+
+            started = time.monotonic()
+            calls = asyncio.gather(*(one(i) for i in range(2000)))
+            await eventually(lambda: done >= 500, 30)
+            await asyncio.to_thread(leader.kill)
+            await calls
+            took = time.monotonic() - started
+
+            assert not hung, f"{list(answers.values()).count('hung')} calls hung: {hung[0]}"
+            wrong = {i: a for i, a in answers.items() if isinstance(a, int) and a != i + 1000}
+            assert not wrong
+            failed = [a for a in answers.values() if isinstance(a, Exception)]
+            assert all(isinstance(a, CallTimeout | TransportError) for a in failed)
+            assert len(failed) < 2000 - 500
+            print(f"\n2000 calls in {took:.1f}s, {len(failed)} failed with a clear error")
+
+            await eventually_answers(client, within=20)
+            results = await asyncio.gather(*(client.add(i, 1) for i in range(200)))
+            assert results == [i + 1 for i in range(200)]

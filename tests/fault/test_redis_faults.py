@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from micromessaging import AsyncClient, Client, ErrorCode, RemoteError
-from micromessaging.transports.redis import RedisSettings
+from micromessaging.transports.redis import RedisSettings, scripts
 from micromessaging.transports.redis import wire as wire
 from tests.brokers import RedisNode
 from tests.transports.test_redis import dead_records
@@ -188,4 +188,8 @@ async def test_10000_calls_then_a_clean_stop_leave_only_the_dead_letters(
             for process in procs:
                 assert await asyncio.to_thread(process.process.wait, 20) == 0
             keys = sorted([k.decode() async for k in redis_client.scan_iter(count=1000)])
-    assert keys == [wire.dead_letter_key(queue)]  # no reply, processing or heartbeat keys
+            seen_for = await redis_client.pttl(wire.seen_key(queue))
+    # No reply, processing or heartbeat keys: the dead letters, the registry of served
+    # queues, and the queue's last-seen time, which expires by itself.
+    assert keys == sorted([wire.dead_letter_key(queue), wire.QUEUES_KEY, wire.seen_key(queue)])
+    assert 0 < seen_for <= scripts.SEEN_KEEP_MS

@@ -11,7 +11,6 @@ Talks to the shared broker; every queue is unique to the test and deleted after 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,7 +22,14 @@ from micromessaging import AsyncClient, CallTimeout, Worker
 
 from .common import Gauge, request, until
 
-BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+BROKER = ""
+"""The session's RabbitMQ (conftest's `amqp_url`: the shared one, or a node of the suite's own)."""
+
+
+@pytest.fixture(autouse=True)
+def _broker(amqp_url: str) -> None:
+    global BROKER
+    BROKER = amqp_url
 
 
 @pytest.fixture
@@ -42,6 +48,7 @@ async def queue(channel: aio_pika.abc.AbstractChannel) -> AsyncIterator[str]:
     yield name
     await channel.queue_delete(name)
     await channel.queue_delete(name + ".dead")
+    await channel.queue_delete(name + ".alive")
 
 
 async def test_first_calls_time_out_on_time(queue: str) -> None:
@@ -55,10 +62,12 @@ async def test_first_calls_time_out_on_time(queue: str) -> None:
         return max(await asyncio.gather(*(one(i) for i in range(20_000))))
 
     # The in-memory transport waits for nothing but the reply: how late its timeouts fire
-    # is this machine's floor (the event loop's own work, the load of others).
-    async with AsyncClient(f"memory://{queue}", queue, timeout=1.0) as client:
+    # is this machine's floor (the event loop's own work, the load of others). No worker was
+    # ever seen: the no-worker rule is off (worker_window=0), so that the calls wait.
+    async with AsyncClient(f"memory://{queue}?worker_window=0", queue, timeout=1.0) as client:
         floor = await lateness(client)
-    async with AsyncClient(BROKER, queue, timeout=1.0) as client:
+    waiting = BROKER + ("&" if "?" in BROKER else "?") + "worker_window=0"
+    async with AsyncClient(waiting, queue, timeout=1.0) as client:
         late = await lateness(client)
     # Before: TransportError("declaring queue ... took too long"), 5 - 6 s after the call.
     # Now 0.3 - 0.6 s late alone on this machine: 20,000 calls wake at once when the queue

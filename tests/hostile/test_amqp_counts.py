@@ -25,7 +25,16 @@ import pytest
 
 from micromessaging import ErrorCode
 
-BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+BROKER = ""
+"""The session's RabbitMQ (conftest's `amqp_url`: the shared one, or a node of the suite's own)."""
+
+
+@pytest.fixture(autouse=True)
+def _broker(amqp_url: str) -> None:
+    global BROKER
+    BROKER = amqp_url
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.fault
@@ -121,3 +130,4 @@ async def test_forged_counts_still_reach_the_delivery_limit(
     finally:
         await channel.queue_delete(queue)
         await channel.queue_delete(queue + ".dead")
+        await channel.queue_delete(queue + ".alive")

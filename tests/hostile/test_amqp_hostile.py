@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import struct
 import time
 import uuid
@@ -52,7 +51,14 @@ from .common import (
     until,
 )
 
-BROKER = os.environ.get("MICROMESSAGING_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+BROKER = ""
+"""The session's RabbitMQ (conftest's `amqp_url`: the shared one, or a node of the suite's own)."""
+
+
+@pytest.fixture(autouse=True)
+def _broker(amqp_url: str) -> None:
+    global BROKER
+    BROKER = amqp_url
 
 
 async def _reachable() -> bool:
@@ -103,7 +109,7 @@ class Harness:
     async def _delete_queues(self) -> None:
         channel = await self.connection.channel()
         for name in (self.queue, self.canary):
-            for queue in (name, name + ".dead"):
+            for queue in (name, name + ".dead", name + ".alive"):
                 await channel.queue_delete(queue)
 
     # --- sending ---------------------------------------------------------------------------
@@ -381,6 +387,12 @@ async def reply_to_its_own_dead_letters(h: Harness) -> None:
 
 
 @case
+async def reply_to_its_own_heartbeats(h: Harness) -> None:
+    # A reply planted there would stand in for a worker's sign of life.
+    await refused(h, h.queue + ".alive", "a heartbeat queue")
+
+
+@case
 async def reply_to_another_services_queue(h: Harness) -> None:
     await refused(h, h.canary, "a shared queue")
 
@@ -547,6 +559,61 @@ async def redelivered_with_headers_that_are_not_text(h: Harness) -> None:
         channel = await h.connection.channel()
         await channel.queue_delete(queue)
         await channel.queue_delete(queue + ".dead")
+        await channel.queue_delete(queue + ".alive")
+
+
+# --- send time and trace context --------------------------------------------------------------
+
+
+def spy_taken(h: Harness) -> list[Any]:
+    """The deliveries the worker takes from now on (their `sent` and `trace`)."""
+    seen: list[Any] = []
+    taken = h.worker.observer.taken
+
+    def spy(delivery: Any) -> Any:
+        seen.append(delivery)
+        return taken(delivery)
+
+    h.worker.observer.taken = spy  # type: ignore[method-assign]
+    return seen
+
+
+@case
+async def malformed_trace_context(h: Harness) -> None:
+    seen = spy_taken(h)
+    bad = [
+        "not a traceparent",
+        "00-" + "0" * 32 + "-b7ad6b7169203331-01",  # all-zero trace id
+        "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",  # version ff
+        "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",  # 00 with a tail
+        "x" * 5000,
+    ]
+    for value in bad:
+        reply = await h.send(REQUEST, headers={"traceparent": value, "tracestate": "a=b"})
+        assert error_code(reply) is None, value
+    await h.publish(REQUEST, headers={"traceparent": bytearray(b"\xff\xfe")})  # not text at all
+    await h.quiet()
+    await until(lambda: len(seen) == len(bad) + 1, what="all taken")
+    assert all(delivery.trace is None for delivery in seen)
+    # A good traceparent with a tracestate that is not printable: the state alone goes.
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    reply = await h.send(REQUEST, headers={"traceparent": good, "tracestate": "a=\x01"})
+    assert error_code(reply) is None
+    assert seen[-1].trace == {"traceparent": good}
+
+
+@case
+async def forged_send_times(h: Harness) -> None:
+    seen = spy_taken(h)
+    values: list[Any] = [-5, 0, -1.0, True, "soon", "nan", "inf", bytearray(b"\xff")]
+    for value in values:
+        assert error_code(await h.send(REQUEST, headers={"mm-sent": value})) is None, value
+    assert [delivery.sent for delivery in seen] == [None] * len(values)
+    # A foreign client's timestamp property (whole seconds) is a send time.
+    now = int(time.time())
+    assert error_code(await h.send(REQUEST, timestamp=now)) is None
+    assert seen[-1].sent == now
 
 
 # --- volume ----------------------------------------------------------------------------------

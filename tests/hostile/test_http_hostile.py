@@ -232,3 +232,40 @@ async def test_a_caller_hanging_up_mid_call_frees_its_slot(worker: tuple[int, Ga
         writer.close()  # gone before the answer
     await eventually(lambda: gauge.running == 0 and gauge.most >= 1)
     await still_whole(port, gauge)
+
+
+GOOD_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+BAD_TRACE_HEADERS = {
+    "not-hex": ["traceparent: 00-zzf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"],
+    "zero-trace-id": ["traceparent: 00-" + "0" * 32 + "-b7ad6b7169203331-01"],
+    "version-ff": ["traceparent: ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"],
+    "too-long-00": [f"traceparent: {GOOD_PARENT}-extra"],
+    "huge": ["traceparent: " + "a" * 20000],
+    "twice": [f"traceparent: {GOOD_PARENT}", f"traceparent: {GOOD_PARENT}"],
+    "not-ascii": ["traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333\xff-01"],
+    "state-without-parent": ["tracestate: congo=t61rcWkgMzE"],
+}
+
+
+@pytest.mark.parametrize("headers", BAD_TRACE_HEADERS.values(), ids=list(BAD_TRACE_HEADERS))
+async def test_a_malformed_trace_context_is_dropped_and_the_call_runs(
+    headers: list[str],
+) -> None:
+    port, seen = free_port(), []
+    async with serving(Gauge(), f"http://127.0.0.1:{port}", QUEUE) as worker:
+        taken = worker.observer.taken
+
+        def spy(delivery):  # type: ignore[no-untyped-def]
+            seen.append((delivery.sent, delivery.trace))
+            return taken(delivery)
+
+        worker.observer.taken = spy  # type: ignore[method-assign]
+        data = request(rpc("add", [1, 2]), *headers, "x-mm-sent: yesterday")
+        [(status, body)] = await send(port, data)
+        assert (status, orjson.loads(body)["result"]) == (200, 3)
+        assert seen == [(None, None)]  # neither an unreadable send time nor the trace
+        # A good one, with a tracestate of CR/LF-free printable text, is kept as sent.
+        good = request(rpc("add", [1, 2]), f"traceparent: {GOOD_PARENT}", "tracestate: a=1")
+        [(status, _)] = await send(port, good)
+        assert status == 200
+        assert seen[1][1] == {"traceparent": GOOD_PARENT, "tracestate": "a=1"}

@@ -27,6 +27,7 @@ import pytest
 
 from micromessaging import AsyncClient, CallTimeout, Worker
 from micromessaging.transports.nats.wire import (
+    CONSUMER_NAME,
     DEADLINE,
     REPLY_TO,
     dead_letter_stream_name,
@@ -36,7 +37,7 @@ from micromessaging.transports.nats.wire import (
 from .common import REQUEST, Gauge, until_true
 
 NATS_URL = os.environ.get("MICROMESSAGING_NATS_URL", "nats://127.0.0.1:4222")
-JETSTREAM = NATS_URL + "?jetstream=1"
+JETSTREAM = NATS_URL + "?jetstream=1&worker_window=0"  # calls are made before any worker
 
 
 def _reachable() -> bool:
@@ -94,7 +95,7 @@ async def lateness(client: AsyncClient, calls: int, timeout: float) -> list[floa
 async def test_calls_time_out_on_time_with_thousands_in_flight(queue: str) -> None:
     # Core NATS waits for nothing but the reply: how late its timeouts fire is this
     # machine's floor (a sweep every 50 ms, the event loop's own work, the load of others).
-    async with AsyncClient(NATS_URL, queue) as client:
+    async with AsyncClient(NATS_URL + "?worker_window=0", queue) as client:
         floor = (await lateness(client, 10_000, 1.0))[-1]
     async with AsyncClient(JETSTREAM, queue) as client:
         first_use = (await lateness(client, 10_000, 1.0))[-1]
@@ -194,7 +195,11 @@ async def test_live_requests_behind_expired_ones_all_run(queue: str) -> None:
                 await nc.publish(
                     queue, REQUEST, headers={DEADLINE: past, REPLY_TO: f"_INBOX.x.{i}"}
                 )
-            await nc.flush()
+            # Stored before any live call is made: nats-py's flush() writes its PING ahead of
+            # publishes still buffered, so its PONG does not mean they reached the stream, and
+            # live calls made then are stored among the expired ones; the worker, done with
+            # its 300 calls, would then close with expired requests still behind them.
+            await until_true(lambda: has_at_least(queue, 2000), what="expired ones stored")
             calls = [asyncio.create_task(client.add(i, 1)) for i in range(300)]
             await until_true(lambda: has_at_least(queue, 2300), what="all stored")
             async with Worker(Gauge(), JETSTREAM, queue, concurrency=4) as worker:
@@ -202,5 +207,36 @@ async def test_live_requests_behind_expired_ones_all_run(queue: str) -> None:
             assert worker.stats.completed == 300
         # The server removes acknowledged requests from a work queue soon after the ack.
         await until_true(lambda: has(queue, 0), what="no request left in the stream")
+    finally:
+        await nc.close()
+
+
+async def test_a_worker_closed_mid_pull_leaves_nothing_pending(queue: str) -> None:
+    # Closed while its pulls still bring expired requests: each one it was sent is read and
+    # acknowledged, none left pending at the server for ack_wait (10 s) with nobody to ack it.
+    nc = await nats.connect(NATS_URL)
+    js = nc.jetstream()
+    try:
+        async with AsyncClient(JETSTREAM, queue) as client:
+            with pytest.raises(CallTimeout):
+                await client.call("add", 0, 0, timeout=0.1)  # the stream exists from here
+        past = str(int((time.time() - 1) * 1000))
+        for i in range(5000):
+            await nc.publish(queue, REQUEST, headers={DEADLINE: past, REPLY_TO: f"_INBOX.y.{i}"})
+        await until_true(lambda: has_at_least(queue, 5000), what="stored")
+
+        async def delivered() -> bool:
+            info = await js.consumer_info(stream_name(queue), CONSUMER_NAME)
+            return info.delivered.stream_seq > 100
+
+        async with Worker(Gauge(), JETSTREAM, queue, concurrency=4):
+            await until_true(delivered, what="the worker pulling")
+
+        async def none_pending() -> bool:
+            info = await js.consumer_info(stream_name(queue), CONSUMER_NAME)
+            return info.num_ack_pending == 0
+
+        # The server takes acknowledgements in its own time; well before ack_wait.
+        await until_true(none_pending, timeout=3, what="no request left pending")
     finally:
         await nc.close()

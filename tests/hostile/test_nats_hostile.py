@@ -34,6 +34,7 @@ from micromessaging.transports.nats.wire import (
     DELIVERY_COUNT,
     REASON,
     REPLY_TO,
+    SENT,
     dead_letter_stream_name,
     dead_letter_subject,
     stream_name,
@@ -508,6 +509,36 @@ async def dead_letter_stream_deleted(h: Harness) -> None:
         await h.js.publish(h.queue, REQUEST, headers={REPLY_TO: "not an inbox"})
     letters = await h.dead_lettered(CONCURRENCY + 1)
     assert all("reply subject" in headers[REASON] for _, headers in letters)
+
+
+@case()
+async def malformed_trace_context_and_send_time(h: Harness) -> None:
+    # Dropped, never passed on and never fatal: the call is answered as if they were absent.
+    seen: list[tuple[object, object]] = []
+    taken = h.worker.observer.taken
+
+    def spy(delivery):  # type: ignore[no-untyped-def]
+        seen.append((delivery.sent, delivery.trace))
+        return taken(delivery)
+
+    h.worker.observer.taken = spy  # type: ignore[method-assign]
+    try:
+        for bad in (
+            {"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"},  # all-zero trace id
+            {"traceparent": "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            {"traceparent": "not a traceparent", "tracestate": "x=1"},
+            {"traceparent": "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"},
+            {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra"},
+            {SENT: "yesterday"},
+            {SENT: "-5"},
+            {SENT: "1e400"},
+        ):
+            assert error_code(await h.send(REQUEST, bad)) is None, bad
+    finally:
+        h.worker.observer.taken = taken  # type: ignore[method-assign]
+    assert len(seen) == 8
+    assert all(trace is None for _, trace in seen)
+    assert all(sent is None for sent, _ in seen[5:])
 
 
 # --- volume ----------------------------------------------------------------------------------

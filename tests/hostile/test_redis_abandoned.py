@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from micromessaging import AsyncClient, CallTimeout, Client
+from micromessaging import AsyncClient, CallTimeout, Client, NoWorkers
 from micromessaging.transports.redis import calls, scripts
 from micromessaging.transports.redis import wire as wire
 
@@ -100,15 +100,17 @@ async def test_clients_drop_abandoned_requests_without_a_worker(
     await push_abandoned(redis, queue, 2 * calls.SWEEP_LIMIT + 100)
     live = abandoned(-1, int((time.time() + 600) * 1000))
     await redis.lpush(queue, live)  # a call still waited for, after them
-    async with AsyncClient(server.url, queue, timeout=30) as client:
+    # No worker was ever seen: only with the no-worker rule off do the pushes go in.
+    async with AsyncClient(server.url + "?worker_window=0", queue, timeout=30) as client:
         await client.notify("record", "the push that sweeps")
         # More than one sweep's worth: each push sweeps again while there is more.
         for _ in range(2):
             await client.notify("record", "and again")
-    assert await redis.lrange(queue, 0, -1) == [
+    left = await redis.lrange(queue, 0, -1)
+    assert left[-1] == live
+    assert [wire.split_envelope(item)[1] for item in left[:-1]] == [
         *[_notification("and again")] * 2,
         _notification("the push that sweeps"),
-        live,
     ]
 
 
@@ -122,7 +124,8 @@ async def test_the_blocking_client_drops_them_too(
     await push_abandoned(redis, queue, 300)
 
     def call() -> None:
-        with Client(server.url, queue, timeout=0.2) as client, pytest.raises(CallTimeout):
+        url = server.url + "?worker_window=0"  # no worker, and the call waits for one
+        with Client(url, queue, timeout=0.2) as client, pytest.raises(CallTimeout):
             client.add(1, 2)  # no worker: it times out, but its push swept
 
     await asyncio.to_thread(call)
@@ -161,7 +164,7 @@ async def test_a_client_whose_acl_refuses_scripts_pushes_all_the_same() -> None:
     with RedisNode(*acl) as own:
         url = f"redis://pusher:pw@127.0.0.1:{own.port}/0"
         queue = f"q-{uuid.uuid4().hex[:12]}"
-        async with AsyncClient(url, queue, timeout=5) as client:
+        async with AsyncClient(url + "?worker_window=0", queue, timeout=5) as client:
             await client.notify("record", "one")
             await client.notify("record", "two")
             sweeps = client._transport._sweeps  # type: ignore[union-attr]
@@ -169,5 +172,23 @@ async def test_a_client_whose_acl_refuses_scripts_pushes_all_the_same() -> None:
         admin = aioredis.Redis.from_url(f"redis://127.0.0.1:{own.port}/0")
         try:
             assert await admin.llen(queue) == 2
+            await admin.delete(queue)
+            # The no-worker rule without scripts: checked first (TIME, GET), then pushed.
+            async with AsyncClient(url, queue, timeout=5) as client:
+                with pytest.raises(NoWorkers):
+                    await client.notify("record", "nobody")
+                pushes = client._transport._pushes  # type: ignore[union-attr]
+                assert not pushes.scripted
+                gauge = Gauge()
+                async with serving(gauge, f"redis://127.0.0.1:{own.port}/0", queue):
+                    assert await client.add(1, 2) == 3
+                    await asyncio.to_thread(_blocking_calls, url, queue)
+                with pytest.raises(CallTimeout):  # seen alive a moment ago: it waits
+                    await client.call("add", 2, 2, timeout=0.3)
         finally:
             await admin.aclose()
+
+
+def _blocking_calls(url: str, queue: str) -> None:
+    with Client(url, queue, timeout=5) as client:
+        assert [client.add(i, 1) for i in range(3)] == [1, 2, 3]

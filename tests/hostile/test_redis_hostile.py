@@ -187,6 +187,7 @@ async def test_a_hostile_message_neither_wedges_the_worker_nor_touches_other_key
     queue = f"q-{uuid.uuid4().hex[:10]}"
     reply_list = f"mm:reply:{queue}"
     ours = (queue.encode(), f"mm:{queue}:".encode(), reply_list.encode(), b"mm:reply:")
+    ours += (wire.QUEUES_KEY.encode(),)  # the queues workers serve: this one joins it
     before = await keyspace(redis, skip=ours)
     gauge = Gauge()
     async with serving(gauge, server.url, queue, concurrency=CONCURRENCY) as worker:
@@ -222,7 +223,7 @@ async def test_a_flood_of_mixed_hostile_messages_leaves_the_worker_whole(
 ) -> None:
     queue = f"q-{uuid.uuid4().hex[:10]}"
     reply_list = f"mm:reply:{queue}"
-    ours = (queue.encode(), f"mm:{queue}:".encode(), b"mm:reply:")
+    ours = (queue.encode(), f"mm:{queue}:".encode(), b"mm:reply:", wire.QUEUES_KEY.encode())
     before = await keyspace(redis, skip=ours)
     small = [kind for kind in KINDS if "10mb" not in kind.name]
     gauge = Gauge()
@@ -237,3 +238,54 @@ async def test_a_flood_of_mixed_hostile_messages_leaves_the_worker_whole(
     assert await keyspace(redis, skip=ours) == before
     records = await redis.lrange(wire.dead_letter_key(queue), 0, -1)
     assert all(orjson.loads(record)["reason"] for record in records)
+
+
+GOOD_PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+BAD_CONTEXT: list[tuple[str, str]] = [
+    # (traceparent, sent) as a hostile producer writes them into the header: raw JSON.
+    ('"00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01"', '"soon"'),  # upper case
+    ('"00-00000000000000000000000000000000-b7ad6b7169203331-01"', "-5"),  # zero trace id
+    ('"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01"', "0"),  # zero span id
+    ('"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"', "true"),  # version ff
+    (f'"{GOOD_PARENT}-extra"', "null"),  # version 00 with more fields
+    ('"00-' + "a" * 300 + '"', "[1]"),  # far too long
+    (f'"{GOOD_PARENT}\\n"', '{"at": 1}'),  # a control character
+    ('"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0\\u00e9"', '"1e999"'),
+    ("12345", '"NaN"'),  # not a string
+    ("null", '"12abc"'),
+    ('["00", "x"]', '"-1"'),
+    (f'{{"traceparent": "{GOOD_PARENT}"}}', '"Infinity"'),
+]
+
+
+async def test_malformed_trace_context_and_send_times_are_dropped_and_the_call_runs(
+    server: RedisNode, redis: aioredis.Redis
+) -> None:
+    queue = f"q-{uuid.uuid4().hex[:10]}"
+    reply_list = f"mm:reply:{queue}"
+    seen: list[tuple[object, object]] = []
+    async with serving(Gauge(), server.url, queue, concurrency=CONCURRENCY) as worker:
+        taken = worker.observer.taken
+
+        def spy(delivery):  # type: ignore[no-untyped-def]
+            seen.append((delivery.sent, delivery.trace))
+            return taken(delivery)
+
+        worker.observer.taken = spy  # type: ignore[method-assign]
+        start = f'{{"mm":1,"reply_to":"{reply_list}","cid":"hostile","tracestate":"a=b"'
+        for parent, sent in BAD_CONTEXT:
+            raw = f'{start},"traceparent":{parent},"sent":{sent}}}'
+            assert isinstance(json.loads(raw), dict), raw  # a header, only its fields are bad
+            await redis.lpush(queue, raw.encode() + b"\n" + body())
+        # A good traceparent with a tracestate that can't be passed on: the parent alone.
+        fields = {"traceparent": GOOD_PARENT, "tracestate": "x" * 600, "sent": "1733000000000"}
+        await redis.lpush(queue, orjson.dumps(header(reply_list, **fields)) + b"\n" + body())
+        replies = []
+        for _ in range(len(BAD_CONTEXT) + 1):
+            got = await redis.blpop([reply_list], timeout=10)
+            assert got is not None
+            replies.append(orjson.loads(wire.decode_reply(got[1])[1]))
+        assert all(reply["result"] == 3 for reply in replies)  # every one ran
+        assert seen[:-1] == [(None, None)] * len(BAD_CONTEXT)
+        assert seen[-1] == (1733000000.0, {"traceparent": GOOD_PARENT})
+        assert worker.stats.transport_errors == 0

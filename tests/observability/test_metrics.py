@@ -92,7 +92,8 @@ def test_the_worker_command_serves_metrics(tmp_path, redis_url: str) -> None:
     ]  # fmt: skip
     process = subprocess.Popen(command, start_new_session=True)
     try:
-        with Client(redis_url, queue, timeout=20) as client:
+        # The worker process is starting: its calls wait for it (no-worker rule off).
+        with Client(redis_url + "?worker_window=0", queue, timeout=20) as client:
             for i in range(7):
                 assert client.add(i, 2) == i + 2
         deadline = time.monotonic() + 10

@@ -28,6 +28,7 @@ from micromessaging import (
     CallTimeout,
     ConfigurationError,
     ErrorCode,
+    NoWorkers,
     RemoteError,
     TransportError,
     Worker,
@@ -37,6 +38,7 @@ from micromessaging.transports.amqp import AmqpWorkerTransport, client_transport
 from micromessaging.transports.amqp.connection import Link
 from micromessaging.transports.amqp.frames import encode_ack, encode_nack, encode_publish
 from micromessaging.transports.amqp.wire import (
+    BROKER_DELIVERY_LIMIT,
     DEAD_REASON,
     DELIVERIES,
     deadline_header,
@@ -47,18 +49,20 @@ from micromessaging.transports.amqp.wire import (
 )
 from tests.brokers import free_port, rabbitmqctl_for
 
+from .admin_contract import AdminContract
 from .contract import Probe, TransportContract, eventually
 
 # --- helpers shared with the fault and interop tests ----------------------------------------
 
 
 async def delete_queues(broker: str, *names: str) -> None:
-    """Delete queues (and their dead-letter queues), ignoring those that don't exist."""
+    """Delete queues (and their dead-letter and heartbeat queues), ignoring those that don't
+    exist."""
     connection = await aio_pika.connect(broker)
     async with connection:
         channel = await connection.channel()
         for name in names:
-            for queue in (name, f"{name}.dead"):
+            for queue in (name, f"{name}.dead", f"{name}.alive"):
                 await channel.queue_delete(queue)
 
 
@@ -111,6 +115,11 @@ async def publish_raw(
                     async for message in messages:
                         return message.body
     return None
+
+
+def waiting(url: str) -> str:
+    """`url` with the no-worker rule off: calls wait for a worker never seen (worker_window=0)."""
+    return url + ("&" if "?" in url else "?") + "worker_window=0"
 
 
 @pytest.fixture
@@ -172,6 +181,16 @@ class TestAmqpContract(TransportContract):
             left.append(f"queue {queue}.dead")
         left += await our_connections(broker_url)
         return left
+
+
+class TestAmqpAdmin(AdminContract):
+    @pytest.fixture
+    def broker_url(self, amqp_url: str) -> str:
+        return amqp_url
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # Counted past any limit already: the worker dead-letters it at once.
+        await publish_raw(broker_url, queue, body, None, headers={DELIVERIES: 9})
 
 
 async def wait_for_queue_state(
@@ -471,7 +490,8 @@ async def test_unknown_and_late_replies_are_dropped_and_counted(
 
 
 async def test_expired_requests_are_dropped_by_the_broker(queue_name: str, amqp_url: str) -> None:
-    async with AsyncClient(amqp_url, queue_name, timeout=0.3) as client:
+    # Called before any worker: the no-worker rule is off, as for a queue nobody reports on.
+    async with AsyncClient(waiting(amqp_url), queue_name, timeout=0.3) as client:
         with pytest.raises(CallTimeout):
             await client.add(1, 2)
         await client.notify("add", 1, 2)  # no deadline: it stays
@@ -567,7 +587,7 @@ async def test_redelivered_requests_are_counted_then_dead_lettered_with_an_answe
     redeliver it; after max_deliveries deliveries the caller gets DELIVERY_LIMIT."""
     probe = Probe()
     counts, deadlines = [], set()
-    async with AsyncClient(amqp_url, queue_name, timeout=20) as client:
+    async with AsyncClient(waiting(amqp_url), queue_name, timeout=20) as client:
         call = asyncio.create_task(client.call("record", "poison"))
         for _ in range(3):
             taken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -594,7 +614,7 @@ async def test_redelivered_requests_are_counted_then_dead_lettered_with_an_answe
 async def test_quorum_queues_count_deliveries_themselves(queue_name: str, amqp_url: str) -> None:
     url = amqp_url.rstrip("/") + "/?queue_type=quorum"
     counts = []
-    async with AsyncClient(url, queue_name, timeout=20) as client:
+    async with AsyncClient(waiting(url), queue_name, timeout=20) as client:
         call = asyncio.create_task(client.call("record", "poison"))
         for _ in range(2):
             taken: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -609,6 +629,41 @@ async def test_quorum_queues_count_deliveries_themselves(queue_name: str, amqp_u
                 await call
             assert caught.value.code == ErrorCode.DELIVERY_LIMIT
     assert counts == [1, 2]
+
+
+async def test_quorum_queues_dead_letter_what_passes_the_brokers_limit(
+    queue_name: str, amqp_url: str
+) -> None:
+    """A request no worker of ours ever settles (a foreign consumer that gives it back, a
+    worker killed before it reads it) reaches <queue>.dead when the broker gives up on it."""
+    url = amqp_url.rstrip("/") + "/?queue_type=quorum"
+    async with Worker(Probe(), url, queue_name):
+        pass  # declares the queue and its dead-letter queue as quorum queues
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.declare_queue(queue_name, passive=True)
+        await channel.default_exchange.publish(aio_pika.Message(b'{"a": 1}'), queue_name)
+        returned = 0
+
+        async def give_back(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal returned
+            returned += 1
+            await message.reject(requeue=True)
+
+        await queue.consume(give_back)
+        await wait_for_queue_state(amqp_url, f"{queue_name}.dead", lambda state: state[0] == 1)
+    assert returned == BROKER_DELIVERY_LIMIT + 1
+    from micromessaging.transports.amqp import admin_transport
+
+    async with admin_transport(url) as admin:
+        [record] = await admin.dead_letters(queue_name)
+        assert record.reason.startswith("dead-lettered by the broker: delivery_limit")
+        assert record.deliveries == 0  # unknown: the broker keeps no count on it
+        assert abs(time.time() - record.at) < 60
+    (dead,) = await drain_queue(amqp_url, f"{queue_name}.dead")
+    assert dead.body == b'{"a": 1}'
 
 
 async def test_a_queue_declared_otherwise_is_used_as_it_is(
@@ -647,3 +702,208 @@ async def test_notifications_and_requests_without_a_channel_fail_clearly(
         await transport.send(queue_name, b"{}", None)
     with pytest.raises(TransportError):
         await transport.connect()
+
+
+# --- the no-worker rule: consumers and heartbeats --------------------------------------------
+
+
+async def test_a_foreign_consumer_counts_as_serving(queue_name: str, amqp_url: str) -> None:
+    """The seed's Ruby worker sends no heartbeat: a consumer on the queue is enough."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name)
+
+        async def answer(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            request = orjson.loads(message.body)
+            reply = orjson.dumps({"jsonrpc": "2.0", "result": "foreign", "id": request["id"]})
+            await channel.default_exchange.publish(
+                aio_pika.Message(reply, correlation_id=message.correlation_id), message.reply_to
+            )
+            await message.ack()
+
+        await queue.consume(answer)
+        async with AsyncClient(amqp_url, queue_name, timeout=5) as client:
+            assert await client.call("anything") == "foreign"
+    assert await queue_state(amqp_url, f"{queue_name}.alive") is None
+
+
+async def test_a_queue_unserved_past_the_window_fails_fast_again(
+    queue_name: str, amqp_url: str
+) -> None:
+    """A client that saw a worker learns, within a recheck, that none is left; its heartbeat
+    queue holds the worker's last sign of life meanwhile."""
+    url = amqp_url + ("&" if "?" in amqp_url else "?") + "worker_window=0.5"
+    async with AsyncClient(url, queue_name, timeout=5) as client:
+        async with Worker(Probe(), amqp_url, queue_name):
+            assert await client.add(1, 2) == 3
+        assert (await queue_state(amqp_url, f"{queue_name}.alive") or (0, 0))[0] == 1
+        deadline = time.monotonic() + 10
+        refused: NoWorkers | None = None
+        while refused is None:
+            try:
+                await client.notify("record", "after")
+            except NoWorkers as exc:
+                refused = exc
+            assert time.monotonic() < deadline, "never told NoWorkers"
+            await asyncio.sleep(0.2)
+        assert refused.queue == queue_name and "last worker was seen" in str(refused)
+        started = time.monotonic()
+        with pytest.raises(NoWorkers):
+            await client.add(1, 2)
+        assert time.monotonic() - started < 1.0
+
+
+async def test_a_timed_out_call_makes_the_client_look_again(queue_name: str, amqp_url: str) -> None:
+    url = amqp_url + ("&" if "?" in amqp_url else "?") + "worker_window=0.3"
+    async with Worker(Probe(), amqp_url, queue_name), AsyncClient(url, queue_name) as client:
+        assert await client.add(1, 1) == 2
+    async with AsyncClient(url, queue_name, timeout=0.5) as client:
+        # Seen a moment ago: the call waits, and times out; by then the window has passed.
+        with pytest.raises((CallTimeout, NoWorkers)):
+            await client.add(1, 2)
+        with pytest.raises(NoWorkers):
+            await client.add(1, 2)
+
+
+# --- the admin side: what only RabbitMQ shows ------------------------------------------------
+
+
+async def test_status_and_dead_letters_from_the_command_line(
+    queue_name: str, amqp_url: str
+) -> None:
+    """``micromessaging status`` and ``dead-letters`` on RabbitMQ, as an operator types them;
+    listing twice loses nothing and keeps the ids."""
+    from click.testing import CliRunner
+
+    from micromessaging.cli import main
+
+    async def invoke(*args: str) -> tuple[int, str]:
+        result = await asyncio.to_thread(CliRunner().invoke, main, list(args))
+        return result.exit_code, result.output
+
+    probe = Probe()
+    async with (
+        Worker(probe, amqp_url, queue_name, concurrency=2, max_deliveries=2) as worker,
+        AsyncClient(amqp_url, queue_name) as client,
+    ):
+        assert await client.add(1, 2) == 3
+        body = orjson.dumps({"jsonrpc": "2.0", "method": "record", "params": ["dead"]})
+        await publish_raw(amqp_url, queue_name, body, None, headers={DELIVERIES: 9})
+        await wait_for_queue_state(amqp_url, f"{queue_name}.dead", lambda state: state[0] == 1)
+
+        code, text = await invoke("status", "-b", amqp_url, "-q", queue_name, "--json")
+        assert code == 0, text
+        [status] = orjson.loads(text)["queues"]
+        assert status["depth"] == 0 and status["dead_letters"] == 1
+        assert status["oldest_wait"] is None and any("oldest wait" in n for n in status["notes"])
+        [record] = status["workers"]
+        assert record["id"] == worker.id and record["concurrency"] == 2
+        code, text = await invoke("status", "-b", amqp_url)
+        assert code == 0 and queue_name in text, text
+
+        listed = [await invoke("dead-letters", "list", "-b", amqp_url, "-q", queue_name)]
+        listed.append(await invoke("dead-letters", "list", "-b", amqp_url, "-q", queue_name))
+        assert listed[0] == listed[1] and listed[0][0] == 0, listed
+        [line] = listed[0][1].splitlines()
+        assert "record" in line and "x9" in line
+        assert (await queue_state(amqp_url, f"{queue_name}.dead") or (0, 0))[0] == 1
+
+        code, text = await invoke(
+            "dead-letters", "replay", "-b", amqp_url, "-q", queue_name, "--id", line.split()[0]
+        )
+        assert code == 0, text
+        await eventually(lambda: "dead" in probe.ran)
+        assert (await queue_state(amqp_url, f"{queue_name}.dead") or (0, 0))[0] == 0
+
+
+async def test_a_foreign_consumer_is_counted_but_noted(queue_name: str, amqp_url: str) -> None:
+    from micromessaging.transports.amqp import admin_transport
+
+    connection = await aio_pika.connect(amqp_url)
+    async with connection, admin_transport(amqp_url) as admin:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name)
+
+        async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            await message.ack()
+
+        await queue.consume(take)
+        status = await admin.status(queue_name)
+        assert status.workers == [] and status.depth == 0
+        assert any("1 of 1 consumers did not answer" in note for note in status.notes)
+        missing = await admin.status(queue_name + "-nothing")
+        assert missing.depth == 0 and missing.dead_letters == 0
+        assert await admin.dead_letters(queue_name + "-nothing") == []
+        assert await admin.purge(queue_name + "-nothing", None) == 0
+
+
+# --- publisher confirms (durable and quorum queues) ------------------------------------------
+
+
+async def test_refused_requests_fail_at_once_when_confirmed(queue_name: str, amqp_url: str) -> None:
+    """A queue full with reject-publish nacks: the notification and the call fail at once
+    with TransportError; on a queue that takes them, confirms cost the caller nothing."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            queue_name,
+            durable=True,
+            arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
+        )
+    url = waiting(amqp_url + ("&" if "?" in amqp_url else "?") + "durable=true")
+    async with AsyncClient(url, queue_name, timeout=20) as client:
+        await client.notify("record", "first")  # confirmed: the queue holds it
+        with pytest.raises(TransportError, match="refused"):
+            await client.notify("record", "second")
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="refused"):
+            await client.add(1, 2)
+        assert time.monotonic() - started < 2  # told at once, not at the 20 s timeout
+        transport = client._transport
+        assert transport is not None
+        pending = transport._pending_confirms  # type: ignore[attr-defined]
+        assert pending is not None and len(pending[1]) == 0 and pending[1].refused == 2
+    assert await queue_state(amqp_url, queue_name) == (1, 0)
+
+
+async def test_confirmed_calls_in_flight_all_answered(queue_name: str, amqp_url: str) -> None:
+    url = amqp_url.rstrip("/") + "/?queue_type=quorum"
+    async with (
+        Worker(Probe(), url, queue_name, concurrency=16),
+        AsyncClient(url, queue_name) as client,
+    ):
+        results = await asyncio.gather(*(client.add(i, 1) for i in range(500)))
+        assert results == [i + 1 for i in range(500)]
+        for i in range(20):
+            await client.notify("record", i)
+        transport = client._transport
+        assert transport is not None
+        pending = transport._pending_confirms  # type: ignore[attr-defined]
+        assert pending is not None and pending[1].refused == 0
+        await eventually(lambda: len(pending[1]) == 0)
+
+
+def test_a_replayed_dead_letter_loses_its_count_and_keeps_a_clamped_expiration() -> None:
+    from micromessaging.transports.amqp.admin import _fresh
+
+    past = deadline_header(time.time() - 60)
+    properties = Basic.Properties(
+        headers={
+            DELIVERIES: 9,
+            DEAD_REASON: "delivered 9 times",
+            "mm-dead-id": "ab12",
+            "x-delivery-count": 8,
+            "mm-deadline": past,
+            "keep": "me",
+        },
+        reply_to="amq.rabbitmq.reply-to.abc",
+        correlation_id="c1",
+    )
+    fresh = _fresh(properties)
+    assert fresh.headers is not None
+    assert set(fresh.headers) == {"mm-deadline", "keep", "mm-sent"}
+    assert fresh.expiration == "1"  # a deadline long past: clamped, never negative
+    assert (fresh.reply_to, fresh.correlation_id) == ("amq.rabbitmq.reply-to.abc", "c1")
+    assert _fresh(Basic.Properties(headers={})).expiration is None

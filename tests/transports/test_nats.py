@@ -21,15 +21,27 @@ import nats.js.errors
 import orjson
 import pytest
 
-from micromessaging import AsyncClient, CallTimeout, ErrorCode, RemoteError, TransportError, Worker
+from micromessaging import (
+    AsyncClient,
+    CallTimeout,
+    ConfigurationError,
+    ErrorCode,
+    NoWorkers,
+    RemoteError,
+    TransportError,
+    Worker,
+)
 from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
+from micromessaging.transports.admin import AdminTransport
 from micromessaging.transports.base import WorkerOptions
 from micromessaging.transports.nats.wire import (
     DEAD_LETTER_PREFIX,
     DEADLINE,
     DELIVERY_COUNT,
+    REASON,
     REPLY_TO,
+    SENT,
     check_queue,
     dead_letter_stream_name,
     parse_url,
@@ -37,6 +49,7 @@ from micromessaging.transports.nats.wire import (
 )
 from tests.brokers import NatsNode, free_port, self_signed_certificate
 
+from .admin_contract import AdminContract, wait_until
 from .contract import Probe, TransportContract, eventually
 
 
@@ -106,6 +119,7 @@ class TestNatsContract(TransportContract):
         yield self._dead
         await sub.unsubscribe()
         await nc.close()
+        await delete_streams(nats_url, queue)  # core workers keep dead letters there too
 
     async def _keep_dead(self, msg: nats.aio.msg.Msg) -> None:
         self._dead.append(msg.data)
@@ -230,7 +244,10 @@ class TestNatsJetStreamContract(TestNatsContract):
         try:
             js = nc.jetstream()
             left = []
-            state = (await js.stream_info(stream_name(queue))).state
+            try:
+                state = (await js.stream_info(stream_name(queue))).state
+            except nats.js.errors.NotFoundError:
+                return []  # never made: nothing at all was left
             if state.messages:
                 left.append(f"{state.messages} requests in {stream_name(queue)}")
             consumer = await js.consumer_info(stream_name(queue), "mm-workers")
@@ -247,6 +264,62 @@ class TestNatsJetStreamContract(TestNatsContract):
         )
 
 
+class TestNatsAdmin(AdminContract):
+    """Core NATS: live workers answer mm.status.<queue>; dead letters kept in JetStream."""
+
+    @pytest.fixture
+    def broker_url(self, nats_url: str) -> str:
+        return nats_url
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # The real path: a worker dead-letters what was delivered past its limit.
+        nc = await raw_connection(broker_url)
+        try:
+            await nc.publish(queue, body, headers={DELIVERY_COUNT: "5"})
+            await nc.flush()
+        finally:
+            await nc.close()
+
+
+class TestNatsJetStreamAdmin(TestNatsAdmin):
+    """JetStream: depth and in flight from the stream's consumer, dead letters by seq."""
+
+    @pytest.fixture
+    def broker_url(self, nats_url: str) -> str:
+        return with_options(nats_url, jetstream=1, ack_wait=5)
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # JetStream counts deliveries itself and a test can't forge that count (see
+        # test_requeued_too_often_is_dead_lettered for the real path): stored as a worker
+        # stores a dead letter.
+        nc = await raw_connection(broker_url)
+        try:
+            await nc.jetstream().publish(
+                DEAD_LETTER_PREFIX + queue,
+                body,
+                headers={REASON: "delivered 3 times (limit 2)", DELIVERY_COUNT: "3"},
+            )
+        finally:
+            await nc.close()
+
+    async def test_depth_and_oldest_wait_of_a_stream(
+        self, broker_url: str, queue: str, admin: AdminTransport
+    ) -> None:
+        async with Worker(Probe(), broker_url, queue):
+            pass  # seen: calls wait within the window
+        async with AsyncClient(broker_url, queue, timeout=5) as client:
+            calls = [asyncio.create_task(client.add(i, 1)) for i in range(3)]
+            status = await wait_until(lambda: self._depth(admin, queue, 3))
+            assert status.oldest_wait is not None and 0 <= status.oldest_wait < 5
+            assert status.in_flight == 0 and status.workers == []
+            async with Worker(Probe(), broker_url, queue):
+                assert await asyncio.gather(*calls) == [1, 2, 3]
+
+    async def _depth(self, admin: AdminTransport, queue: str, depth: int):  # type: ignore[no-untyped-def]
+        status = await admin.status(queue)
+        return status if status.depth == depth else None
+
+
 @pytest.fixture(params=["core", "jetstream"])
 def url(request: pytest.FixtureRequest, nats_url: str) -> str:
     if request.param == "core":
@@ -258,8 +331,7 @@ def url(request: pytest.FixtureRequest, nats_url: str) -> str:
 async def queue(url: str, nats_url: str) -> AsyncIterator[str]:
     name = f"mm-test-{uuid.uuid4().hex[:12]}"
     yield name
-    if "jetstream" in url:
-        await delete_streams(nats_url, name)
+    await delete_streams(nats_url, name)  # core workers keep dead letters in JetStream too
 
 
 # --- interoperability -------------------------------------------------------------------
@@ -326,7 +398,8 @@ async def test_one_reply_subscription_for_many_calls(url: str, queue: str) -> No
 
 
 async def test_our_headers_travel_with_the_request(url: str, queue: str, nats_url: str) -> None:
-    async with AsyncClient(url, queue, timeout=2) as client:
+    # No worker: in JetStream mode the request waits in the stream (no-worker rule off).
+    async with AsyncClient(with_options(url, worker_window=0), queue, timeout=2) as client:
         if "jetstream" in url:
             pending = asyncio.create_task(client.add(1, 2))
             nc = await raw_connection(nats_url)
@@ -353,6 +426,7 @@ async def test_our_headers_travel_with_the_request(url: str, queue: str, nats_ur
             headers = msg.headers or {}
             assert msg.reply.startswith("_INBOX.")
         assert abs(int(headers[DEADLINE]) / 1000 - (time.time() + 2)) < 1
+        assert abs(int(headers[SENT]) / 1000 - time.time()) < 1
         assert orjson.loads(msg.data)["method"] == "add"  # the body is the JSON-RPC, unchanged
         with pytest.raises(CallTimeout):
             await pending
@@ -452,7 +526,7 @@ async def test_stored_request_past_its_deadline_is_skipped(nats_url: str) -> Non
     queue = f"mm-test-{uuid.uuid4().hex[:12]}"
     service = Overlap()
     try:
-        async with AsyncClient(url, queue, timeout=0.3) as client:
+        async with AsyncClient(with_options(url, worker_window=0), queue, timeout=0.3) as client:
             with pytest.raises(CallTimeout):
                 await client.hold(0, "too late")  # stored: no worker yet
         # Taken back by its caller as it gave up (or skipped by a worker): never run.
@@ -539,3 +613,65 @@ def test_worker_mode_follows_the_url() -> None:
     assert isinstance(durable, nats_transport.NatsJetStreamWorkerTransport)
     assert "at most once" in core.describe()
     assert "redelivery" in durable.describe()
+
+
+# --- no worker ----------------------------------------------------------------------------
+
+
+class CoreOnlyNode(NatsNode):
+    """A nats-server without JetStream: nobody keeps worker records there."""
+
+    def command(self) -> list[str]:
+        return [part for part in super().command() if part != "-js"][:5]
+
+
+async def test_core_nats_without_jetstream_tells_no_worker_by_what_it_saw(
+    tmp_path: Path,
+) -> None:
+    # No records to ask: "no responders" and no answer seen by this client is NoWorkers;
+    # after an answer, a worker restarting within the window makes calls wait.
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    with CoreOnlyNode(base=tmp_path) as node:
+        async with AsyncClient(node.url, queue, timeout=10) as client:
+            started = time.monotonic()
+            with pytest.raises(NoWorkers, match="without JetStream"):
+                await client.add(1, 2)
+            assert time.monotonic() - started < 1
+            async with Worker(Probe(), node.url, queue):
+                assert await client.add(1, 2) == 3
+            call = asyncio.create_task(client.add(2, 3))
+            await asyncio.sleep(0.3)
+            assert not call.done()  # waits for the next worker
+            async with Worker(Probe(), node.url, queue):
+                assert await call == 5
+
+
+async def test_no_worker_names_the_queue_and_creates_no_stream(nats_url: str) -> None:
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    url = with_options(nats_url, jetstream=1, worker_window=5)
+    async with AsyncClient(url, queue) as client:
+        with pytest.raises(NoWorkers, match=f"{queue}.*last 5 s"):
+            await client.add(1, 2)
+    nc = await raw_connection(nats_url)
+    try:
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await nc.jetstream().stream_info(stream_name(queue))
+    finally:
+        await nc.close()
+
+
+def test_worker_window_option() -> None:
+    assert parse_url("nats://h").worker_window == 30
+    assert parse_url("nats://h?worker_window=0").worker_window == 0
+    with pytest.raises(ConfigurationError, match="worker_window"):
+        parse_url("nats://h?worker_window=-1")
+
+
+def test_several_servers_and_replicas() -> None:
+    # nats-py takes a list of server URLs; credentials given once apply to each.
+    settings = parse_url("nats://u:p@h1:4222,h2:4223?jetstream=1&replicas=3")
+    assert settings.servers == ("nats://u:p@h1:4222", "nats://u:p@h2:4223")
+    assert settings.replicas == 3
+    assert parse_url("nats://h").replicas == 1
+    with pytest.raises(ConfigurationError, match="replicas"):
+        parse_url("nats://h?replicas=0")

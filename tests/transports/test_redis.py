@@ -24,14 +24,21 @@ from micromessaging import (
     Client,
     ConfigurationError,
     ErrorCode,
+    NoWorkers,
     TransportError,
     Worker,
 )
-from micromessaging.transports import WorkerOptions, client_transport, worker_transport
-from micromessaging.transports.redis import RedisSettings
+from micromessaging.transports import (
+    WorkerOptions,
+    admin_transport,
+    client_transport,
+    worker_transport,
+)
+from micromessaging.transports.redis import RedisSettings, scripts
 from micromessaging.transports.redis import wire as wire
 from tests.brokers import RedisNode, free_port
 
+from .admin_contract import AdminContract
 from .contract import Probe, TransportContract, eventually
 
 # --- helpers shared with the fault and interop tests -------------------------------------------
@@ -223,9 +230,9 @@ class RedisContractHooks(TransportContract):
         assert await kill_connections(self.redis_url, f"mm:worker:{queue}:") >= 1
 
     async def leftovers(self, broker_url: str, queue: str) -> list[str]:
-        keys = [
-            k for k in await queue_keys(self.redis_url, queue) if k != wire.dead_letter_key(queue)
-        ]
+        # Kept on purpose: the dead letters, and the last-seen time (it expires by itself).
+        kept = (wire.dead_letter_key(queue), wire.seen_key(queue))
+        keys = [k for k in await queue_keys(self.redis_url, queue) if k not in kept]
         new_replies = await reply_lists(self.redis_url) - self._replies_before
         return keys + sorted(new_replies)
 
@@ -235,9 +242,10 @@ class TestRedisContract(RedisContractHooks):
 
 
 class TestRedisSeedWireContract(RedisContractHooks):
-    """``?wire=seed``: our client speaking the seed's protocol to our worker."""
+    """``?wire=seed``: our client speaking the seed's protocol to our worker; with the
+    no-worker rule asked for, as it is off by default on the seed's wire."""
 
-    wire_query = "?wire=seed"
+    wire_query = "?wire=seed&worker_window=30"
 
     async def test_expired_request_is_not_run(self) -> None:
         pytest.skip("the seed's wire carries no deadline: a seed-form request is always run")
@@ -247,6 +255,21 @@ class TestRedisSeedWireContract(RedisContractHooks):
             "a seed-form request over the size limit is dead-lettered unparsed: its reply "
             "address is inside the body (see test_bad_input_is_answered_or_dead_lettered_...)"
         )
+
+    async def test_send_time_and_trace_context_reach_the_worker(self) -> None:
+        pytest.skip("the seed's wire is the bare request: it carries no send time, no trace")
+
+
+class TestRedisAdmin(AdminContract):
+    """Status from the workers' heartbeats and the queue's lists; dead letters by record."""
+
+    @pytest.fixture
+    def broker_url(self, redis_url: str) -> str:
+        return redis_url
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # An envelope saying it was delivered 99 times already: dead-lettered unrun.
+        await push_raw(broker_url, queue, envelope({"mm": 1, "n": 99}, body))
 
 
 # --- Redis's own behaviours --------------------------------------------------------------------
@@ -430,7 +453,11 @@ async def test_running_worker_keys_and_clean_stop(queue: str, probe: Probe, redi
         assert wire.workers_key(queue) in keys
         [heartbeat] = [key for key in keys if ":heartbeat:" in key]
         assert 0 < await redis_call(redis_url, "pttl", heartbeat) <= 2000
-    assert await queue_keys(redis_url, queue) == []
+        record = orjson.loads(await redis_call(redis_url, "get", heartbeat))
+        assert record["queue"] == queue and record["heartbeat"] == 2.0
+    # Only the last-seen time stays, and it expires by itself.
+    assert await queue_keys(redis_url, queue) == [wire.seen_key(queue)]
+    assert 0 < await redis_call(redis_url, "pttl", wire.seen_key(queue)) <= scripts.SEEN_KEEP_MS
 
 
 def test_worker_describes_itself_without_password() -> None:
@@ -612,3 +639,215 @@ async def test_sync_call_is_not_held_up_by_a_slow_one_in_another_thread(
             return took
 
     assert await asyncio.wait_for(asyncio.to_thread(scenario), 20) < 0.5
+
+
+# --- the admin side ----------------------------------------------------------------------------
+
+
+async def test_admin_reads_records_of_any_writer_and_replays_each_once(
+    queue: str, redis_url: str
+) -> None:
+    dead = wire.dead_letter_key(queue)
+    client = aioredis.Redis.from_url(redis_url)
+    old_record = orjson.dumps(  # written before records carried an id: one derived from it
+        {"queue": queue, "reason": "why", "worker": "w", "at": 1000, "header": None,
+         "body": '{"jsonrpc":"2.0","method":"record","params":["old"]}'}
+    )  # fmt: skip
+    try:
+        await client.rpush(dead, old_record, b"not a record", b"[1]")
+        await client.sadd(wire.QUEUES_KEY, queue)
+        async with admin_transport(redis_url) as admin:
+            assert queue in await admin.queues()
+            records = await admin.dead_letters(queue)
+            assert [r.reason for r in records] == ["why", *["unreadable dead-letter record"] * 2]
+            assert records[0].at == 1.0 and records[0].deliveries == 1
+            assert records[1].body == b"not a record"
+            assert [r.id for r in await admin.dead_letters(queue)] == [r.id for r in records]
+            # Two replays at once: the record goes back once. Unreadable ones stay.
+            first, second = await asyncio.gather(
+                admin.replay(queue, None), admin.replay(queue, [records[0].id])
+            )
+            assert len(first) + len(second) == 1
+            assert await client.lrange(queue, 0, -1) == [wire.dead_letter_body(old_record)]
+            assert await admin.purge(queue, [records[1].id]) == 1
+            assert await admin.purge(queue, [records[1].id]) == 0
+            assert await admin.purge(queue, None) == 1
+            status = await admin.status(queue)
+            assert (status.depth, status.dead_letters, status.workers) == (1, 0, [])
+            assert status.oldest_wait is None and "seed form" in status.notes[0]
+            await admin.delete_queue(queue)
+            assert await queue_keys(redis_url, queue) == []
+            assert queue not in await admin.queues()
+            assert not await client.sismember(wire.QUEUES_KEY, queue)
+    finally:
+        await client.aclose()
+
+
+async def test_admin_status_of_a_worker_that_died_and_of_waiting_requests(
+    queue: str, redis_url: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        # A registered worker with no heartbeat (dead), holding two requests; one written by
+        # an older version (a timestamp for a heartbeat).
+        await client.sadd(wire.workers_key(queue), "dead", "old")
+        await client.lpush(wire.processing_key(queue, "dead"), b"a", b"b")
+        await client.set(wire.heartbeat_key(queue, "old"), b"1700000000", px=10_000)
+        async with AsyncClient(redis_url + "?worker_window=0", queue, timeout=0.5) as caller:
+            with pytest.raises(CallTimeout):
+                await caller.add(1, 2)
+        async with admin_transport(redis_url) as admin:
+            status = await admin.status(queue)
+            assert status.in_flight == 2 and status.depth == 1
+            assert status.oldest_wait is not None and 0 <= status.oldest_wait < 30
+            [old] = status.workers
+            assert (old.id, old.last_seen) == ("old", 1700000000.0)
+            assert "1 registered worker(s) without a heartbeat" in status.notes[0]
+    finally:
+        await client.aclose()
+
+
+async def test_admin_on_an_unreachable_redis_is_a_transport_error() -> None:
+    with pytest.raises(TransportError):
+        async with admin_transport(f"redis://127.0.0.1:{free_port()}/0"):
+            pass
+
+
+def test_envelopes_carry_send_time_and_trace_context() -> None:
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+             "tracestate": 'quoted="yes",back\\slash'}  # fmt: skip
+    prefix = wire.request_prefix("mm:reply:abc")
+    for message in (
+        wire.encode_request_fast(prefix, "c.1", 1733000000.5, 1733000000.25, b"{}", trace),
+        wire.encode_request(b"{}", None, None, None, 1733000000.25, trace),
+    ):
+        header, body = wire.split_envelope(message)
+        assert header is not None and body == b"{}"
+        envelope_ = wire.read_header(header, "calc")
+        assert envelope_.sent == 1733000000.25
+        assert envelope_.trace == trace
+    # A trace context that would be dropped on reading is not written either.
+    bad = {"traceparent": "not one", "tracestate": "a=b"}
+    header, _ = wire.split_envelope(wire.encode_request_fast(prefix, "c", 1.0, 2.0, b"{}", bad))
+    assert header is not None and "traceparent" not in header and "tracestate" not in header
+
+
+# --- no workers --------------------------------------------------------------------------------
+
+
+def test_the_no_worker_rule_is_off_on_the_seed_wire_unless_asked_for() -> None:
+    assert RedisSettings.from_url("redis://h").worker_window == 30.0
+    assert RedisSettings.from_url("redis://h?worker_window=2.5").worker_window == 2.5
+    assert RedisSettings.from_url("redis://h?worker_window=0").worker_window == 0.0
+    assert RedisSettings.from_url("redis://h?wire=seed").worker_window == 0.0
+    assert RedisSettings.from_url("redis://h?wire=seed&worker_window=5").worker_window == 5.0
+    with pytest.raises(ConfigurationError):
+        RedisSettings.from_url("redis://h?worker_window=-1")
+
+
+async def test_blocking_calls_to_a_queue_nobody_serves_fail_fast_and_leave_nothing(
+    queue: str, redis_url: str
+) -> None:
+    before = await reply_lists(redis_url)
+
+    def scenario() -> list[float]:
+        took = []
+        for url in (redis_url, redis_url + "?wire=seed&worker_window=30"):
+            with Client(url, queue, timeout=10) as client:
+                for call in (lambda: client.add(1, 2), lambda: client.notify("record", 1)):
+                    started = time.monotonic()
+                    with pytest.raises(NoWorkers, match=queue):
+                        call()
+                    took.append(time.monotonic() - started)
+        return took
+
+    assert max(await asyncio.wait_for(asyncio.to_thread(scenario), 30)) < 1.0
+    assert await queue_keys(redis_url, queue) == []
+    assert await reply_lists(redis_url) - before == set()
+
+
+async def test_a_killed_worker_counts_as_alive_until_its_heartbeat_expires(
+    queue: str, redis_url: str
+) -> None:
+    # As a killed worker leaves it: the last-seen key says when its heartbeat expires.
+    redis_time = await redis_call(redis_url, "time")
+    now_ms = redis_time[0] * 1000 + redis_time[1] // 1000
+    seen = wire.seen_key(queue)
+    await redis_call(redis_url, "psetex", seen, 60_000, now_ms + 2000)  # alive 2 s more
+    async with AsyncClient(redis_url + "?worker_window=1", queue, timeout=0.3) as client:
+        with pytest.raises(CallTimeout):  # within the heartbeat and the window: it waits
+            await client.add(1, 2)
+        await redis_call(redis_url, "psetex", seen, 60_000, now_ms - 1500)  # 1.5 s ago
+        with pytest.raises(NoWorkers):
+            await client.add(1, 2)
+        with pytest.raises(NoWorkers):
+            await client.notify("record", 1)
+    assert await redis_call(redis_url, "llen", queue) == 1  # the first call's request only
+
+
+async def test_after_the_last_worker_stops_calls_wait_for_the_window_then_fail(
+    queue: str, probe: Probe, redis_url: str
+) -> None:
+    url = redis_url + "?worker_window=0.5"
+    async with serving(probe, url, queue), AsyncClient(url, queue, timeout=10) as client:
+        assert await client.add(1, 1) == 2
+        with Client(url, queue, timeout=10) as blocking:  # its pushes were accepted lately
+            assert await asyncio.to_thread(blocking.add, 2, 2) == 4
+    stopped = time.monotonic()
+    async with AsyncClient(url, queue, timeout=10) as client:
+        with pytest.raises(CallTimeout):
+            await client.call("add", 1, 2, timeout=0.1)  # just stopped: it waits
+        while True:  # the window passes (a condition on time itself: no fixed sleep)
+            try:
+                await client.call("add", 1, 2, timeout=0.1)
+            except NoWorkers:
+                break
+            except CallTimeout:
+                assert time.monotonic() - stopped < 5
+    assert time.monotonic() - stopped >= 0.5
+
+    def blocking_call() -> float:
+        with Client(url, queue, timeout=10) as blocking:
+            started = time.monotonic()
+            with pytest.raises(NoWorkers):
+                blocking.add(3, 3)
+            return time.monotonic() - started
+
+    assert await asyncio.to_thread(blocking_call) < 1.0
+
+
+async def test_a_redis_that_forgot_the_push_script_gets_it_again(
+    queue: str, probe: Probe, make_redis_node: Callable[..., RedisNode]
+) -> None:
+    server = make_redis_node()
+    async with serving(probe, server.url, queue), AsyncClient(server.url, queue) as client:
+        assert await client.add(1, 1) == 2
+        await redis_call(server.url, "script_flush")
+        assert await client.add(1, 2) == 3
+        await redis_call(server.url, "script_flush")
+
+        def blocking() -> object:
+            with Client(server.url, queue) as sync_client:
+                return [sync_client.add(2, i) for i in range(3)]
+
+        assert await asyncio.to_thread(blocking) == [2, 3, 4]
+
+
+async def test_admin_lists_a_forged_worker_record_by_its_key_alone(
+    queue: str, redis_url: str
+) -> None:
+    forged = {"id": "someone-else", "queue": "other", "host": ["<b>"], "pid": "1", "started": 1}
+    await redis_call(redis_url, "sadd", wire.workers_key(queue), "w1", "w2")
+    await redis_call(
+        redis_url, "psetex", wire.heartbeat_key(queue, "w1"), 10_000, orjson.dumps(forged)
+    )
+    counts = {"pid": 7, "concurrency": 2, "in_flight": 1, "completed": 3, "failed": 0}
+    good = {**counts, "host": "h", "started": 1.5, "last_seen": 2.5, "transport": "redis"}
+    good["version"] = "x"
+    await redis_call(
+        redis_url, "psetex", wire.heartbeat_key(queue, "w2"), 10_000, orjson.dumps(good)
+    )
+    async with admin_transport(redis_url) as admin:
+        first, second = (await admin.status(queue)).workers
+    assert (first.id, first.queue, first.host, first.pid) == ("w1", queue, "", 0)
+    assert (second.id, second.queue, second.pid, second.completed) == ("w2", queue, 7, 3)

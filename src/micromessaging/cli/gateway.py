@@ -7,8 +7,11 @@ extra to install.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import click
 
@@ -20,6 +23,7 @@ from .._asgi import (
     HttpLimits,
 )
 from .._settings import resolve_broker
+from ..observability import logs
 from . import options
 from .exits import CommandError, errors_to_exits, missing_extra
 
@@ -99,7 +103,9 @@ TOKENS_VARIABLE = "MICROMESSAGING_GATEWAY_TOKENS"
     type=click.IntRange(min=1),
     help="Connections one process holds open at once; the next is answered 503.",
 )
+@options.metrics_port(envvar="MICROMESSAGING_GATEWAY_METRICS_PORT")
 @options.log_level()
+@options.log_format()
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -115,13 +121,17 @@ def gateway(
     header_timeout: float,
     body_timeout: float,
     connection_limit: int,
+    metrics_port: int | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Serve POST /<queue> to authenticated callers, forwarding to the queue's workers.
 
     Callers send ``Authorization: Bearer <token>``; each token's SHA-256 and the queues and
     methods it may call come from --tokens and $MICROMESSAGING_GATEWAY_TOKENS. GET /healthz
-    answers 200 while the broker is reachable. SIGTERM or SIGINT: finish and exit 0.
+    answers 200 while the broker is reachable. One access line per request is logged (at
+    info); --metrics-port serves the requests' Prometheus metrics. SIGTERM or SIGINT: finish
+    and exit 0.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -133,6 +143,7 @@ def gateway(
         from ..gateway.auth import load_tokens
     except ModuleNotFoundError as exc:
         raise missing_extra("the gateway", exc, "http") from exc
+    logs.configure(log_level, log_format)
     with errors_to_exits(broker):
         settings = GatewaySettings(
             broker=resolve_broker(broker),
@@ -140,7 +151,12 @@ def gateway(
             timeout=timeout,
             max_body=max_message_size,
             max_batch=max_batch,
+            metrics=metrics_port is not None,
+            log_level=log_level,
+            log_format=log_format,
         )
+        if metrics_port is not None:
+            serve_metrics(metrics_port, processes)
     click.echo(describe(settings, host, port, processes), err=True)
     if not settings.grants:
         click.echo("warning: no tokens configured: every call will be refused (401)", err=True)
@@ -153,7 +169,8 @@ def gateway(
         port=port,
         workers=processes,
         log_level=log_level.lower(),
-        access_log=False,
+        log_config=None,  # uvicorn's lines go to the root handler, in our format
+        access_log=False,  # ours is the gateway's: token, queue, methods (gateway/access.py)
         lifespan="on",
         ws="none",
         server_header=False,
@@ -161,6 +178,30 @@ def gateway(
             HttpLimits(max_header_size, header_timeout, body_timeout, connection_limit)
         ),
     )
+
+
+def serve_metrics(port: int, processes: int) -> None:
+    """Serve the gateway's metrics at ``/metrics`` on `port`, for all its processes.
+
+    With one process the app counts in this process's registry. With several, each writes
+    its counts to files in a directory of its own (prometheus-client's multiprocess mode,
+    set up before uvicorn starts them) and this process serves their sum.
+    """
+    if processes > 1:
+        directory = tempfile.mkdtemp(prefix="micromessaging-gateway-metrics-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        from ..observability import metrics
+    except ModuleNotFoundError as exc:
+        raise missing_extra("--metrics-port", exc, "metrics") from exc
+    registry = None
+    if processes > 1:
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    metrics.serve(port, registry=registry)
 
 
 def _allow_entry(allow: tuple[str, ...], all_methods: str) -> str:

@@ -23,10 +23,12 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .._asgi import (
+    NO_WORKERS_REASON,
     RETRY_AFTER,
     BodyTooLarge,
     Headers,
@@ -35,17 +37,22 @@ from .._asgi import (
     Send,
     header,
     read_body,
+    request_context,
     request_deadline,
     respond,
     respond_too_large,
 )
 from .._asgi import error_body as asgi_error_body
-from .._exceptions import CallTimeout, TransportError
+from .._exceptions import CallTimeout, NoWorkers, TransportError
 from .._protocol import DEFAULT_MAX_MESSAGE_SIZE, DecodeError, ErrorCode, loads
 from .._settings import mask_password
 from ..console import Console, ConsoleSettings
 from ..transports import ClientTransport, client_transport
+from .access import AccessEntry, AccessRecorder
 from .auth import Authenticator, Grant, parse_tokens
+
+if TYPE_CHECKING:
+    from ..observability.metrics import GatewayMetrics
 
 logger = logging.getLogger("micromessaging.gateway")
 
@@ -73,6 +80,12 @@ class GatewaySettings:
     max_batch: int = 100
     console_secret: str = field(default_factory=lambda: secrets.token_hex(32))
     """Signs console sessions; one per gateway run, shared by its processes."""
+    metrics: bool = False
+    """Whether `app_from_environment` counts requests in Prometheus metrics."""
+    log_level: str | None = None
+    """When set, `app_from_environment` sends log lines to stderr at this level..."""
+    log_format: str = "text"
+    """...as text or JSON lines (each process of the gateway does it for itself)."""
 
     def to_json(self) -> str:
         """The settings as JSON (token hashes and the console's secret: never a token)."""
@@ -84,6 +97,9 @@ class GatewaySettings:
                 "max_body": self.max_body,
                 "max_batch": self.max_batch,
                 "console_secret": self.console_secret,
+                "metrics": self.metrics,
+                "log_level": self.log_level,
+                "log_format": self.log_format,
             }
         ).decode()
 
@@ -99,6 +115,9 @@ class GatewaySettings:
             max_body=data["max_body"],
             max_batch=data["max_batch"],
             console_secret=data["console_secret"],
+            metrics=data.get("metrics", False),
+            log_level=data.get("log_level"),
+            log_format=data.get("log_format", "text"),
         )
 
 
@@ -114,9 +133,11 @@ def _retry_after() -> Headers:
 class Gateway:
     """The ASGI app: authenticate, check limits and grants, forward, answer."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
         self.auth = Authenticator(settings.grants)
+        self.access = AccessRecorder((q for g in settings.grants for q in g.allow), metrics)
+        """Writes each request's access line, and counts it in `metrics` when given."""
         self._transport: ClientTransport | None = None
         self._connecting = asyncio.Lock()
         self.console: Console | None = None
@@ -135,7 +156,11 @@ class Gateway:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "http":
-            await self._http(scope, receive, send)
+            entry = AccessEntry(scope["method"], scope["path"])
+            try:
+                await self._http(scope, receive, entry.watch(send), entry)
+            finally:
+                self.access.finish(entry)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -180,7 +205,7 @@ class Gateway:
         logger.info("console login by token %r", grant.name)
         return grant.name
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, entry: AccessEntry) -> None:
         path: str = scope["path"]
         if path == "/healthz" and scope["method"] in ("GET", "HEAD"):
             await self._health(send)
@@ -196,6 +221,7 @@ class Gateway:
             detail = "POST a JSON-RPC request to /<queue>"
             await respond(send, 404, error_body(ErrorCode.INVALID_REQUEST, detail))
             return
+        entry.queue = queue
         if scope["method"] != "POST":
             body = error_body(ErrorCode.INVALID_REQUEST, f"{scope['method']} is not allowed")
             await respond(send, 405, body, [(b"allow", b"POST")])
@@ -207,6 +233,7 @@ class Gateway:
                 send, 401, body, [(b"www-authenticate", b'Bearer realm="micromessaging"')]
             )
             return
+        entry.token = grant.name
         if not grant.may_use(queue):
             await self._forbid(send, grant, f"queue {queue!r}")
             return
@@ -223,10 +250,17 @@ class Gateway:
             return
         except ConnectionResetError:
             return
-        await self._forward(scope, send, grant, queue, body)
+        await self._forward(scope, send, grant, queue, body, entry, caller_deadline)
 
     async def _forward(
-        self, scope: Scope, send: Send, grant: Grant, queue: str, body: bytes
+        self,
+        scope: Scope,
+        send: Send,
+        grant: Grant,
+        queue: str,
+        body: bytes,
+        entry: AccessEntry,
+        caller_deadline: float | None,
     ) -> None:
         try:
             message = loads(body)  # as the workers read it: integers of any size included
@@ -244,6 +278,7 @@ class Gateway:
         methods = {
             i["method"] for i in items if isinstance(i, dict) and isinstance(i.get("method"), str)
         }
+        entry.rpc = sorted(methods)
         denied = sorted(m for m in methods if not grant.permits(queue, m))
         if denied:
             await self._forbid(send, grant, f"{', '.join(denied)} on queue {queue!r}")
@@ -251,19 +286,34 @@ class Gateway:
         # What owes a reply: a request with an id, and anything invalid (it gets an error).
         owes_reply = any(not isinstance(i, dict) or "id" in i for i in items)
         deadline = time.time() + self.settings.timeout
-        caller_deadline = request_deadline(scope)
         if caller_deadline is not None:
             deadline = min(deadline, caller_deadline)
+        # The caller's trace context goes on (when well formed); the broker's transport
+        # stamps its own send time, so workers measure the wait from the gateway on.
+        _, trace = request_context(scope)
         try:
             transport = await self.transport()
             if not owes_reply:
-                await transport.send(queue, body, deadline)
+                await transport.send(queue, body, deadline, trace)
                 await respond(send, 204)
                 return
-            reply = await transport.request(queue, body, deadline)
+            reply = await transport.request(queue, body, deadline, trace)
         except CallTimeout:
             detail = f"no reply from queue {queue!r} within {self.settings.timeout:g}s"
             await respond(send, 504, error_body(ErrorCode.DEADLINE_EXCEEDED, detail))
+            return
+        except NoWorkers as exc:
+            # The broker answered: nobody serves the queue. Never run, so safe to retry.
+            logger.warning("forwarding to %r: %s", queue, exc)
+            body = asgi_error_body(
+                ErrorCode.SERVER_ERROR,
+                "No workers",
+                message=str(exc),
+                queue=queue,
+                reason=NO_WORKERS_REASON,
+                retry=True,
+            )
+            await respond(send, 503, body, _retry_after())
             return
         except TransportError as exc:
             logger.warning("forwarding to %r failed: %s", queue, exc)
@@ -314,7 +364,17 @@ def app_from_environment() -> Gateway:
     text = os.environ.get(SETTINGS_VARIABLE)
     if not text:
         raise RuntimeError(f"{SETTINGS_VARIABLE} is not set: start with `micromessaging gateway`")
-    return Gateway(GatewaySettings.from_json(text))
+    settings = GatewaySettings.from_json(text)
+    if settings.log_level is not None:
+        from ..observability.logs import configure
+
+        configure(settings.log_level, settings.log_format)
+    metrics = None
+    if settings.metrics:
+        from ..observability.metrics import GatewayMetrics
+
+        metrics = GatewayMetrics()
+    return Gateway(settings, metrics)
 
 
 __all__ = [

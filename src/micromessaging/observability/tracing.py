@@ -13,6 +13,7 @@ Without opentelemetry-api installed `available()` is False and nothing here impo
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -33,6 +34,9 @@ from .._types import JSON, Id
 CARRIED = ("traceparent", "tracestate")
 """The headers of the trace context that travel with a request."""
 INSTRUMENTATION = "micromessaging"
+RECHECK = 1.0
+"""Seconds between two looks for a tracer provider while none is set (a look reads the
+environment: too dear to pay on every call of a program that never sets one up)."""
 
 
 def available() -> bool:
@@ -51,15 +55,21 @@ class Tracing:
         self.queue = queue
         self.system = system
         self._tracer: Any = None
+        self._recheck = 0.0
 
     def active(self) -> bool:
         """Whether a program has set up OpenTelemetry (a real tracer provider) by now.
 
         With the API installed and no SDK configured, spans would be no-ops that still cost
         a context switch and a propagation per call: until a provider is set, none is made.
+        A provider set after the first calls is seen within `RECHECK` seconds.
         """
         if self._tracer is not None:
             return True
+        now = time.monotonic()
+        if now < self._recheck:
+            return False
+        self._recheck = now + RECHECK
         provider = trace.get_tracer_provider()
         if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
             return False

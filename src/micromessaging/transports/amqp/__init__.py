@@ -19,6 +19,7 @@ broker restart, but the seed's client can't declare them (PRECONDITION_FAILED).
 from __future__ import annotations
 
 from ..base import WorkerOptions
+from .admin import AmqpAdmin, admin_transport
 from .client import AmqpClientTransport
 from .worker import AmqpDelivery, AmqpWorkerTransport
 
@@ -34,9 +35,11 @@ def worker_transport(url: str, options: WorkerOptions) -> AmqpWorkerTransport:
 
 
 __all__ = [
+    "AmqpAdmin",
     "AmqpClientTransport",
     "AmqpDelivery",
     "AmqpWorkerTransport",
+    "admin_transport",
     "client_transport",
     "worker_transport",
 ]

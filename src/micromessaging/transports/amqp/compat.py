@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Callable
 
 import pamqp.frame
 from aiormq import Channel
@@ -75,3 +76,14 @@ async def write_when_room(channel: Channel, item: Frames) -> None:
     put = asyncio.ensure_future(channel.write_queue.put(item))
     await asyncio.wait([put, channel.closing], return_when=asyncio.FIRST_COMPLETED)
     put.cancel()
+
+
+def on_confirms(channel: Channel, handler: Callable[[Basic.Ack | Basic.Nack], None]) -> None:
+    """Hand the broker's publisher confirms on `channel` to `handler` instead of aiormq, for
+    publishes written as frames (aiormq counts only its own ``basic_publish``, and logs
+    every other confirm as unexpected)."""
+
+    async def confirmed(frame: Basic.Ack | Basic.Nack) -> None:
+        handler(frame)
+
+    channel._on_confirm_frame = confirmed  # type: ignore[method-assign,assignment]

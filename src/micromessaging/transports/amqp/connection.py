@@ -20,12 +20,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 from aiormq import Channel
+from pamqp.commands import Basic
 
 from ..._exceptions import TransportError
 from ..._settings import mask_password
@@ -67,8 +68,11 @@ class Link:
         *,
         on_open: Callable[[Channel], Awaitable[None]],
         on_lost: Callable[[BaseException | None], None],
+        confirms: bool = False,
     ) -> None:
         self.settings = settings
+        self.confirms = confirms
+        """Whether the main channel is in confirm mode (its owner handles the confirms)."""
         self.name = name
         self.where = mask_password(settings.connect_url.split("?", 1)[0])
         self._on_open = on_open
@@ -114,7 +118,7 @@ class Link:
 
     async def _open(self) -> None:
         assert self.connection is not None
-        wrapper = aio_pika.Channel(self.connection, publisher_confirms=False)
+        wrapper = aio_pika.Channel(self.connection, publisher_confirms=self.confirms)
         await wrapper.initialize(timeout=CONNECT_TIMEOUT)
         channel = cast(Channel, await wrapper.get_underlay_channel())
         self._wrappers[channel] = wrapper
@@ -200,16 +204,20 @@ class Link:
         except Exception as exc:
             raise TransportError(f"{self.where} does not answer: {describe(exc)}") from exc
 
-    async def declare_queue(self, name: str) -> bool:
-        """Declare queue `name` as the settings say; one that exists with other arguments is used
-        as it is (RabbitMQ refuses to redeclare it: PRECONDITION_FAILED), and so is one the
-        user may not declare (ACCESS_REFUSED). True when the queue is as the settings say."""
+    async def declare_queue(
+        self, name: str, *, durable: bool | None = None, arguments: dict[str, Any] | None = None
+    ) -> bool:
+        """Declare queue `name` as the settings say (or `durable` and `arguments`, given); one
+        that exists with other arguments is used as it is (RabbitMQ refuses to redeclare it:
+        PRECONDITION_FAILED), and so is one the user may not declare (ACCESS_REFUSED). True
+        when the queue is as asked."""
         side = await self.side_channel()
         try:
             await side.queue_declare(
                 name,
-                durable=self.settings.durable,
-                arguments=self.settings.arguments or None,
+                durable=self.settings.durable if durable is None else durable,
+                arguments=(self.settings.arguments_for(name) if arguments is None else arguments)
+                or None,
                 timeout=CONNECT_TIMEOUT,
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
@@ -233,7 +241,7 @@ class Link:
         again as needed.
         """
         async with self._probe_slots:
-            channel = self._probes.pop() if self._probes else await self._probe_channel()
+            channel = self._probes.pop() if self._probes else await self.bare_channel()
             try:
                 await channel.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
             except aiormq.exceptions.ChannelLockedResource:
@@ -247,7 +255,43 @@ class Link:
                     self._probes.append(channel)
             return QueueKind.SHARED
 
-    async def _probe_channel(self) -> Channel:
+    async def inspect_queue(self, name: str) -> tuple[int, int] | None:
+        """(messages ready, consumers) of queue `name`, or None when it does not exist (a
+        passive declaration on a probe channel: nothing is created)."""
+        async with self._probe_slots:
+            channel = self._probes.pop() if self._probes else await self.bare_channel()
+            try:
+                ok = await channel.queue_declare(name, passive=True, timeout=CONNECT_TIMEOUT)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return None
+            finally:
+                if not channel.is_closed and not self._closing:
+                    self._probes.append(channel)
+            return ok.message_count or 0, ok.consumer_count or 0
+
+    async def peek_header(self, name: str, header: str) -> tuple[bool, object]:
+        """Header `header` of the message at the head of queue `name`, left in the queue
+        (taken with acknowledgements, then rejected back); (False, None) when the queue does
+        not exist, (True, None) when it is empty."""
+        async with self._probe_slots:
+            channel = self._probes.pop() if self._probes else await self.bare_channel()
+            try:
+                message = await channel.basic_get(name, no_ack=False, timeout=CONNECT_TIMEOUT)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False, None
+            finally:
+                if not channel.is_closed and not self._closing:
+                    self._probes.append(channel)
+            if not isinstance(message.delivery, Basic.GetOk):
+                return True, None
+            assert message.delivery.delivery_tag is not None
+            await channel.basic_reject(message.delivery.delivery_tag, requeue=True)
+            headers = message.header.properties.headers or {}
+            return True, headers.get(header)
+
+    async def bare_channel(self) -> Channel:
+        """A new aiormq channel (publisher confirms on), not kept by the link: its owner closes
+        it; `ConnectionError` while there is no connection."""
         transport = self.connection.transport if self.connection is not None else None
         if transport is None or self._closing:
             raise ConnectionError(f"no connection to {self.where} at the moment")

@@ -11,11 +11,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
-from .._shared import UrlOptions, decode_deadline, encode_deadline
+from .._context import decode_sent, read_trace
+from .._shared import (
+    WORKER_WINDOW,
+    UrlOptions,
+    decode_deadline,
+    encode_deadline,
+    worker_window,
+)
+from ..base import TraceContext
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 """RabbitMQ's pseudo-queue for replies: no queue to declare, replies go to the channel."""
@@ -23,10 +32,15 @@ SERVER_NAMED = "amq.gen-"
 """How the names the broker gives queues declared without one begin (the seed's reply queue)."""
 DEAD_SUFFIX = ".dead"
 """A queue's dead letters are kept in ``<queue>.dead``."""
+ALIVE_SUFFIX = ".alive"
+"""A queue's last heartbeat is kept in ``<queue>.alive`` (`presence`)."""
 
 DEADLINE = "mm-deadline"
 """Header: when the caller stops waiting, in whole milliseconds since the epoch (an integer:
 pamqp re-encodes a float header as a 32-bit float, off by minutes at today's epoch)."""
+SENT = "mm-sent"
+"""Header: when the client sent the request, in whole milliseconds since the epoch (an
+integer, like `DEADLINE`); a foreign client's ``timestamp`` property (seconds) is read too."""
 DELIVERIES = "mm-deliveries"
 """Header: how many times the message has been handed to a worker (our count, classic queues)."""
 QUORUM_DELIVERIES = "x-delivery-count"
@@ -35,12 +49,22 @@ COUNT_LIMIT = 2**31
 """Counts read off a message are capped here, so that one raised by one still encodes."""
 DEAD_REASON = "mm-dead-reason"
 """Header on a dead letter: why the worker gave up on it."""
+DEAD_ID = "mm-dead-id"
+"""Header on a dead letter: its id (16 hex digits), what ``dead-letters --id`` names."""
+DEAD_AT = "mm-dead-at"
+"""Header on a dead letter: when it was dead-lettered, integer milliseconds since the epoch."""
+
+BROKER_DELIVERY_LIMIT = 20
+"""Quorum queues: deliveries after which the broker itself dead-letters a request (RabbitMQ
+4's default, declared so that 3.x does the same). Our workers give up first, with a reply,
+at ``--max-deliveries`` (3): this catches what they never saw (a request that kills a
+worker before it is read, workers run with a higher limit)."""
 
 JSON_CONTENT_TYPE = "application/json"
 RECONNECT_INTERVAL = "1"
 """Seconds between reconnection attempts, unless the URL says otherwise (aio-pika's is 5)."""
 
-OUR_OPTIONS = frozenset({"queue_type", "durable", "no_verify_ssl"})
+OUR_OPTIONS = frozenset({"queue_type", "durable", "no_verify_ssl", "worker_window"})
 """Taken out of the URL (aio-pika gets the rest; no_verify_ssl goes back as aiormq reads it)."""
 
 
@@ -52,6 +76,21 @@ class AmqpSettings:
     queue_type: str = "classic"
     durable: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
+    worker_window: float = WORKER_WINDOW
+    """The no-worker rule's window, in seconds; 0: calls always wait (`presence`)."""
+
+    def arguments_for(self, queue: str) -> dict[str, Any]:
+        """The arguments `queue` is declared with: on quorum, a service's queue also names its
+        dead-letter queue and a delivery limit (`BROKER_DELIVERY_LIMIT`), so that a request
+        the broker gives up on reaches ``<queue>.dead`` instead of being dropped."""
+        if self.queue_type != "quorum" or queue.endswith((DEAD_SUFFIX, ALIVE_SUFFIX)):
+            return dict(self.arguments)
+        return {
+            **self.arguments,
+            "x-delivery-limit": BROKER_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue + DEAD_SUFFIX,
+        }
 
     @property
     def delivery_mode(self) -> int | None:
@@ -80,7 +119,7 @@ def parse_url(url: str) -> AmqpSettings:
         query["no_verify_ssl"] = "1" if ours.flag("no_verify_ssl", False) else "0"
     query.setdefault("reconnect_interval", RECONNECT_INTERVAL)
     connect_url = urlunsplit(parts._replace(query=urlencode(query)))
-    return AmqpSettings(connect_url, queue_type, durable, arguments)
+    return AmqpSettings(connect_url, queue_type, durable, arguments, worker_window(ours))
 
 
 def deadline_header(deadline: float) -> int:
@@ -91,6 +130,21 @@ def deadline_header(deadline: float) -> int:
 def deadline_of(headers: Mapping[str, Any] | None) -> float | None:
     """The deadline a message carries, in seconds since the epoch (the shared rule)."""
     return decode_deadline(headers.get(DEADLINE)) if headers else None
+
+
+def sent_of(headers: Mapping[str, Any] | None, timestamp: object = None) -> float | None:
+    """When a message was sent (seconds since the epoch): `SENT`, else the AMQP ``timestamp``
+    property (whole seconds, as a foreign client may set it), else None."""
+    sent = decode_sent(headers.get(SENT)) if headers else None
+    if sent is None and isinstance(timestamp, datetime):
+        stamp = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=UTC)
+        sent = decode_sent(stamp.timestamp() * 1000)
+    return sent
+
+
+def trace_of(headers: Mapping[str, Any] | None) -> TraceContext | None:
+    """The W3C trace context in a message's headers; None when absent or malformed."""
+    return read_trace(headers) if headers else None
 
 
 def delivery_count_of(
@@ -133,6 +187,8 @@ def reply_to_refusal(reply_to: str, queue: str) -> str | None:
         return f"reply_to {shown} is the request queue itself"
     if reply_to.endswith(DEAD_SUFFIX):
         return f"reply_to {shown} is a dead-letter queue"
+    if reply_to.endswith(ALIVE_SUFFIX):
+        return f"reply_to {shown} is a heartbeat queue"
     if reply_to.startswith("amq.") and not reply_to.startswith(SERVER_NAMED):
         # Only the broker names queues amq.*: nothing else of that name can be a reply queue.
         return f"reply_to {shown} is neither direct reply-to nor a reply queue"

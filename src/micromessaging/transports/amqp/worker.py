@@ -20,6 +20,7 @@ import contextlib
 import copy
 import logging
 import os
+import secrets
 import socket
 import time
 from typing import cast
@@ -29,21 +30,29 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from ..._exceptions import TransportError
-from .._shared import LedgerDelivery, WorkerTransportBase
+from .._shared import LedgerDelivery, WorkerTransportBase, encode_deadline
 from ..base import WorkerOptions
 from . import compat
-from .connection import Link, is_transient
+from .connection import Link, describe, is_transient
 from .frames import encode_ack, encode_nack, encode_publish
+from .presence import ALIVE_ARGUMENTS, HEARTBEAT, alive_queue
 from .replies import ReplyAddresses
+from .stats import StatsResponder
 from .wire import (
+    COUNT_LIMIT,
+    DEAD_AT,
+    DEAD_ID,
     DEAD_REASON,
     DELIVERIES,
     JSON_CONTENT_TYPE,
+    SENT,
     deadline_of,
     delivery_count_of,
     expiration_for,
     parse_url,
     republishable,
+    sent_of,
+    trace_of,
 )
 
 logger = logging.getLogger("micromessaging.transport.amqp")
@@ -71,6 +80,9 @@ class AmqpDelivery(LedgerDelivery):
         self.body = message.body
         self.deadline = deadline
         self.delivery_count = delivery_count
+        headers = self.properties.headers
+        self.sent = sent_of(headers, self.properties.timestamp)
+        self.trace = trace_of(headers)
         self.reply_to: str | None = None
         """Where the reply goes: the request's reply_to once judged usable (`replies`)."""
         self.refusal: str | None = None
@@ -95,6 +107,9 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         super().__init__(options)
         self.settings = parse_url(url)
         self.dead_queue = f"{options.queue}.dead"
+        self.alive_queue = alive_queue(options.queue)
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._stats = StatsResponder(options.queue)
         self.prefetch = min(options.concurrency, MAX_PREFETCH)
         self._link: Link | None = None
         self._consumer: tuple[Channel, str] | None = None
@@ -112,14 +127,56 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         self._link = Link(self.settings, name, on_open=self._opened, on_lost=self._lost)
         self._replies = ReplyAddresses(self._link, self.queue, self.ledger.retrying)
         await self._link.start()
+        self._heartbeats = asyncio.create_task(self._beat())
 
     async def _opened(self, channel: Channel) -> None:
         assert self._link is not None
         await self._declare()
         await channel.basic_qos(prefetch_count=self.prefetch)
         channel.on_consumer_cancel_callbacks.add(self._cancelled_by_broker)
+        await self._answer_stats()  # before consuming: the first request may be a long one
         if self.receiving:
             await self._consume(channel)
+
+    async def _answer_stats(self) -> None:
+        """Answer stats requests (`stats`) on a new channel; a worker that can't still works."""
+        assert self._link is not None
+        await self._stats.close()
+        try:
+            await self._stats.start(await self._link.bare_channel(), self.reporter)
+        except Exception as exc:
+            logger.warning("%r will not answer stats requests: %s", self.queue, describe(exc))
+
+    async def _beat(self) -> None:
+        """Say every `HEARTBEAT` seconds that this worker is alive (`presence`)."""
+        while True:
+            try:
+                await self._heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("heartbeat of %r not published: %s", self.queue, exc)
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _heartbeat(self) -> None:
+        """Publish the time now to ``<queue>.alive``, declared first (it may have expired)."""
+        link = self._link
+        if link is None:
+            return
+        await link.declare_queue(self.alive_queue, durable=True, arguments=ALIVE_ARGUMENTS)
+        channel = link.channel
+        if channel is None:
+            return
+        data = encode_publish(
+            channel.number,
+            self.alive_queue,
+            b"{}",
+            body_frame_size=channel.max_content_size,
+            content_type=JSON_CONTENT_TYPE,
+            headers={SENT: encode_deadline(time.time())},
+            delivery_mode=2,  # a broker restart keeps it: calls wait for workers coming back
+        )
+        link.write(channel, data)
 
     async def _consume(self, channel: Channel) -> None:
         ok = await channel.basic_consume(self.queue, self._arrived)
@@ -139,6 +196,9 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
     async def _declare(self) -> None:
         assert self._link is not None
         as_asked = await self._link.declare_queue(self.queue)
+        if self.settings.queue_type == "quorum":
+            # Where the broker dead-letters what passes its own delivery limit: it must exist.
+            await self._link.declare_queue(self.dead_queue)
         # x-delivery-count counts deliveries only on a queue known to be a quorum queue: on
         # any other it is a header its publisher wrote, and would let a caller lower a count.
         self._counts_itself = as_asked and self.settings.queue_type == "quorum"
@@ -272,7 +332,13 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         # that was deleted meanwhile, and dead letters are rare.
         await self._link.declare_queue(self.dead_queue)
         properties = copy.copy(delivery.properties)
-        properties.headers = {**republishable(properties.headers or {}), DEAD_REASON: reason}
+        properties.headers = {
+            **republishable(properties.headers or {}),
+            DEAD_REASON: reason,
+            DELIVERIES: min(delivery.delivery_count, COUNT_LIMIT),
+            DEAD_ID: secrets.token_hex(8),
+            DEAD_AT: encode_deadline(time.time()),
+        }
         properties.expiration = None  # a dead letter is kept until someone looks at it
         side = await self._link.side_channel()
         confirmation = await side.basic_publish(
@@ -299,12 +365,22 @@ class AmqpWorkerTransport(WorkerTransportBase[AmqpDelivery]):
         if consumer is not None and not consumer[0].is_closed:
             with contextlib.suppress(Exception):
                 await consumer[0].basic_cancel(consumer[1], timeout=5)
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
+            # The last time this worker was seen alive: calls wait for the next one.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._heartbeat(), 5)
 
     async def _give_back(self, deliveries: list[AmqpDelivery]) -> None:
         for delivery in deliveries:
             self._nack(delivery)
 
     async def _disconnect(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
+        await self._stats.close()
         link, self._link = self._link, None
         if link is not None:
             await link.aclose()

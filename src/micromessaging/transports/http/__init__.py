@@ -5,12 +5,14 @@ embedded uvicorn; a client POSTs to ``<base URL>/<queue>`` over a pool of kept-a
 connections (pool.py), so any number of calls are in flight at once, one per
 connection. The body is the JSON-RPC request as is, so the seed's Net::HTTP client and
 Sinatra server interoperate unchanged; the deadline travels in the ``X-MM-Deadline`` header.
-docs/wire-http.md has the whole wire, status codes included.
+``GET <prefix>/_mm/status`` answers the worker's record, for `admin_transport`. docs/wire-http.md
+has the whole wire, status codes included.
 """
 
 from __future__ import annotations
 
 from ..base import WorkerOptions
+from .admin import HttpAdmin, admin_transport
 from .client import HttpClientTransport
 from .worker import HttpDelivery, HttpWorkerTransport
 
@@ -26,9 +28,11 @@ def worker_transport(url: str, options: WorkerOptions) -> HttpWorkerTransport:
 
 
 __all__ = [
+    "HttpAdmin",
     "HttpClientTransport",
     "HttpDelivery",
     "HttpWorkerTransport",
+    "admin_transport",
     "client_transport",
     "worker_transport",
 ]

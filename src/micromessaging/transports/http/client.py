@@ -9,7 +9,9 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from ..._exceptions import CallTimeout, ProtocolError, TransportError
+from ..._asgi import NO_WORKERS_REASON
+from ..._exceptions import CallTimeout, NoWorkers, ProtocolError, TransportError
+from .._context import encode_sent, trace_headers
 from ..base import ClientTransport, TraceContext
 from .pool import ConnectionPool
 from .wire import CLIENT_KEEP_ALIVE_SECONDS, ClientSettings, encode_deadline
@@ -20,8 +22,8 @@ SEND_TIMEOUT = 30.0
 """How long `send` (a notification, which has no deadline of its own) waits for its 204."""
 
 
-def _jsonrpc_error(content: bytes) -> str | None:
-    """The error message a JSON-RPC error body carries, or None when it is not one."""
+def _error_object(content: bytes) -> dict[str, object] | None:
+    """The error object of a JSON-RPC error body, {} for another JSON-RPC body, else None."""
     try:
         decoded = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -30,7 +32,26 @@ def _jsonrpc_error(content: bytes) -> str | None:
     if not isinstance(first, dict) or first.get("jsonrpc") != "2.0":
         return None
     error = first.get("error")
-    return str(error.get("message")) if isinstance(error, dict) else ""
+    return error if isinstance(error, dict) else {}
+
+
+def _jsonrpc_error(content: bytes) -> str | None:
+    """The error message a JSON-RPC error body carries, or None when it is not one."""
+    error = _error_object(content)
+    if error is None:
+        return None
+    return str(error.get("message")) if error else ""
+
+
+def _no_workers(status: int, content: bytes) -> str | None:
+    """What a gateway's "no workers" answer says (503, ``data.reason``), else None."""
+    if status != 503:
+        return None
+    error = _error_object(content)
+    data = error.get("data") if error else None
+    if isinstance(data, dict) and data.get("reason") == NO_WORKERS_REASON:
+        return str(data.get("message", ""))
+    return None
 
 
 class HttpClientTransport(ClientTransport):
@@ -80,15 +101,23 @@ class HttpClientTransport(ClientTransport):
     def _where(self, queue: str) -> str:
         return f"{self.settings.base_url}/{queue}"
 
-    async def _post(self, queue: str, body: bytes, deadline: float | None) -> tuple[int, bytes]:
+    async def _post(
+        self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None
+    ) -> tuple[int, bytes]:
         pool = self._pool
         if pool is None:
             raise TransportError("HTTP client is closed" if self._closed else "not connected")
+        now = time.time()
         request = [b"POST ", self._path(queue), b" HTTP/1.1\r\n", self._head]
+        request += [b"x-mm-sent: ", encode_sent(now).encode(), b"\r\n"]
+        if trace:
+            # Only a well-formed context goes out (no CR/LF can reach the head).
+            for name, value in trace_headers(trace).items():
+                request += [name.encode(), b": ", value.encode(), b"\r\n"]
         if deadline is None:
             timeout = SEND_TIMEOUT
         else:
-            timeout = deadline - time.time()
+            timeout = deadline - now
             if timeout <= 0:
                 raise CallTimeout("the deadline passed before the request was sent")
             request += [b"x-mm-deadline: ", encode_deadline(deadline), b"\r\n"]
@@ -98,6 +127,10 @@ class HttpClientTransport(ClientTransport):
                 status, _, content = await pool.request(b"".join(request))
         except TimeoutError:
             raise CallTimeout(f"no reply from {self._where(queue)} before the deadline") from None
+        except ConnectionRefusedError as exc:
+            # HTTP has no queue to hold the request: nothing listening is no worker, now.
+            detail = f"nothing listens at {self.settings.base_url} (connection refused)"
+            raise NoWorkers(queue, detail) from exc
         except (OSError, ssl.SSLError) as exc:
             raise TransportError(f"POST {self._where(queue)} failed: {exc!r}") from exc
         return status, content
@@ -105,11 +138,14 @@ class HttpClientTransport(ClientTransport):
     async def request(
         self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
     ) -> bytes:
-        status, content = await self._post(queue, body, deadline)
+        status, content = await self._post(queue, body, deadline, trace)
         if 200 <= status < 300:
             if not content:
                 raise ProtocolError(f"{self._where(queue)} answered {status} with no reply")
             return content
+        no_workers = _no_workers(status, content)
+        if no_workers is not None:
+            raise NoWorkers(queue, f"the gateway at {self.settings.base_url} says: {no_workers}")
         if _jsonrpc_error(content) is not None:
             return content  # so that the caller gets the RemoteError it carries
         raise TransportError(f"{self._where(queue)} answered HTTP {status}: {content[:200]!r}")
@@ -117,7 +153,10 @@ class HttpClientTransport(ClientTransport):
     async def send(
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
-        status, content = await self._post(queue, body, deadline)
+        status, content = await self._post(queue, body, deadline, trace)
+        no_workers = _no_workers(status, content)
+        if no_workers is not None:
+            raise NoWorkers(queue, f"the gateway at {self.settings.base_url} says: {no_workers}")
         if status >= 300:
             detail = _jsonrpc_error(content) or repr(content[:200])
             raise TransportError(f"{self._where(queue)} answered HTTP {status}: {detail}")

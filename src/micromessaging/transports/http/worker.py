@@ -16,6 +16,8 @@ import logging
 import time
 from collections import deque
 
+import orjson
+
 from ..._asgi import (
     RETRY_AFTER,
     BodyTooLarge,
@@ -26,6 +28,7 @@ from ..._asgi import (
     error_body,
     not_run_body,
     read_body,
+    request_context,
     request_deadline,
     respond,
     respond_too_large,
@@ -33,7 +36,7 @@ from ..._asgi import (
 from ..._exceptions import TransportError
 from ..._protocol import ErrorCode
 from .._shared import LedgerDelivery, WorkerTransportBase
-from ..base import WorkerOptions
+from ..base import TraceContext, WorkerOptions
 from .server import EmbeddedServer, bind
 from .wire import ServerAddress
 
@@ -43,6 +46,8 @@ Answer = tuple[int, bytes, Headers]
 _RETRY = RETRY_AFTER
 _CLOSE = (b"connection", b"close")
 HEALTHY = b'{"status":"ok"}'
+STATUS_PATH = "/_mm/status"
+"""Under the worker's prefix: ``GET`` answers the worker's record (docs/wire-http.md)."""
 
 
 class Admission:
@@ -104,10 +109,19 @@ class Admission:
 class HttpDelivery(LedgerDelivery):
     """One POST handed to the worker; settling it sends the HTTP response."""
 
-    def __init__(self, transport: HttpWorkerTransport, body: bytes, deadline: float | None):
+    def __init__(
+        self,
+        transport: HttpWorkerTransport,
+        body: bytes,
+        deadline: float | None,
+        sent: float | None = None,
+        trace: TraceContext | None = None,
+    ):
         self.transport = transport  # type: ignore[assignment]
         self.body = body
         self.deadline = deadline
+        self.sent = sent
+        self.trace = trace
         self.answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
 
     @property
@@ -132,6 +146,7 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
         self.path = f"{self.address.prefix}/{options.queue}"
         self._paths = {self.path, self.address.prefix or "/", f"{self.address.prefix}/"}
         self._health = f"{self.address.prefix}/healthz"
+        self._status = f"{self.address.prefix}{STATUS_PATH}"
         self._admission = Admission(options.concurrency, self.address.backlog)
         self._server: EmbeddedServer | None = None
 
@@ -154,6 +169,9 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
         if scope["path"] == self._health and scope["method"] in ("GET", "HEAD"):
             await respond(send, 200 if self.receiving else 503, HEALTHY if self.receiving else b"")
             return
+        if scope["path"] == self._status and scope["method"] in ("GET", "HEAD"):
+            await respond(send, 200, self._status_body())
+            return
         if scope["path"] not in self._paths:
             detail = f"no queue at {scope['path']!r}: POST to {self.path!r}"
             await respond(send, 404, error_body(ErrorCode.INVALID_REQUEST, message=detail))
@@ -170,11 +188,19 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
             return
         except ConnectionResetError:
             return
-        deadline = request_deadline(scope)
-        status, reply, headers = await self._handle(body, deadline)
+        sent, trace = request_context(scope)
+        status, reply, headers = await self._handle(body, request_deadline(scope), sent, trace)
         await respond(send, status, reply, headers)
 
-    async def _handle(self, body: bytes, deadline: float | None) -> Answer:
+    def _status_body(self) -> bytes:
+        record = self.reporter() if self.reporter is not None else None
+        return orjson.dumps(
+            {"queue": self.options.queue, "worker": record.to_json() if record else None}
+        )
+
+    async def _handle(
+        self, body: bytes, deadline: float | None, sent: float | None, trace: TraceContext | None
+    ) -> Answer:
         refused = "stopping" if not self.receiving else await self._admission.enter(deadline)
         if refused is None and not self.receiving:
             self._admission.leave()  # stopped while this request waited
@@ -186,7 +212,7 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
             return 503, not_run_body(detail), list(_RETRY)
         if refused is not None:
             return 503, not_run_body("the worker is stopping"), [*_RETRY, _CLOSE]
-        delivery = HttpDelivery(self, body, deadline)
+        delivery = HttpDelivery(self, body, deadline, sent, trace)
         self.hand_over(delivery)
         return await delivery.answer
 

@@ -14,6 +14,7 @@ is delivered again after ``ack_wait`` seconds. The wire format is in docs/wire-n
 from __future__ import annotations
 
 from ..base import WorkerOptions
+from .admin import NatsAdmin, admin_transport
 from .client import NatsClientTransport
 from .jetstream import NatsJetStreamWorkerTransport
 from .wire import parse_url
@@ -33,9 +34,11 @@ def worker_transport(url: str, options: WorkerOptions) -> NatsWorkerBase:
 
 
 __all__ = [
+    "NatsAdmin",
     "NatsClientTransport",
     "NatsJetStreamWorkerTransport",
     "NatsWorkerTransport",
+    "admin_transport",
     "client_transport",
     "worker_transport",
 ]

@@ -26,11 +26,12 @@ import time
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from ..._exceptions import TransportError
+from ..._exceptions import NoWorkers, TransportError
 from .._shared import ReplyRouter, connection_lost
 from ..base import ClientTransport, TraceContext
 from . import wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
+from .presence import Presence
 from .stored import PUBACK, Call, StoredRequests, gave_up
 
 logger = logging.getLogger("micromessaging.transport.nats")
@@ -38,6 +39,8 @@ logger = logging.getLogger("micromessaging.transport.nats")
 RETRY_FIRST = 0.005
 RETRY_MAX = 0.2
 """Resending a bounced request backs off from 5 ms to 200 ms (jittered) until its deadline."""
+RECORDS_TIMEOUT = 0.5
+"""Seconds a look at the worker records may take before the call goes ahead regardless."""
 ARRIVALS_BATCH = 200
 """Messages handled on the inbox before letting the event loop run other work."""
 
@@ -56,6 +59,8 @@ class NatsClientTransport(ClientTransport):
         self._arrivals = 0
         self._resends: set[asyncio.Task[None]] = set()
         self._queues: set[str] = set()
+        self._presence: Presence | None = None
+        """The no-worker rule (None with ``worker_window=0``)."""
 
     async def connect(self) -> None:
         nc = await open_connection(
@@ -69,6 +74,12 @@ class NatsClientTransport(ClientTransport):
             await close_connection(nc)
             raise TransportError(f"can't subscribe to replies on NATS: {exc!r}") from exc
         self._nc = nc
+        window = self._settings.worker_window
+        self._presence = (
+            Presence(nc.jetstream(timeout=self._settings.connect_timeout), window, RECORDS_TIMEOUT)
+            if window
+            else None
+        )
         if self._settings.jetstream:
             self._stored = StoredRequests(
                 nc.jetstream(),
@@ -91,8 +102,11 @@ class NatsClientTransport(ClientTransport):
         self, queue: str, body: bytes, deadline: float, trace: TraceContext | None = None
     ) -> bytes:
         self._live(queue)
+        if self._stored is not None:
+            # Before its stream is made: a queue nobody serves is left with nothing.
+            await self._check_served(queue)
         correlation_id, future = self._router.expect(deadline)
-        call = Call(queue, body, deadline, future)
+        call = Call(queue, body, deadline, future, trace=trace, sent=time.time())
         self._calls[correlation_id] = call
         try:
             if self._stored is not None:
@@ -110,19 +124,61 @@ class NatsClientTransport(ClientTransport):
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
         nc = self._live(queue)
-        headers = wire.deadline_header(deadline) or None
+        await self._check_served(queue)
+        headers = wire.request_headers(deadline, trace)
         self._check_size(nc, body, headers)
         if self._stored is not None:
-            await self._stored.notify(queue, body, headers or {}, deadline)
+            await self._stored.notify(queue, body, headers, deadline)
             return
         try:
             await nc.publish(queue, body, headers=headers)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {queue!r}: {exc!r}") from exc
 
+    async def _check_served(self, queue: str) -> None:
+        """`NoWorkers` unless a worker of `queue` was seen within the window (or none can
+        tell: a server without JetStream keeps no worker records)."""
+        if self._presence is not None and await self._presence.served(queue) is False:
+            raise self._no_workers(queue)
+
+    def _no_workers(self, queue: str) -> NoWorkers:
+        window = self._settings.worker_window
+        return NoWorkers(queue, f"none seen in the last {window:g} s (?worker_window=)")
+
+    def _no_responders(self, correlation_id: str) -> None:
+        """Core: no worker is subscribed now. Sent again while one was seen within the window
+        (a restart), else the call fails with `NoWorkers`."""
+        call = self._calls.get(correlation_id)
+        if call is None or call.future.done():
+            return
+        if self._presence is None:
+            self._resend_later(correlation_id, 0)
+            return
+        task = asyncio.create_task(self._resend_if_served(correlation_id, call))
+        self._resends.add(task)
+        task.add_done_callback(self._resends.discard)
+
+    async def _resend_if_served(self, correlation_id: str, call: Call) -> None:
+        assert self._presence is not None
+        served = await self._presence.served(call.queue)
+        if served:
+            self._resend_later(correlation_id, 0)
+        elif served is None:
+            self._fail(
+                correlation_id,
+                NoWorkers(
+                    call.queue,
+                    "none subscribed, and none answered this client in the last "
+                    f"{self._settings.worker_window:g} s (the server keeps no worker records "
+                    "without JetStream)",
+                ),
+            )
+        else:
+            self._fail(correlation_id, self._no_workers(call.queue))
+
     async def _publish(self, correlation_id: str, call: Call) -> None:
         nc = self._live(call.queue)
-        headers = wire.deadline_header(call.deadline)
+        headers = wire.request_headers(call.deadline, call.trace, call.sent)
         if call.delivery_count > 1:
             headers[wire.DELIVERY_COUNT] = str(call.delivery_count)
         self._check_size(nc, call.body, headers)
@@ -155,7 +211,7 @@ class NatsClientTransport(ClientTransport):
         headers = msg.headers
         if headers and not msg.data:
             if headers.get(wire.NATS_STATUS) == wire.NO_RESPONDERS:
-                self._resend_later(correlation_id, 0)  # no worker subscribed (yet)
+                self._no_responders(correlation_id)
                 return
             status = headers.get(wire.STATUS)
             if status == wire.Bounce.BUSY:
@@ -170,6 +226,10 @@ class NatsClientTransport(ClientTransport):
                     TransportError("the reply exceeded the NATS server's max_payload"),
                 )
                 return
+        if self._presence is not None:
+            call = self._calls.get(correlation_id)
+            if call is not None:
+                self._presence.answer_from(call.queue)
         self._router.resolve(correlation_id, msg.data)
 
     def _fail(self, correlation_id: str, exc: Exception) -> None:

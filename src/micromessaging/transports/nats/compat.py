@@ -19,6 +19,7 @@ from typing import Any
 
 from nats.aio.client import Client as _Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 logger = logging.getLogger("micromessaging.transport.nats")
 
@@ -55,3 +56,21 @@ class Client(_Client):
 def reconnect_forever(connection: _Client) -> None:
     """From now on, a lost server is retried for ever (calls fail or time out meanwhile)."""
     connection.options["max_reconnect_attempts"] = -1
+
+
+async def drain_subscription(connection: _Client, subscription: Subscription) -> None:
+    """Stop `subscription` at the server, then read every message the server sent it first.
+
+    nats-py's own ``drain`` waits for one PING round trip after its UNSUB, but writes that
+    PING at once, ahead of the UNSUB still in its buffer: its PONG can come before the
+    server has even seen the UNSUB, and what the server sends meanwhile is dropped. A
+    second round trip is written after the UNSUB (the first one waited for the buffer to
+    go out), so once its PONG is back nothing more can come.
+    """
+    await connection._send_unsubscribe(subscription._id)
+    await connection.flush()
+    await connection.flush()
+    await subscription._pending_queue.join()
+    subscription._closed = True
+    subscription._stop_processing()
+    connection._remove_sub(subscription._id)

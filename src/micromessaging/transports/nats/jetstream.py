@@ -36,10 +36,10 @@ from nats.js import JetStreamContext
 from ..._exceptions import TransportError
 from .._shared import Backoff
 from ..base import WorkerOptions
-from . import wire
+from . import compat, wire
 from .connection import NATS_ERRORS, where
 from .streams import ensure_consumer, ensure_dead_letter_stream, ensure_work_stream
-from .worker import NatsDelivery, NatsWorkerBase
+from .worker import DRAIN_TIMEOUT, NatsDelivery, NatsWorkerBase
 
 logger = logging.getLogger("micromessaging.transport.nats")
 
@@ -59,11 +59,13 @@ _CONSUMER_GONE = "consumer deleted"
 class _Pull:
     """One pull request: when we stop expecting its messages, and how many are still due."""
 
-    __slots__ = ("due", "until")
+    __slots__ = ("due", "no_wait", "until")
 
-    def __init__(self, due: int, until: float) -> None:
+    def __init__(self, due: int, until: float, no_wait: bool = False) -> None:
         self.due = due
         self.until = until
+        self.no_wait = no_wait
+        """Asked only for what the stream holds now: it ends at once, messages or not."""
 
 
 class NatsJetStreamWorkerTransport(NatsWorkerBase):
@@ -111,8 +113,9 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         ]
 
     async def _set_up(self, js: JetStreamContext) -> None:
-        await ensure_work_stream(js, self.queue, self._settings.max_age)
-        await ensure_dead_letter_stream(js, self.queue)
+        replicas = self._settings.replicas
+        await ensure_work_stream(js, self.queue, self._settings.max_age, replicas)
+        await ensure_dead_letter_stream(js, self.queue, replicas)
         await ensure_consumer(js, self.queue, self._settings.ack_wait)
 
     async def _reconnected(self) -> None:
@@ -150,7 +153,8 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
                     request = {"batch": wanted, "no_wait": True}
                 try:
                     await nc.publish(self._pull_subject, orjson.dumps(request), reply=self._inbox)
-                    self._pulls.append(_Pull(wanted, now + PULL_EXPIRES + PULL_GRACE))
+                    until = now + PULL_EXPIRES + PULL_GRACE
+                    self._pulls.append(_Pull(wanted, until, no_wait=bool(extra)))
                 except NATS_ERRORS as exc:
                     logger.debug("pull request failed: %r", exc)
             wait = self._pulls[0].until - now if self._pulls else 0.5
@@ -172,6 +176,7 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
             self._pulls[0].due -= 1
             if self._pulls[0].due <= 0:
                 self._pulls.popleft()
+                self._wake.set()
         deadline = wire.read_deadline(headers)
         if deadline is not None and deadline <= time.time():
             # Its caller has gone: acknowledged here (stopping or not), without a slot or a
@@ -269,28 +274,6 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
                 with contextlib.suppress(TransportError):
                     await self._signal(delivery, IN_PROGRESS)
 
-    async def keep_dead_letter(self, delivery: NatsDelivery, reason: str) -> None:
-        """Store the request in the queue's dead-letter stream, with the reason."""
-        assert self._js is not None
-        headers = {
-            wire.REASON: reason,
-            wire.DELIVERY_COUNT: str(delivery.delivery_count),
-            **wire.deadline_header(delivery.deadline),
-        }
-        if delivery.reply_to:
-            headers[wire.REPLY_TO] = delivery.reply_to
-        subject = wire.dead_letter_subject(self.queue)
-        try:
-            try:
-                await self._js.publish(subject, delivery.body, headers=headers)
-            except nats.js.errors.NoStreamResponseError:
-                # Deleted (by an operator, say): made again, or every dead letter would be
-                # retried for ever, each holding a slot.
-                await ensure_dead_letter_stream(self._js, self.queue)
-                await self._js.publish(subject, delivery.body, headers=headers)
-        except NATS_ERRORS as exc:
-            raise TransportError(f"can't store a dead letter in JetStream: {exc!r}") from exc
-
     # --- stopping ----------------------------------------------------------------------------
 
     async def _stop_taking(self) -> None:
@@ -309,17 +292,25 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         self._tasks = []
         returned, self._returned = [*deliveries, *self._held, *self._returned], []
         self._held.clear()
-        if self._nc is not None and returned:
-            await self._outlive_pulls()
+        if self._nc is not None:
+            # With requests to give back, every pull must end first (see `_outlive_pulls`);
+            # else only the pulls that end at once, and bring what the stream holds now.
+            await self._outlive_pulls(only_no_wait=not returned)
+        sub, self._sub = self._sub, None
+        if sub is not None and self._nc is not None:
+            # Drained, not dropped: what our pulls brought and we have not read yet is
+            # read now (expired requests acknowledged, live ones given back below).
+            # Dropped, each would wait ack_wait at the server before anyone got it.
+            with contextlib.suppress(*NATS_ERRORS):
+                await asyncio.wait_for(compat.drain_subscription(self._nc, sub), DRAIN_TIMEOUT)
+        returned.extend(self._returned)
+        self._returned = []
+        if self._nc is not None:
             for delivery in returned:
                 with contextlib.suppress(TransportError):
                     await self._signal(delivery, NAK)
-        sub, self._sub = self._sub, None
-        if sub is not None and self._nc is not None:
-            with contextlib.suppress(*NATS_ERRORS):
-                await sub.unsubscribe()
 
-    async def _outlive_pulls(self) -> None:
+    async def _outlive_pulls(self, only_no_wait: bool = False) -> None:
         """Wait until the server has ended our pull requests (they expire within seconds).
 
         A request NAKed while one of our pulls is open would be delivered straight back to
@@ -328,6 +319,8 @@ class NatsJetStreamWorkerTransport(NatsWorkerBase):
         """
         deadline = time.monotonic() + PULL_EXPIRES + PULL_GRACE
         while self._pulls and time.monotonic() < deadline:
+            if only_no_wait and not any(pull.no_wait for pull in self._pulls):
+                return
             self._wake.clear()
             if self._pulls[0].until <= time.monotonic():
                 self._pulls.popleft()  # its end was never reported: expired by now

@@ -33,6 +33,7 @@ from nats.js import JetStreamContext
 
 from ..._exceptions import CallTimeout, TransportError
 from .._shared import wait_shared
+from ..base import TraceContext
 from . import wire
 from .connection import NATS_ERRORS
 from .streams import ensure_work_stream
@@ -59,6 +60,9 @@ class Call:
     published: bool = False
     seq: int | None = None
     """JetStream: the request's sequence number in its stream, once its PubAck came."""
+    trace: TraceContext | None = None
+    sent: float = 0.0
+    """When the call was first sent (a resent request keeps it: it waited all along)."""
 
 
 class StoredRequests:
@@ -96,7 +100,7 @@ class StoredRequests:
         ready = self._streams.get(queue)
         if ready is None or (ready.done() and ready.exception() is not None):
             ready = self._streams[queue] = asyncio.ensure_future(
-                ensure_work_stream(self.js, queue, self._settings.max_age)
+                ensure_work_stream(self.js, queue, self._settings.max_age, self._settings.replicas)
             )
             ready.add_done_callback(_retrieve)
         return ready
@@ -156,7 +160,7 @@ class StoredRequests:
 
     async def _put(self, correlation_id: str, call: Call) -> None:
         nc = self._connection()
-        headers = wire.deadline_header(call.deadline)
+        headers = wire.request_headers(call.deadline, call.trace, call.sent or None)
         headers[wire.REPLY_TO] = self._inbox + correlation_id
         self._check_size(nc, call.body, headers)
         try:

@@ -33,7 +33,7 @@ async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None
 
 
 async def ensure_work_stream(
-    js: JetStreamContext, queue: str, max_age: float | None = None
+    js: JetStreamContext, queue: str, max_age: float | None = None, replicas: int = 1
 ) -> None:
     """The stream holding `queue`'s requests until a worker acknowledges them (or, with
     `max_age`, until they are that many seconds old: the server drops them then)."""
@@ -45,11 +45,12 @@ async def ensure_work_stream(
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
             max_age=max_age,
+            num_replicas=replicas,
         ),
     )
 
 
-async def ensure_dead_letter_stream(js: JetStreamContext, queue: str) -> None:
+async def ensure_dead_letter_stream(js: JetStreamContext, queue: str, replicas: int = 1) -> None:
     """The stream keeping `queue`'s dead letters (an operator reads and purges it)."""
     await _ensure_stream(
         js,
@@ -58,6 +59,7 @@ async def ensure_dead_letter_stream(js: JetStreamContext, queue: str) -> None:
             subjects=[wire.dead_letter_subject(queue)],
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
+            num_replicas=replicas,
         ),
     )
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from ..._exceptions import ConfigurationError
-from .._shared import UrlOptions, decode_deadline, encode_deadline
+from .._context import decode_sent, encode_sent, read_trace, trace_headers
+from .._shared import WORKER_WINDOW, UrlOptions, decode_deadline, encode_deadline, worker_window
+from ..base import TraceContext
 
 DEADLINE = "Mm-Deadline"
 """Integer milliseconds since the Unix epoch after which the caller no longer waits."""
@@ -24,6 +26,8 @@ REPLY_TO = "Mm-Reply-To"
 """JetStream mode: the reply subject (the NATS reply field carries JetStream's own acks)."""
 STATUS = "Mm-Status"
 """On an empty-bodied message to a reply subject: why it carries no reply (see `Bounce`)."""
+SENT = "Mm-Sent"
+"""Integer milliseconds since the Unix epoch at which the client sent the request."""
 REASON = "Mm-Reason"
 """On a dead letter: why the worker gave up on the request."""
 NATS_STATUS = "Status"
@@ -60,6 +64,8 @@ URL_OPTIONS = frozenset(
         "connect_timeout",
         "backlog",
         "max_age",
+        "worker_window",
+        "replicas",
     }
 )
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -80,6 +86,10 @@ class NatsSettings:
     """Core-mode workers: requests held beyond the concurrency before bouncing (None: 1024)."""
     max_age: float | None = None
     """JetStream: seconds a request may wait in a stream this end creates (None: for ever)."""
+    worker_window: float = WORKER_WINDOW
+    """Clients: seconds since a worker was last seen after which calls fail with NoWorkers."""
+    replicas: int = 1
+    """JetStream: copies of each stream this end creates, on as many servers of a cluster."""
 
 
 def parse_url(url: str) -> NatsSettings:
@@ -87,7 +97,8 @@ def parse_url(url: str) -> NatsSettings:
 
     Options: ``jetstream`` (durable mode), ``ack_wait`` and ``max_age`` (seconds, JetStream),
     ``inbox_prefix``, ``tls_insecure`` (accept any certificate), ``reconnect_wait``,
-    ``connect_timeout`` and ``backlog`` (core-mode workers).
+    ``connect_timeout``, ``backlog`` (core-mode workers), ``worker_window`` (clients: the
+    no-worker rule) and ``replicas`` (JetStream streams this end creates).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -119,6 +130,8 @@ def parse_url(url: str) -> NatsSettings:
         connect_timeout=options.seconds("connect_timeout", 2.0),
         backlog=options.count("backlog", 0) if "backlog" in options else None,
         max_age=options.seconds("max_age", 0) if "max_age" in options else None,
+        worker_window=worker_window(options),
+        replicas=options.count("replicas", 1, minimum=1),
     )
 
 
@@ -166,6 +179,11 @@ def dead_letter_subject(queue: str) -> str:
     return DEAD_LETTER_PREFIX + queue
 
 
+def token(name: str) -> str:
+    """`name` as one subject token (dots and other unsafe characters become ``_``)."""
+    return _STREAM_UNSAFE.sub("_", name)
+
+
 def stream_name(queue: str) -> str:
     """The JetStream work-queue stream holding a queue's requests."""
     return "MM_" + _STREAM_UNSAFE.sub("_", queue)
@@ -179,6 +197,26 @@ def dead_letter_stream_name(queue: str) -> str:
 def deadline_header(deadline: float | None) -> dict[str, str]:
     """The headers carrying `deadline` (epoch seconds)."""
     return {} if deadline is None else {DEADLINE: str(encode_deadline(deadline))}
+
+
+def request_headers(
+    deadline: float | None, trace: TraceContext | None = None, sent: float | None = None
+) -> dict[str, str]:
+    """The headers a request carries: its deadline, when it was sent, the trace context."""
+    headers = deadline_header(deadline)
+    headers[SENT] = encode_sent(time.time() if sent is None else sent)
+    headers.update(trace_headers(trace))
+    return headers
+
+
+def read_sent(headers: Mapping[str, str] | None) -> float | None:
+    """When the client sent the request (epoch seconds), or None when unreadable."""
+    return decode_sent(headers.get(SENT)) if headers else None
+
+
+def read_trace_context(headers: Mapping[str, str] | None) -> TraceContext | None:
+    """The caller's trace context, or None when absent or malformed (dropped, never fatal)."""
+    return read_trace(headers) if headers else None
 
 
 def read_deadline(headers: Mapping[str, str] | None) -> float | None:

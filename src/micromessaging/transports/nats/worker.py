@@ -18,15 +18,19 @@ import logging
 import math
 from collections import deque
 
+import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
 
 from ..._exceptions import TransportError
 from .._shared import LedgerDelivery, WorkerTransportBase
 from ..base import WorkerOptions
-from . import wire
+from . import presence, wire
 from .connection import NATS_ERRORS, close_connection, open_connection, where
+from .streams import ensure_dead_letter_stream
 
 logger = logging.getLogger("micromessaging.transport.nats")
 
@@ -54,6 +58,8 @@ class NatsDelivery(LedgerDelivery):
         self.reply_to = None if self.refusal else reply_to
         self.body = msg.data
         self.deadline = wire.read_deadline(msg.headers)
+        self.sent = wire.read_sent(msg.headers)
+        self.trace = wire.read_trace_context(msg.headers)
         self.delivery_count = delivery_count
 
     @property
@@ -75,6 +81,10 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         self.inbox_prefix = self._settings.inbox_prefix
         wire.check_queue(options.queue)
         self._nc: NATS | None = None
+        self._records_js: JetStreamContext | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._dead_letter_stream = False
+        """Whether this worker has seen its queue's dead-letter stream (or made it)."""
 
     def _connection(self) -> NATS:
         if self._nc is None:
@@ -82,12 +92,46 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         return self._nc
 
     async def _connect(self) -> NATS:
-        self._nc = await open_connection(
+        nc = self._nc = await open_connection(
             self._settings,
             f"micromessaging-worker {self.queue}",
             on_reconnect=self._reconnected,
         )
-        return self._nc
+        try:
+            # Answers `status` (every mode), then says it is alive where clients look.
+            for subject in (presence.status_subject(self.queue), presence.ALL_STATUS):
+                await nc.subscribe(subject, cb=self._asked_status)
+        except NATS_ERRORS as exc:
+            await self._disconnect()
+            raise TransportError(f"can't subscribe on NATS: {exc!r}") from exc
+        self._records_js = nc.jetstream(timeout=self._settings.connect_timeout)
+        await self._announce()
+        self._heartbeat = asyncio.create_task(self._keep_announcing())
+        return nc
+
+    async def _announce(self) -> None:
+        reporter = self.reporter
+        if reporter is None or self._records_js is None:
+            return
+        try:
+            kept = await presence.announce(self._records_js, reporter(), self._settings.replicas)
+        except (*NATS_ERRORS, nats.js.errors.Error) as exc:
+            logger.debug("worker record of %r not stored: %r", self.queue, exc)
+            kept = True  # JetStream is there (it answered): try again next time
+        if not kept:
+            self._records_js = None
+
+    async def _keep_announcing(self) -> None:
+        while True:
+            await asyncio.sleep(presence.HEARTBEAT)
+            await self._announce()
+
+    async def _asked_status(self, msg: Msg) -> None:
+        reporter = self.reporter
+        if reporter is None or wire.reply_subject_refusal(msg.reply, self.inbox_prefix):
+            return
+        with contextlib.suppress(*NATS_ERRORS):
+            await self._connection().publish(msg.reply, orjson.dumps(reporter().to_json()))
 
     async def _reconnected(self) -> None:
         logger.info("worker of %r reconnected to NATS", self.queue)
@@ -122,19 +166,53 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         await self._complete(delivery, reply)
 
     async def keep_dead_letter(self, delivery: NatsDelivery, reason: str) -> None:
-        """Publish the request on the queue's dead-letter subject, with the reason."""
+        """Store the request in the queue's dead-letter stream, with the reason (core NATS
+        without JetStream: publish it on the dead-letter subject, for whoever listens)."""
         nc = self._connection()
         headers = {
             wire.REASON: reason,
             wire.DELIVERY_COUNT: str(delivery.delivery_count),
             **wire.deadline_header(delivery.deadline),
         }
+        if delivery.reply_to:
+            headers[wire.REPLY_TO] = delivery.reply_to  # for a replay
+        subject = wire.dead_letter_subject(self.queue)
+        js = self._records_js
+        if js is not None:
+            try:
+                if not self._dead_letter_stream:
+                    # Made by the first dead letter (a publish before would reach
+                    # subscribers of the subject twice).
+                    await ensure_dead_letter_stream(js, self.queue, self._settings.replicas)
+                    self._dead_letter_stream = True
+                try:
+                    await js.publish(subject, delivery.body, headers=headers)
+                except nats.js.errors.NoStreamResponseError:
+                    # Not made yet (only a dead letter makes it), or deleted by an operator:
+                    # made again, or every dead letter would be retried for ever.
+                    await ensure_dead_letter_stream(js, self.queue, self._settings.replicas)
+                    await js.publish(subject, delivery.body, headers=headers)
+                return
+            except NATS_ERRORS as exc:
+                if self._settings.jetstream:
+                    raise TransportError(
+                        f"can't store a dead letter in JetStream: {exc!r}"
+                    ) from exc
+                self._records_js = None  # core NATS without JetStream after all
         try:
-            await nc.publish(wire.dead_letter_subject(self.queue), delivery.body, headers=headers)
+            await nc.publish(subject, delivery.body, headers=headers)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish a dead letter on NATS: {exc!r}") from exc
 
     async def _disconnect(self) -> None:
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._announce(), 2)  # seen until now: a restart waits
+        self._records_js = None
         nc, self._nc = self._nc, None
         if nc is not None:
             with contextlib.suppress(*NATS_ERRORS):

@@ -8,7 +8,9 @@ a delivery count). docs/wire-redis.md describes both, field by field.
 
 URL options besides redis-py's own: ``?wire=seed`` makes a client speak the seed's protocol;
 ``?heartbeat=SECONDS`` sets a worker's heartbeat TTL, which bounds how long a killed
-worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s).
+worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s);
+``?worker_window=SECONDS`` is the no-worker rule of clients (default 30, 0 with
+``wire=seed``: a call to a queue no worker was seen alive on fails with `NoWorkers`).
 ``redis+cluster://host:port,host:port`` (``rediss+cluster://`` with TLS) is a Redis Cluster,
 and ``?shards=N`` spreads one queue over N lists (N slots): docs/scaling.md.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from ..._exceptions import ConfigurationError
 from ..base import ClientTransport, SyncClientTransport, WorkerOptions
+from .admin import RedisAdmin, admin_transport
 from .client import RedisClientTransport, RedisSeedClientTransport
 from .connection import RedisSettings
 from .shards import ShardedWorkerTransport
@@ -59,6 +62,7 @@ def worker_transport(
 
 
 __all__ = [
+    "RedisAdmin",
     "RedisClientTransport",
     "RedisDelivery",
     "RedisSeedClientTransport",
@@ -67,6 +71,7 @@ __all__ = [
     "RedisSyncClientTransport",
     "RedisWorkerTransport",
     "ShardedWorkerTransport",
+    "admin_transport",
     "client_transport",
     "sync_client_transport",
     "worker_transport",

@@ -8,15 +8,23 @@ how a reply is read, the errors raised, the pool they connect with - is here, on
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    NoPermissionError,
+    NoScriptError,
+)
 
-from ..._exceptions import TransportError
+from ..._exceptions import NoWorkers, TransportError
 from .._shared import Refused, looks_refused
+from ..base import TraceContext
 from . import scripts, wire
 from .connection import LINK_ERRORS, RedisSettings, transport_error
 
@@ -44,17 +52,152 @@ def client_name(client_id: str) -> str:
     return f"mm:client:{client_id}"
 
 
-def notification(body: bytes, deadline: float | None) -> bytes:
-    """The message for a call that wants no reply: the seed form, or a header with a deadline."""
-    return body if deadline is None else wire.encode_request(body, None, None, deadline)
+def notification(
+    body: bytes, deadline: float | None, sent: float, trace: TraceContext | None
+) -> bytes:
+    """The message for a call that wants no reply: a header without reply_to (send time,
+    deadline when there is one, trace context when given), then the body."""
+    return wire.encode_request(body, None, None, deadline, sent, trace)
 
 
-def push_commands(messages: Iterable[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
-    """The LPUSH commands for (queue, message) pairs: one per queue, in order."""
-    by_queue: dict[str, list[bytes]] = {}
-    for queue, message in messages:
-        by_queue.setdefault(queue, []).append(message)
-    return [("LPUSH", queue, *items) for queue, items in by_queue.items()]
+PUSH_SHA = hashlib.sha1(scripts.PUSH.encode()).hexdigest()
+
+
+class Pushes:
+    """How one client pushes: plain LPUSH, or under the no-worker rule (`scripts.PUSH`).
+
+    With a window, each push is the script that pushes only when a worker of the queue was
+    seen alive within it, atomically. A Redis that doesn't know the script yet gets it
+    again in full (EVAL); an ACL that refuses scripts gets the same rule in two steps (TIME
+    and GET of the last-seen key, then LPUSH), which a worker's death can race. Its state
+    is a flag and a dict: threads may share it.
+    """
+
+    def __init__(self, window: float, *, cluster: bool = False) -> None:
+        self.window = window
+        self.cluster = cluster
+        """On a Redis Cluster the last-seen key shares the queue's slot (`wire.seen_key`)."""
+        self.window_ms = int(window * 1000)
+        self.scripted = True
+        self._served_until: dict[str, float] = {}
+        """Per queue, until when (monotonic) Redis said its pushes will be accepted."""
+
+    def plan(self, messages: Iterable[tuple[str, bytes]]) -> PushPlan:
+        """The rounds of commands that push (queue, message) pairs: one push per queue."""
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, message in messages:
+            by_queue.setdefault(queue, []).append(message)
+        return PushPlan(self, by_queue)
+
+    def combinable(self, queue: str) -> bool:
+        """Whether a push to `queue` can go in one write with a blocking read: its outcome
+        is known to be a push (no rule, or Redis said lately that it will accept it now)."""
+        if not self.window_ms:
+            return True
+        return self.scripted and time.monotonic() < self._served_until.get(queue, 0.0)
+
+    def accepted(self, queue: str, left_ms: object) -> None:
+        """A push to `queue` went in under the rule, and more will for `left_ms`."""
+        if len(self._served_until) > 10_000:
+            self._served_until.clear()
+        if type(left_ms) is int:
+            self._served_until[queue] = time.monotonic() + left_ms / 1000
+
+    def no_workers(self, queue: str) -> NoWorkers:
+        """The error of a call to `queue` none of whose workers was seen alive lately."""
+        self._served_until.pop(queue, None)
+        return NoWorkers(
+            queue, f"none seen alive in the last {self.window:g} s (?worker_window=, 0: wait)"
+        )
+
+
+class PushPlan:
+    """One push of a batch, as rounds of commands a client sends and feeds the replies of.
+
+    `first()` gives the first round; `next(replies)` the next one (a script Redis did not
+    know, the two-step check), or None when every queue's push is settled; then `outcomes`
+    holds, per queue, None (pushed) or the error (`NoWorkers`, or Redis's own).
+    """
+
+    def __init__(self, pushes: Pushes, by_queue: dict[str, list[bytes]]) -> None:
+        self._pushes = pushes
+        self._by_queue = by_queue
+        self._round: list[tuple[str, str]] = []
+        self.outcomes: dict[str, BaseException | None] = {}
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues this plan pushes to."""
+        return list(self._by_queue)
+
+    def _mode(self) -> str:
+        pushes = self._pushes
+        return "plain" if not pushes.window_ms else "script" if pushes.scripted else "check"
+
+    def first(self) -> list[tuple[Any, ...]]:
+        """The first round of commands."""
+        mode = self._mode()
+        return self._commands([(queue, mode) for queue in self._by_queue])
+
+    def _commands(self, steps: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        self._round = steps
+        commands: list[tuple[Any, ...]] = []
+        window = self._pushes.window_ms
+        cluster = self._pushes.cluster
+        for queue, mode in steps:
+            items = self._by_queue[queue]
+            seen = wire.seen_key(queue, cluster=cluster)
+            if mode == "plain":
+                commands.append(("LPUSH", queue, *items))
+            elif mode in ("script", "eval"):
+                head = ("EVALSHA", PUSH_SHA) if mode == "script" else ("EVAL", scripts.PUSH)
+                commands.append((*head, 2, queue, seen, window, *items))
+            else:
+                commands += [("TIME",), ("GET", seen)]
+        return commands
+
+    def next(self, replies: list[Any]) -> list[tuple[Any, ...]] | None:
+        """Take the replies of the last round; the next round, or None when done."""
+        pushes, steps, later = self._pushes, self._round, []
+        at = 0
+        for queue, mode in steps:
+            reply = replies[at]
+            at += 1
+            if mode == "check":
+                seen, at = replies[at], at + 1
+                if isinstance(reply, Exception) or isinstance(seen, Exception):
+                    self.outcomes[queue] = reply if isinstance(reply, Exception) else seen
+                elif _left(reply, seen, pushes.window_ms) >= 0:
+                    later.append((queue, "plain"))
+                else:
+                    self.outcomes[queue] = pushes.no_workers(queue)
+            elif isinstance(reply, NoScriptError) and mode == "script":
+                later.append((queue, "eval"))
+            elif isinstance(reply, Exception) and mode != "plain" and _refuses_scripts(reply):
+                pushes.scripted = False
+                later.append((queue, "check"))
+            elif isinstance(reply, Exception):
+                self.outcomes[queue] = reply
+            elif mode != "plain" and reply == -1:
+                self.outcomes[queue] = pushes.no_workers(queue)
+            else:
+                if mode != "plain" and isinstance(reply, list) and len(reply) == 2:
+                    pushes.accepted(queue, reply[1])
+                self.outcomes[queue] = None
+        return self._commands(later) if later else None
+
+
+def _refuses_scripts(error: Exception) -> bool:
+    return isinstance(error, NoPermissionError) or "NOPERM" in str(error)
+
+
+def _left(now: Any, seen: Any, window_ms: int) -> float:
+    """For how many ms pushes are accepted, from TIME and GET replies (< 0: not now)."""
+    try:
+        redis_now = int(now[0]) * 1000 + int(now[1]) // 1000
+        return -1.0 if seen is None else float(seen) + window_ms - redis_now
+    except (TypeError, ValueError, IndexError):
+        return -1.0
 
 
 class Spreader:
@@ -171,6 +314,12 @@ class Failures:
     def sending(self, exc: BaseException) -> TransportError:
         """A push failed."""
         return transport_error(f"sending to {self.where}", exc)
+
+    def pushing(self, outcome: BaseException) -> TransportError:
+        """A push's outcome as the caller's error: `NoWorkers` as it is."""
+        if isinstance(outcome, TransportError):
+            return outcome
+        return self.sending(outcome)
 
     def reading(self, exc: BaseException) -> TransportError:
         """Reading replies failed."""

@@ -4,7 +4,9 @@ the blocking twin, and `calls` the core both share).
 `RedisClientTransport` (the default): every request is an envelope naming this client's one
 reply list and a correlation id; one reader task drains that list many replies per round
 trip (BLMPOP ... COUNT) and hands each to its waiting call. Requests made while a push is
-in flight go out together in one LPUSH, so 64 concurrent calls use two connections.
+in flight go out together in one push, so 64 concurrent calls use two connections. Under the
+no-worker rule (``?worker_window=``) a push is `scripts.PUSH`, which pushes only when a
+worker of the queue was seen alive lately (`calls.Pushes`), else the calls get `NoWorkers`.
 
 `RedisSeedClientTransport` (``?wire=seed``): exactly the seed's client, LPUSH of the bare
 request then BRPOP on the list its id names, which holds a connection per call in flight;
@@ -57,6 +59,7 @@ class RedisClientTransport(ClientTransport):
         self._pusher: Batcher[_Push] = Batcher(self._push)
         self._sweeps = calls.Sweeps()
         self._spreader = calls.Spreader(settings.shards)
+        self._pushes = calls.Pushes(settings.worker_window, cluster=settings.cluster)
         self._push_link: Link | None = None
         self._read_link: Link | None = None
         self._cluster: aiocluster.RedisCluster | None = None
@@ -90,7 +93,9 @@ class RedisClientTransport(ClientTransport):
         if not self._open:
             raise self._failures.closed()
         correlation_id, future = self._router.expect(deadline)
-        message = wire.encode_request_fast(self._prefix, correlation_id, deadline, body)
+        message = wire.encode_request_fast(
+            self._prefix, correlation_id, deadline, time.time(), body, trace
+        )
         try:
             await self._pusher.send((self._spreader.queue(queue), message, future, True))
             return await future
@@ -104,16 +109,18 @@ class RedisClientTransport(ClientTransport):
         if not self._open:
             raise self._failures.closed()
         pushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        notification = calls.notification(body, deadline)
-        await self._pusher.send((self._spreader.queue(queue), notification, pushed, False))
+        message = calls.notification(body, deadline, time.time(), trace)
+        await self._pusher.send((self._spreader.queue(queue), message, pushed, False))
         await pushed
 
     async def _push(self, batch: list[_Push]) -> None:
-        """LPUSH everything that waited, one command per queue, in one round trip."""
+        """LPUSH everything that waited, one push per queue, in one round trip (a second
+        one, rarely: a script Redis did not know yet, an ACL that refuses scripts)."""
         link = self._push_link
         assert link is not None
-        commands = calls.push_commands((queue, message) for queue, message, _, _ in batch)
-        sweeps = self._sweeps.due((command[1] for command in commands), time.time())
+        plan = self._pushes.plan((queue, message) for queue, message, _, _ in batch)
+        commands = plan.first()
+        sweeps = self._sweeps.due(plan.queues, time.time())
         try:
             try:
                 if self._cluster is not None:
@@ -125,18 +132,23 @@ class RedisClientTransport(ClientTransport):
                 # try once more on a new one. Should the first push have landed after all,
                 # the request runs twice and its second reply is dropped as unknown.
                 replies = await link.pipeline(*commands, *sweeps)
-            for reply in replies[: len(commands)]:
-                if isinstance(reply, Exception):
-                    raise reply
             self._sweeps.done(sweeps, replies[len(commands) :])
+            following = plan.next(replies[: len(commands)])
+            while following:
+                following = plan.next(await link.pipeline(*following))
         except CONNECTION_ERRORS as exc:
             error = self._failures.sending(exc)
             for _, _, future, _ in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        for _, _, future, awaits_reply in batch:
-            if not awaits_reply and not future.done():
+        for queue, _, future, awaits_reply in batch:
+            if future.done():
+                continue
+            outcome = plan.outcomes.get(queue)
+            if outcome is not None:
+                future.set_exception(self._failures.pushing(outcome))
+            elif not awaits_reply:
                 future.set_result(None)  # type: ignore[arg-type]
 
     async def _push_through_failover(
@@ -152,7 +164,9 @@ class RedisClientTransport(ClientTransport):
         while True:
             try:
                 replies = await link.pipeline(*commands, *sweeps)
-                failed = [r for r in replies[: len(commands)] if isinstance(r, Exception)]
+                # A transient refusal of a push is retried here; the other errors (a script
+                # the master does not know yet, an ACL) are the push plan's to handle.
+                failed = [r for r in replies[: len(commands)] if _transient_reply(r)]
                 if not failed:
                     return replies
                 raise failed[0]
@@ -239,12 +253,37 @@ class RedisClientTransport(ClientTransport):
         await close_client(cluster)
 
 
+def _transient_reply(reply: object) -> bool:
+    return isinstance(reply, Exception) and is_transient(reply)
+
+
+async def push(
+    redis_client: aioredis.Redis, pushes: calls.Pushes, queue: str, message: bytes
+) -> None:
+    """Push one message under `pushes`' rule, on its own (`NoWorkers` when refused; Redis's
+    errors as they are, for the caller to convert)."""
+    if not pushes.window_ms:
+        await redis_client.lpush(queue, message)
+        return
+    plan = pushes.plan([(queue, message)])
+    following: list[tuple[Any, ...]] | None = plan.first()
+    while following:
+        async with redis_client.pipeline(transaction=False) as pipe:
+            for command in following:
+                pipe.execute_command(*command)
+            following = plan.next(await pipe.execute(raise_on_error=False))
+    outcome = plan.outcomes.get(queue)
+    if outcome is not None:
+        raise outcome
+
+
 class RedisSeedClientTransport(ClientTransport):
     """The seed's client protocol: LPUSH the bare request, BRPOP the list named by its id."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
         self._failures = calls.Failures(settings)
+        self._pushes = calls.Pushes(settings.worker_window)
         self._redis: aioredis.Redis | None = None
         self._open = False
 
@@ -275,7 +314,7 @@ class RedisSeedClientTransport(ClientTransport):
         reply_list = calls.seed_reply_list(body)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.time()) + 1.0):
-                await redis_client.lpush(queue, body)
+                await push(redis_client, self._pushes, queue, body)
                 remaining = deadline - time.time()
                 got = None
                 if remaining > 0.001:
@@ -297,7 +336,7 @@ class RedisSeedClientTransport(ClientTransport):
         if not self._open or self._redis is None:
             raise self._failures.closed()
         try:
-            await self._redis.lpush(queue, body)
+            await push(self._redis, self._pushes, queue, body)
         except CONNECTION_ERRORS as exc:
             raise self._failures.sending(exc) from exc
 

@@ -7,6 +7,8 @@ query options). Our own query options are taken out first:
 - ``wire=seed``: the client speaks the seed's protocol (bare request, BRPOP on its id).
 - ``heartbeat=SECONDS``: a worker's heartbeat TTL; a killed worker's messages are back in
   the queue at most 1.5 x this after its death (default 10).
+- ``worker_window=SECONDS``: a client's no-worker rule (`_shared.worker_window`; default 30,
+  off with ``wire=seed``, whose Ruby workers never say they are alive).
 - ``shards=N``: one queue spread over N lists (`wire.shard_queue`), in N slots of a Redis
   Cluster: clients push to them in turn, a worker takes from all of them (`shards`).
 
@@ -46,7 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..._exceptions import ConfigurationError, TransportError
 from ..._settings import mask_password
-from .._shared import UrlOptions
+from .._shared import UrlOptions, worker_window
 from . import compat
 
 logger = logging.getLogger("micromessaging.transport.redis")
@@ -63,7 +65,7 @@ BLOCK_SECONDS = 1
 """How long one blocking pop waits in Redis, so that loops notice a stop or a lost link."""
 REPLY_BLOCK_SECONDS = 2
 
-OUR_OPTIONS = frozenset({"wire", "heartbeat", "shards"})
+OUR_OPTIONS = frozenset({"wire", "heartbeat", "worker_window", "shards"})
 MAX_SHARDS = 256
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -117,6 +119,8 @@ class RedisSettings:
     """The nodes a redis+cluster:// URL names; empty for one Redis."""
     shards: int = 1
     """How many lists one queue is spread over (``?shards=N``)."""
+    worker_window: float = 0.0
+    """Seconds: the no-worker rule of clients (`_shared.worker_window`; 0: off)."""
 
     @property
     def cluster(self) -> bool:
@@ -140,7 +144,10 @@ class RedisSettings:
         nodes: tuple[tuple[str, int], ...] = ()
         if scheme in CLUSTER_SCHEMES:
             clean, nodes = cluster_nodes(clean)
-        return cls(clean, mask_password(clean), wire, heartbeat, nodes, shards)
+        # The seed's workers never say they are alive: a seed-wire client waits, as the
+        # seed's own does, unless the URL asks for the rule.
+        window = worker_window(options) if wire != "seed" or "worker_window" in options else 0.0
+        return cls(clean, mask_password(clean), wire, heartbeat, nodes, shards, window)
 
     def configure(
         self,

@@ -1,11 +1,14 @@
 """Who is alive on a queue: a worker's registration and heartbeat, and recovery of the dead.
 
 Each worker registers its id in ``mm:<queue>:workers`` and keeps ``mm:<queue>:heartbeat:<id>``
-alive with a TTL (refreshed three times per TTL). Every live worker looks, at start and
-twice per TTL, for registered workers whose heartbeat has expired and moves their processing
-lists back to the consume end of the queue, counting a delivery (one Lua script each, so
-two live workers can't both do it). A killed worker's messages are therefore back in the
-queue at most 1.5 x TTL after its death. (On a Redis Cluster the keys are ``mm:{<queue>}:...``.)
+alive with a TTL (refreshed three times per TTL); the heartbeat holds the worker's record
+(`admin.WorkerRecord` as JSON), which ``status`` reads, and each beat moves the queue's
+last-seen time (``mm:<queue>:seen``, the no-worker rule of clients) forward. Every live
+worker looks, at start and twice per TTL, for registered workers whose heartbeat has
+expired and moves their processing lists back to the consume end of the queue, counting a
+delivery (one Lua script each, so two live workers can't both do it). A killed worker's
+messages are therefore back in the queue at most 1.5 x TTL after its death. (On a Redis
+Cluster the keys are ``mm:{<queue>}:...``, ``mm:queues`` aside.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from .connection import CONNECTION_ERRORS
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
+RECORD_INTERVAL = 0.5
+"""Seconds between two writes of a worker's record prompted by its calls (beats aside)."""
+
 
 class Liveness:
     """One worker's registration, heartbeat, recovery duty and final give-back."""
@@ -34,14 +40,17 @@ class Liveness:
         queue: str,
         worker_id: str,
         heartbeat: float,
+        record: Callable[[], bytes],
         cluster: bool = False,
     ) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.heartbeat = heartbeat
+        self._record = record
         self._redis = redis_client
         self._cluster = cluster
         self._workers = wire.workers_key(queue, cluster=cluster)
+        self._seen = wire.seen_key(queue, cluster=cluster)
         self._beat_script = redis_client.register_script(scripts.BEAT)
         self._give_back_script = redis_client.register_script(
             scripts.with_header_limit(scripts.GIVE_BACK, wire.HEADER_LIMIT)
@@ -51,6 +60,8 @@ class Liveness:
         )
         self._chores: list[asyncio.Task[None]] = []
         self._started = False
+        self._refresh: asyncio.Task[None] | None = None
+        self._written = 0.0
 
     def _heartbeat(self, worker_id: str) -> str:
         return wire.heartbeat_key(self.queue, worker_id, cluster=self._cluster)
@@ -61,6 +72,7 @@ class Liveness:
     async def start(self) -> None:
         """Register, recover what dead workers left, then keep both up in the background."""
         await self.beat()
+        await self._redis.sadd(wire.QUEUES_KEY, self.queue)
         await self.recover_orphans()
         self._started = True
         self._chores = [
@@ -70,10 +82,32 @@ class Liveness:
 
     async def stop(self) -> None:
         """Stop the heartbeat and recovery chores (the registration stays until give-back)."""
-        for task in self._chores:
+        self._started = False
+        chores = [*self._chores, *([self._refresh] if self._refresh else [])]
+        for task in chores:
             task.cancel()
-        await asyncio.gather(*self._chores, return_exceptions=True)
+        await asyncio.gather(*chores, return_exceptions=True)
         self._chores = []
+        self._refresh = None
+
+    def touch(self) -> None:
+        """The worker's record changed (a call settled): write it soon, at most every
+        `RECORD_INTERVAL`, so that ``status`` shows counts a moment old, not a beat old."""
+        if self._started and self._refresh is None:
+            self._refresh = asyncio.create_task(self._write_record())
+
+    async def _write_record(self) -> None:
+        try:
+            # A task: it runs once the settle that touched it has been counted.
+            wait = self._written + RECORD_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._written = time.monotonic()
+            await self.beat()
+        except CONNECTION_ERRORS as exc:
+            logger.debug("writing the record of worker %s failed: %s", self.worker_id, exc)
+        finally:
+            self._refresh = None
 
     async def _every(self, period: float, chore: Callable[[], Awaitable[None]]) -> None:
         failing = False
@@ -89,10 +123,11 @@ class Liveness:
             failing = False
 
     async def beat(self) -> None:
-        """Refresh the heartbeat and registration; warn when we had been taken for dead."""
+        """Refresh the heartbeat (our record), registration and the queue's last-seen time;
+        warn when we had been taken for dead."""
         dropped = await self._beat_script(
-            keys=[self._heartbeat(self.worker_id), self._workers],
-            args=[int(self.heartbeat * 1000), self.worker_id, int(time.time())],
+            keys=[self._heartbeat(self.worker_id), self._workers, self._seen],
+            args=[int(self.heartbeat * 1000), self.worker_id, self._record()],
         )
         if dropped and self._started:
             logger.warning(
@@ -103,6 +138,8 @@ class Liveness:
 
     async def recover_dead(self) -> None:
         """Give back the messages of registered workers whose heartbeat has expired."""
+        if self._started:
+            await self._redis.sadd(wire.QUEUES_KEY, self.queue)  # made again if deleted
         members = await self._redis.smembers(self._workers)
         ids = [m.decode() if isinstance(m, bytes) else m for m in members]
         others = [worker_id for worker_id in ids if worker_id != self.worker_id]
@@ -159,6 +196,7 @@ class Liveness:
                     self.queue,
                     self._heartbeat(self.worker_id),
                     self._workers,
+                    self._seen,
                 ],
                 args=[self.worker_id, *handed],
             )

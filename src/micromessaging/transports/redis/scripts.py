@@ -180,13 +180,25 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return false
 """
 )
+# Milliseconds since the epoch by Redis's clock: every time the no-worker rule compares is
+# Redis's own, so clients' and workers' clocks don't matter to it.
+_NOW = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
 
 GIVE_BACK = (
     _BUMP.replace("{limit}", "%(limit)d")
+    + _NOW
     + """
 -- A worker stopping: its unsettled items go back to the consume end of the queue, oldest
 -- last pushed so it is taken first. Items it handed over (ARGV[2..]) count a delivery.
--- KEYS: processing list, queue, heartbeat, workers set. ARGV: worker id, handed-over items.
+-- The last worker of the queue to leave marks it seen alive until now (not until its
+-- heartbeat would have expired): the no-worker window starts at its stop.
+-- KEYS: processing list, queue, heartbeat, workers set, last-seen key. ARGV: worker id,
+-- handed-over items.
 local handed = {}
 for i = 2, #ARGV do handed[ARGV[i]] = (handed[ARGV[i]] or 0) + 1 end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
@@ -200,6 +212,11 @@ for i = 1, #items do
 end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[4], ARGV[1])
+if redis.call('SCARD', KEYS[4]) == 0 and redis.call('EXISTS', KEYS[5]) == 1 then
+  local now = now_ms()
+  redis.call('SET', KEYS[5], string.format('%%.0f', now), 'PXAT',
+    string.format('%%.0f', now + %(keep)d))
+end
 return #items
 """
 )
@@ -219,17 +236,80 @@ return #items
 """
 )
 
-BEAT = """
--- KEYS: heartbeat, workers set. ARGV: TTL in ms, worker id, timestamp.
+SEEN_KEEP_MS = 3_600_000
+"""How long the last-seen key of a queue outlives its last worker's heartbeat (ms): a
+``worker_window`` beyond an hour acts as an hour."""
+
+BEAT = (
+    _NOW
+    + """
+-- KEYS: heartbeat, workers set, the queue's last-seen key. ARGV: TTL in ms, worker id,
+-- the worker's record (JSON). The heartbeat holds the record; the last-seen key holds until
+-- when (ms, Redis's clock) some worker of the queue is known to be alive: the latest
+-- heartbeat expiry of any of them.
 -- Returns 1 when the worker had been dropped from the set (recovered as dead) meanwhile.
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[1])
+local ttl = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
+local alive = now_ms() + ttl
+local seen = tonumber(redis.call('GET', KEYS[3]))
+if not seen or seen < alive then
+  redis.call('SET', KEYS[3], string.format('%%.0f', alive), 'PXAT',
+    string.format('%%.0f', alive + %(keep)d))
+end
 return redis.call('SADD', KEYS[2], ARGV[2])
+"""
+)
+
+PUSH = (
+    _NOW
+    + """
+-- A client's push under the no-worker rule: LPUSH the items onto the queue only when a
+-- worker of the queue was seen alive within the window, atomically (no worker can vanish
+-- between the check and the push, and a refused push writes nothing).
+-- KEYS: queue, its last-seen key. ARGV: the window (ms, > 0), then the items.
+-- Returns -1 (and pushes nothing) when no worker was seen alive; else {the queue's length,
+-- for how many more ms pushes will be accepted unless a worker beats again}.
+local seen = tonumber(redis.call('GET', KEYS[2]))
+local left = seen and seen + tonumber(ARGV[1]) - now_ms()
+if not left or left < 0 then return -1 end
+local length = 0
+for i = 2, #ARGV, 1000 do
+  length = redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return {length, left}
+"""
+)
+
+REPLAY = """
+-- Dead letters back on their queue: each record still in the dead-letter list is removed
+-- and its request pushed where clients push (so it is taken after those already waiting).
+-- A record another replay or purge took first is skipped: each goes back at most once.
+-- KEYS: dead-letter list, queue. ARGV: record, request, record, request...
+-- Returns, per pair, 1 when it was replayed, 0 when the record was gone.
+local done = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    done[#done + 1] = 1
+  else
+    done[#done + 1] = 0
+  end
+end
+return done
+"""
+
+PURGE = """
+-- Dead letters deleted by value. KEYS: dead-letter list. ARGV: the records.
+-- Returns how many were still there.
+local removed = 0
+for i = 1, #ARGV do removed = removed + redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return removed
 """
 
 
 def with_header_limit(script: str, limit: int) -> str:
     """`script` with the envelope header limit filled in."""
-    return script % {"limit": limit}
+    return script % {"limit": limit, "keep": SEEN_KEEP_MS}
 
 
 def _header_limit(script: str) -> str:
@@ -238,3 +318,4 @@ def _header_limit(script: str) -> str:
 
 SWEEP = _header_limit(SWEEP)
 SETTLE = _header_limit(SETTLE)
+BEAT = BEAT % {"keep": SEEN_KEEP_MS}

@@ -65,6 +65,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._pushing = False
         self._sweeps = calls.Sweeps()
         self._spreader = calls.Spreader(settings.shards)
+        self._pushes = calls.Pushes(settings.worker_window, cluster=settings.cluster)
         self._closed = False
         self._redis: redis.Redis | redis.cluster.RedisCluster | None = None
         self._reader: redis.Redis | redis.cluster.RedisCluster | None = None
@@ -106,7 +107,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         cid = next(self._cids)
         queue = self._spreader.queue(queue)
         waiter = _Waiter()
-        message = wire.encode_request_fast(self._prefix, cid, deadline, body)
+        message = wire.encode_request_fast(self._prefix, cid, deadline, time.time(), body, trace)
         with self._lock:
             self._pending[cid] = waiter
             lone = len(self._pending) == 1 and not self._reading and not self._pushing
@@ -151,9 +152,9 @@ class RedisSyncClientTransport(SyncClientTransport):
                     return
             try:
                 if self._settings.cluster:
-                    self._push_through_failover(redis_client, batch, deadline)
+                    plan = self._push_through_failover(redis_client, batch, deadline)
                 else:
-                    self._push_batch(redis_client, batch)
+                    plan = self._push_batch(redis_client, batch)
             except BaseException as exc:
                 broken = isinstance(exc, CONNECTION_ERRORS)
                 error = self._failures.sending(exc)
@@ -167,25 +168,40 @@ class RedisSyncClientTransport(SyncClientTransport):
                         failed.wake.set()
                 if not broken:
                     raise
+                continue
+            with self._lock:
+                for name, _, waiter in batch:
+                    outcome = plan.outcomes.get(name)
+                    if outcome is not None:
+                        waiter.error = self._failures.pushing(outcome)
+                        waiter.wake.set()
 
-    def _push_batch(self, redis_client: Any, batch: list[tuple[str, bytes, _Waiter]]) -> None:
-        commands = calls.push_commands((name, item) for name, item, _ in batch)
-        sweeps = self._sweeps.due((command[1] for command in commands), time.time())
-        if len(commands) == 1 and not sweeps:
-            compat.execute(redis_client, commands[0])
-        else:
-            with redis_client.pipeline(transaction=False) as pipe:
-                for command in (*commands, *sweeps):
-                    compat.execute(pipe, command)
-                replies = pipe.execute(raise_on_error=False)
+    def _finish(self, redis_client: Any, plan: calls.PushPlan, replies: list[Any]) -> None:
+        """Send the rounds of `plan` that follow the first (rarely any)."""
+        following = plan.next(replies)
+        while following:
+            following = plan.next(_execute(redis_client, following))
+
+    def _push_batch(
+        self, redis_client: Any, batch: list[tuple[str, bytes, _Waiter]]
+    ) -> calls.PushPlan:
+        """Push `batch` (and the sweeps due) in one round trip, then the rounds that follow
+        (rarely any); the plan, whose outcomes say which pushes were refused."""
+        plan = self._pushes.plan((name, item) for name, item, _ in batch)
+        commands = plan.first()
+        sweeps = self._sweeps.due(plan.queues, time.time())
+        replies = _execute(redis_client, [*commands, *sweeps])
+        if self._settings.cluster:  # a master refusing for now: `_push_through_failover`
             for reply in replies[: len(commands)]:
-                if isinstance(reply, Exception):
+                if isinstance(reply, Exception) and is_transient(reply):
                     raise reply
-            self._sweeps.done(sweeps, replies[len(commands) :])
+        self._sweeps.done(sweeps, replies[len(commands) :])
+        self._finish(redis_client, plan, replies[: len(commands)])
+        return plan
 
     def _push_through_failover(
         self, redis_client: Any, batch: list[tuple[str, bytes, _Waiter]], deadline: float | None
-    ) -> None:
+    ) -> calls.PushPlan:
         """On a Redis Cluster, push again while a master is down and its replica not yet
         promoted: until the pushing caller's deadline (`calls.FAILOVER_PATIENCE` at most)."""
         backoff = Backoff()
@@ -194,8 +210,7 @@ class RedisSyncClientTransport(SyncClientTransport):
             give_up = min(give_up, deadline)
         while True:
             try:
-                self._push_batch(redis_client, batch)
-                return
+                return self._push_batch(redis_client, batch)
             except CONNECTION_ERRORS as exc:
                 delay = backoff.failed()
                 if self._closed or not is_transient(exc) or time.time() + delay > give_up:
@@ -213,14 +228,27 @@ class RedisSyncClientTransport(SyncClientTransport):
         deadline: float,
     ) -> None:
         """A lone caller's LPUSH and first BLMPOP, written together: the seed's two round
-        trips in one. Then the pusher's and the reader's roles go back as usual."""
+        trips in one. Then the pusher's and the reader's roles go back as usual.
+
+        Under the no-worker rule, only for a queue whose pushes were accepted lately: else
+        the push goes first, alone, so that a refusal does not wait for the read.
+        """
         assert self._reader is not None
         try:
+            if not self._pushes.combinable(queue):
+                with self._lock:
+                    self._outbox.append((queue, message, waiter))
+                self._send_outbox(redis_client)  # our role: a refusal reaches the waiter
+                if waiter.error is None:
+                    self._read_until(waiter, deadline, once=True)
+                return
             block = max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001)
             connection = compat.dedicated_connection(self._reader)  # type: ignore[arg-type]
             read = calls.read_command(self.reply_list, block)
+            plan = self._pushes.plan([(queue, message)])
+            push = plan.first()
             sweeps = self._sweeps.due((queue,), time.time())
-            commands = [("LPUSH", queue, message), *sweeps, read]
+            commands = [*push, *sweeps, read]
             replies: list[Any] = []
             try:
                 try:
@@ -239,10 +267,15 @@ class RedisSyncClientTransport(SyncClientTransport):
                 connection.disconnect()
                 self._fail_all(self._failures.reading(exc))
                 return
-            pushed, *swept, got = replies
-            self._sweeps.done(sweeps, swept)
-            if isinstance(pushed, Exception):
-                waiter.error = self._failures.sending(pushed)
+            got = replies[-1]
+            self._sweeps.done(sweeps, replies[len(push) : -1])
+            try:
+                self._finish(redis_client, plan, replies[: len(push)])
+            except CONNECTION_ERRORS as exc:
+                waiter.error = self._failures.sending(exc)
+            outcome = plan.outcomes.get(queue)
+            if outcome is not None:
+                waiter.error = self._failures.pushing(outcome)
             elif isinstance(got, Exception):
                 if calls.replies_may_be_lost(got):
                     self._fail_all(self._failures.reading(got))
@@ -285,8 +318,9 @@ class RedisSyncClientTransport(SyncClientTransport):
                 waiter.wake.wait(remaining)
                 waiter.wake.clear()
 
-    def _read_until(self, waiter: _Waiter, deadline: float) -> None:
-        """Hand out replies until ours has come or our deadline has passed."""
+    def _read_until(self, waiter: _Waiter, deadline: float, *, once: bool = False) -> None:
+        """Hand out replies until ours has come or our deadline has passed (`once`: one
+        read, or until a read fails)."""
         assert self._reader is not None
         while waiter.reply is None and waiter.error is None:
             block = min(deadline - time.time(), REPLY_BLOCK_SECONDS)
@@ -302,6 +336,8 @@ class RedisSyncClientTransport(SyncClientTransport):
                 time.sleep(min(REFUSED_READ_PAUSE, max(deadline - time.time(), 0)))
                 continue
             self._hand_out(calls.replies(got))
+            if once:
+                return
 
     def _read(self, reader: redis.Redis | redis.cluster.RedisCluster, block: float) -> Any:
         """One read of the reply list (on a cluster, sent to the node of its slot at once:
@@ -333,10 +369,8 @@ class RedisSyncClientTransport(SyncClientTransport):
     ) -> None:
         if self._closed or self._redis is None:
             raise self._failures.closed()
-        try:
-            self._redis.lpush(self._spreader.queue(queue), calls.notification(body, deadline))
-        except CONNECTION_ERRORS as exc:
-            raise self._failures.sending(exc) from exc
+        message = calls.notification(body, deadline, time.time(), trace)
+        push(self._redis, self._pushes, self._failures, self._spreader.queue(queue), message)
 
     def close(self) -> None:
         self._closed = True
@@ -357,12 +391,47 @@ class RedisSyncClientTransport(SyncClientTransport):
             reader.connection_pool.disconnect()
 
 
+def _execute(redis_client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Run commands in one round trip; their replies, error replies included."""
+    if len(commands) == 1:
+        try:
+            return [compat.execute(redis_client, commands[0])]
+        except ResponseError as exc:
+            return [exc]
+    with redis_client.pipeline(transaction=False) as pipe:
+        for command in commands:
+            compat.execute(pipe, command)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        return replies
+
+
+def push(
+    redis_client: redis.Redis | redis.cluster.RedisCluster,
+    pushes: calls.Pushes,
+    failures: calls.Failures,
+    queue: str,
+    message: bytes,
+) -> None:
+    """Push one message under `pushes`' rule, on its own: `NoWorkers` or `TransportError`."""
+    plan = pushes.plan([(queue, message)])
+    following: list[tuple[Any, ...]] | None = plan.first()
+    try:
+        while following:
+            following = plan.next(_execute(redis_client, following))
+    except CONNECTION_ERRORS as exc:
+        raise failures.sending(exc) from exc
+    outcome = plan.outcomes.get(queue)
+    if outcome is not None:
+        raise failures.pushing(outcome)
+
+
 class RedisSeedSyncClientTransport(SyncClientTransport):
     """``?wire=seed`` for blocking callers: the seed's LPUSH + BRPOP, on the calling thread."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self._settings = settings
         self._failures = calls.Failures(settings)
+        self._pushes = calls.Pushes(settings.worker_window)
         self._redis: redis.Redis | None = None
 
     def connect(self) -> None:
@@ -389,7 +458,7 @@ class RedisSeedSyncClientTransport(SyncClientTransport):
             raise self._failures.closed()
         reply_list = calls.seed_reply_list(body)
         try:
-            redis_client.lpush(queue, body)
+            push(redis_client, self._pushes, self._failures, queue, body)
             remaining = deadline - time.time()
             got: Any = None
             if remaining > 0.001:
@@ -408,10 +477,7 @@ class RedisSeedSyncClientTransport(SyncClientTransport):
     ) -> None:
         if self._redis is None:
             raise self._failures.closed()
-        try:
-            self._redis.lpush(queue, body)
-        except CONNECTION_ERRORS as exc:
-            raise self._failures.sending(exc) from exc
+        push(self._redis, self._pushes, self._failures, queue, body)
 
     def close(self) -> None:
         redis_client, self._redis = self._redis, None

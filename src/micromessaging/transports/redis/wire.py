@@ -9,13 +9,17 @@ this module is its only implementation, so the worker, the client and the tests 
 from __future__ import annotations
 
 import base64
+import hashlib
+import secrets
 import time
 from dataclasses import dataclass
 
 import orjson
 
 from ..._json import DecodeError, dumps, loads
+from .._context import TRACEPARENT, decode_sent, read_trace, trace_headers
 from .._shared import decode_deadline, encode_deadline
+from ..base import TraceContext
 
 VERSION = 1
 HEADER_LIMIT = 4096
@@ -35,6 +39,10 @@ client sends 32 hex digits), so that `0` or `a` can't name a top-level key."""
 # tag, `{calc}`, so that it lives in the slot of the queue's own list `calc` (whose slot is
 # that of its whole name): every script and pipeline of a worker then stays in one slot. A
 # client's reply list is tagged with the client's id. On one Redis the names stay untagged.
+
+QUEUES_KEY = "mm:queues"
+"""The set of the queues our workers serve or served: what ``status`` lists (one key for
+the whole database, so that listing queues needs no SCAN)."""
 
 
 def _tagged(name: str, cluster: bool) -> str:
@@ -70,6 +78,30 @@ def processing_key(queue: str, worker_id: str, *, cluster: bool = False) -> str:
 def heartbeat_key(queue: str, worker_id: str, *, cluster: bool = False) -> str:
     """The key whose presence says a worker on `queue` is alive."""
     return f"mm:{_tagged(queue, cluster)}:heartbeat:{worker_id}"
+
+
+def seen_key(queue: str, *, cluster: bool = False) -> str:
+    """The string holding until when (ms, Redis's clock) a worker of `queue` was seen alive."""
+    return f"mm:{_tagged(queue, cluster)}:seen"
+
+
+def queue_keys_pattern(queue: str, *, cluster: bool = False) -> str:
+    """The SCAN pattern matching every key of ours for `queue` (the queue list and the
+    dead-letter list aside)."""
+    name = _tagged(queue, cluster)
+    return "mm:" + "".join("\\" + c if c in "*?[]\\" else c for c in name) + ":*"
+
+
+def queue_of_workers_key(key: str) -> str | None:
+    """The queue a `workers_key` names, or None when `key` is not one."""
+    if key.startswith("mm:") and key.endswith(":workers") and len(key) > 11:
+        return key[3:-8]
+    return None
+
+
+def queue_of_dead_letter_key(key: str) -> str | None:
+    """The queue a `dead_letter_key` names, or None when `key` is not one."""
+    return key[:-5] if key.endswith(":dead") and len(key) > 5 else None
 
 
 def reply_key(client_id: str, *, cluster: bool = False) -> str:
@@ -109,9 +141,14 @@ def split_envelope(message: bytes) -> tuple[dict[str, object] | None, bytes]:
 
 
 def encode_request(
-    body: bytes, reply_to: str | None, cid: str | None, deadline: float | None
+    body: bytes,
+    reply_to: str | None,
+    cid: str | None,
+    deadline: float | None,
+    sent: float | None = None,
+    trace: TraceContext | None = None,
 ) -> bytes:
-    """An envelope around `body`; `deadline` is in seconds since the epoch."""
+    """An envelope around `body`; `deadline` and `sent` are in seconds since the epoch."""
     header: dict[str, object] = {"mm": VERSION}
     if reply_to is not None:
         header["reply_to"] = reply_to
@@ -119,6 +156,9 @@ def encode_request(
         header["cid"] = cid
     if deadline is not None:
         header["deadline"] = encode_deadline(deadline)
+    if sent is not None:
+        header["sent"] = encode_deadline(sent)
+    header.update(trace_headers(trace))
     return orjson.dumps(header) + b"\n" + body
 
 
@@ -127,9 +167,23 @@ def request_prefix(reply_to: str) -> bytes:
     return orjson.dumps({"mm": VERSION, "reply_to": reply_to})[:-1] + b',"cid":"'
 
 
-def encode_request_fast(prefix: bytes, cid: str, deadline: float, body: bytes) -> bytes:
+def encode_request_fast(
+    prefix: bytes,
+    cid: str,
+    deadline: float,
+    sent: float,
+    body: bytes,
+    trace: TraceContext | None = None,
+) -> bytes:
     """`encode_request` for ids we made ourselves (no character needs escaping)."""
-    return b'%s%s","deadline":%d}\n%s' % (prefix, cid.encode(), encode_deadline(deadline), body)
+    extra = b""
+    if trace:
+        headers = trace_headers(trace)
+        if headers:
+            extra = b"," + orjson.dumps(headers)[1:-1]
+    return b'%s%s","deadline":%d,"sent":%d%s}\n%s' % (
+        prefix, cid.encode(), encode_deadline(deadline), encode_deadline(sent), extra, body,
+    )  # fmt: skip
 
 
 def encode_reply(cid: object, body: bytes) -> bytes:
@@ -162,6 +216,10 @@ class Envelope:
     cid: object
     deadline: float | None
     count: int
+    sent: float | None = None
+    """When the client sent the request (seconds since the epoch), when it says."""
+    trace: TraceContext | None = None
+    """The caller's W3C trace context, when well formed (`_context.read_trace`)."""
 
 
 def read_header(header: dict[str, object], queue: str) -> Envelope:
@@ -180,18 +238,25 @@ def read_header(header: dict[str, object], queue: str) -> Envelope:
         except TypeError:  # nested deeper than a writer follows: it could not go back
             raise ValueError("the cid can't be written back into a reply") from None
     reply_to = header.get("reply_to")
+    sent = decode_sent(header.get("sent"))
+    trace = read_trace(header) if TRACEPARENT in header else None
     if (
         type(reply_to) is str
         and reply_to.startswith(REPLY_PREFIX)
         and len(REPLY_PREFIX) < len(reply_to) <= REPLY_LIST_LIMIT
         and reply_to != queue
     ):  # the usual case, checked quickly
-        return Envelope(True, reply_to, None, cid, deadline, count)
+        return Envelope(True, reply_to, None, cid, deadline, count, sent, trace)
     if "reply_to" not in header:
-        return Envelope(False, None, None, cid, deadline, count)
+        return Envelope(False, None, None, cid, deadline, count, sent, trace)
     refusal = envelope_reply_refusal(reply_to, queue)
     usable = reply_to if refusal is None else None
-    return Envelope(True, usable, refusal, cid, deadline, count)  # type: ignore[arg-type]
+    return Envelope(True, usable, refusal, cid, deadline, count, sent, trace)  # type: ignore[arg-type]
+
+
+def read_sent(header: dict[str, object] | None) -> float | None:
+    """The send time a request header carries (seconds since the epoch), or None."""
+    return decode_sent(header.get("sent")) if header is not None else None
 
 
 # --- reply addresses -------------------------------------------------------------------------
@@ -274,6 +339,7 @@ def dead_letter_record(
 ) -> bytes:
     """The JSON record pushed onto the dead-letter list for one message."""
     record: dict[str, object] = {
+        "id": secrets.token_hex(8),
         "queue": queue,
         "reason": reason,
         "worker": worker_id,
@@ -297,3 +363,65 @@ def dead_letter_body(record: bytes) -> bytes:
     if "body" in obj:
         return str(obj["body"]).encode()
     return base64.b64decode(obj["body_base64"])
+
+
+@dataclass(slots=True)
+class DeadRecord:
+    """A dead-letter record read back (`read_dead_letter`)."""
+
+    id: str
+    record: bytes
+    """The record exactly as it sits in the list (to remove it by value)."""
+    reason: str
+    deliveries: int
+    at: float
+    """Seconds since the epoch."""
+    header: dict[str, object] | None
+    body: bytes | None
+    """None when the record can't be read: it can be purged, not replayed."""
+    worker: str | None
+
+
+def read_dead_letter(record: bytes) -> DeadRecord:
+    """A record of the dead-letter list, whatever wrote it; its id is the one it carries,
+    else (records of older versions, or of other writers) one derived from its bytes."""
+    derived = hashlib.sha1(record).hexdigest()[:16]
+    try:
+        obj = loads(record)
+        if type(obj) is not dict:
+            raise DecodeError("not an object")
+        body = str(obj["body"]).encode() if "body" in obj else base64.b64decode(obj["body_base64"])
+    except (DecodeError, KeyError, ValueError, TypeError):
+        reason = "unreadable dead-letter record"
+        return DeadRecord(derived, record, reason, 0, 0.0, None, None, None)
+    header = obj.get("header")
+    header = header if type(header) is dict else None
+    count = header.get("n", 1) if header is not None else 1
+    record_id = obj.get("id")
+    at = obj.get("at")
+    worker = obj.get("worker")
+    return DeadRecord(
+        id=record_id if type(record_id) is str and record_id else derived,
+        record=record,
+        reason=str(obj.get("reason", "")),
+        deliveries=count if type(count) is int and count > 0 else 1,
+        at=at / 1000 if isinstance(at, int | float) and type(at) is not bool else 0.0,
+        header=header,
+        body=body,
+        worker=worker if type(worker) is str else None,
+    )
+
+
+def replay_item(dead: DeadRecord, now: float) -> bytes | None:
+    """The request to put back on the queue for a dead letter: as it arrived, with a fresh
+    delivery count and a new send time (the seed form as it was); None when unreadable."""
+    if dead.body is None:
+        return None
+    if dead.header is None:
+        return dead.body
+    header = {key: value for key, value in dead.header.items() if key not in ("n", "sent")}
+    header["sent"] = encode_deadline(now)
+    try:
+        return dumps(header) + b"\n" + dead.body
+    except TypeError:  # a header that could not be written back: the body is what matters
+        return dead.body

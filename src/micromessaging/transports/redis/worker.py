@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import Coroutine
@@ -29,7 +28,9 @@ import redis.asyncio.cluster as aiocluster
 from redis.commands.core import AsyncScript
 
 from ..._exceptions import ConfigurationError, TransportError
+from ..._json import dumps
 from .._shared import LedgerDelivery, WorkerTransportBase
+from ..admin import WorkerRecord
 from ..base import WorkerOptions
 from . import calls, scripts, wire
 from .connection import (
@@ -97,7 +98,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
     def __init__(self, settings: RedisSettings, options: WorkerOptions) -> None:
         super().__init__(options)
         self._settings = settings
-        self.worker_id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+        self.worker_id = options.worker_id
+        self._started = time.time()
         self._cluster = settings.cluster
         if self._cluster and (refusal := wire.cluster_refusal(self.queue)) is not None:
             raise ConfigurationError(f"the queue {refusal}: name it without braces")
@@ -135,7 +137,12 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         self._check_script = self._redis.register_script(scripts.CHECK_REPLY_LIST)
         self._bury_script = self._redis.register_script(scripts.BURY)
         self._liveness = Liveness(
-            self._redis, self.queue, self.worker_id, self._settings.heartbeat, self._cluster
+            self._redis,
+            self.queue,
+            self.worker_id,
+            self._settings.heartbeat,
+            self._record,
+            self._cluster,
         )
         try:
             if isinstance(self._redis, aiocluster.RedisCluster):
@@ -183,6 +190,29 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             "worker %s took %d messages in %d takes, settled %d in %d runs, dropped %d expired",
             self.worker_id, stats.taken, stats.takes, stats.settled, stats.settles, stats.swept,
         )  # fmt: skip
+
+    def _record(self) -> bytes:
+        """What the heartbeat holds: the worker's record (docs/wire-redis.md, *Heartbeat*)."""
+        reporter = self.reporter
+        if reporter is not None:
+            record = reporter()
+        else:  # a transport driven without a `Worker`: what the transport itself knows
+            record = WorkerRecord(
+                id=self.worker_id,
+                queue=self.queue,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                concurrency=self.options.concurrency,
+                in_flight=len(self.ledger),
+                completed=0,
+                failed=0,
+                started=self._started,
+                last_seen=time.time(),
+                transport="redis",
+            )
+        data = record.to_json()
+        data["heartbeat"] = self._settings.heartbeat
+        return dumps(data)
 
     def describe(self) -> str:
         return (
@@ -291,6 +321,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
                 return f"malformed envelope header: {exc}"
             delivery.deadline = envelope.deadline
             delivery.delivery_count = envelope.count
+            delivery.sent = envelope.sent
+            delivery.trace = envelope.trace
             if envelope.has_reply_to:
                 delivery.reply_list = envelope.reply_to
                 delivery.cid = envelope.cid
@@ -372,6 +404,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             return
         self.stats.settles += 1
         self.stats.settled += len(batch)
+        if self._liveness is not None:
+            self._liveness.touch()
         self.stats.swept += swept
         for (delivery, _), error in zip(batch, errors, strict=True):
             if error != 0:
@@ -436,6 +470,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             keys=[self._dead, self._processing, reply_list],
             args=[record, delivery.item, wired, wire.REPLY_TTL],
         )
+        if self._liveness is not None:
+            self._liveness.touch()
         if refused:
             logger.warning("the reply to %r was not pushed: the list %s", reply_list, refused)
         logger.warning("dead-lettered a message from %r: %s", self.queue, reason)
