@@ -27,11 +27,12 @@ from micromessaging import (
     MicromessagingError,
     Worker,
 )
-from micromessaging.transports import client_transport
+from micromessaging.transports import admin_transport, client_transport
 from micromessaging.transports.redis import RedisSettings, scripts
 from micromessaging.transports.redis import wire as wire
 from tests.brokers import RedisCluster, RedisNode, free_port
 
+from .admin_contract import AdminContract
 from .contract import Probe, TransportContract, answers_again, eventually
 from .test_redis import serving
 
@@ -152,6 +153,48 @@ class TestRedisClusterContract(TransportContract):
             await self.cut_client(broker_url, client)
             assert await asyncio.wait_for(pending, 10) == "lost"
             await answers_again(client)
+
+
+class TestRedisClusterAdmin(AdminContract):
+    """Status, worker records and dead letters over redis+cluster:// (each queue's keys in
+    its slot, ``mm:queues`` in another, the scans over every master)."""
+
+    @pytest.fixture
+    def broker_url(self, cluster: RedisCluster) -> str:
+        return cluster.url
+
+    async def poison(self, broker_url: str, queue: str, body: bytes) -> None:
+        # An envelope saying it was delivered 99 times already: dead-lettered unrun.
+        client = aiocluster.RedisCluster.from_url(RedisSettings.from_url(broker_url).url)
+        try:
+            await client.lpush(queue, orjson.dumps({"mm": 1, "n": 99}) + b"\n" + body)
+        finally:
+            await client.aclose()
+
+
+async def test_admin_purges_and_deletes_a_queue_on_the_cluster(
+    cluster: RedisCluster, queue: str
+) -> None:
+    """The registry (``mm:queues``) in one slot, the queue's keys in another: a purge of
+    every dead letter, then delete_queue, which finds the queue's keys by a scan of every
+    master, leave nothing of the queue, and the registry forgets it."""
+    redis = await raw_cluster(cluster)
+    try:
+        async with serving(Probe(), cluster.url, queue):
+            await redis.rpush(wire.dead_letter_key(queue, cluster=True), b"x", b"y")
+            async with admin_transport(cluster.url) as admin:
+                assert queue in await admin.queues()
+                assert (await admin.status(queue)).dead_letters == 2
+                assert await admin.purge(queue, None) == 2
+        async with admin_transport(cluster.url) as admin:
+            assert await redis.exists(wire.seen_key(queue, cluster=True))
+            assert queue in await admin.queues()  # its last-seen time is still there
+            await admin.delete_queue(queue)
+            assert [k async for k in redis.scan_iter(match=f"*{queue}*", count=1000)] == []
+            assert queue not in await admin.queues()
+            assert not await redis.sismember(wire.QUEUES_KEY, queue)
+    finally:
+        await redis.aclose()
 
 
 # --- URLs and key names (no I/O) ----------------------------------------------------------------
