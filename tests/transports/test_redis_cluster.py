@@ -25,6 +25,7 @@ from micromessaging import (
     ConfigurationError,
     ErrorCode,
     MicromessagingError,
+    NoWorkers,
     Worker,
 )
 from micromessaging.transports import admin_transport, client_transport
@@ -248,6 +249,37 @@ async def test_a_queue_name_with_braces_is_refused(cluster: RedisCluster) -> Non
 
 
 # --- the ordinary traffic -----------------------------------------------------------------------
+
+
+async def test_the_no_worker_rule_on_the_cluster(cluster: RedisCluster, queue: str) -> None:
+    """Both clients, calls and notifications: refused with `NoWorkers` before any worker of
+    the queue beats (nothing pushed), served once one does (the push script and the
+    heartbeat's last-seen key share the queue's slot)."""
+    redis = await raw_cluster(cluster)
+
+    def blocking(notify: object) -> float:
+        with Client(cluster.url, queue, timeout=10) as sync_client:
+            sync_client.notify("record", notify)
+            return sync_client.add(1, 2)  # type: ignore[no-any-return]
+
+    try:
+        async with AsyncClient(cluster.url, queue, timeout=10) as client:
+            with pytest.raises(NoWorkers):
+                await client.add(1, 2)
+            with pytest.raises(NoWorkers):
+                await client.notify("record", "early")
+            with pytest.raises(NoWorkers):
+                await asyncio.to_thread(blocking, "early")
+            assert not await redis.exists(queue)
+            probe = Probe()
+            async with serving(probe, cluster.url, queue):
+                assert await redis.exists(wire.seen_key(queue, cluster=True))
+                assert await client.add(1, 2) == 3
+                assert await asyncio.to_thread(blocking, "sync") == 3
+                await client.notify("record", "async")
+                await eventually(lambda: sorted(probe.ran) == ["async", "sync"])
+    finally:
+        await redis.aclose()
 
 
 async def test_round_trip_notification_and_blocking_client(
