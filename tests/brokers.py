@@ -257,6 +257,105 @@ class RedisNode(Node):
             raise ValueError(f"refuse_writes: how must be 'readonly' or 'oom', not {how!r}")
 
 
+class RedisCluster:
+    """A Redis Cluster of our own: `masters` masters, each with `replicas` replicas, every
+    node a `RedisNode` (own port and dir, ``--cluster-enabled yes``), made with
+    ``redis-cli --cluster create`` and stopped by pid. A context manager."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.masters, self.replicas = masters, replicas
+        self.base = Path(tempfile.mkdtemp(prefix="mm-redis-cluster-"))
+        args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms))  # fmt: skip
+        self.nodes = [RedisNode(*args, base=self.base) for _ in range(masters * (1 + replicas))]
+        for node in self.nodes:
+            node.port = self._free_port()
+
+    @staticmethod
+    def _free_port() -> int:
+        """A free port whose cluster bus port (+10000) is free and below Linux's ephemeral
+        range too."""
+        while True:
+            port = free_port()
+            if port + 10000 < 32768:
+                with contextlib.suppress(OSError), socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port + 10000))
+                    return port
+
+    @property
+    def url(self) -> str:
+        """A redis+cluster:// URL naming every node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> Self:
+        """Start the nodes, join them into a cluster, wait until every slot is served."""
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas",
+             str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        """Until every running node says the cluster is ok, and each master has a replica
+        in sync (`replicas` > 0) among the running nodes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._healthy():
+                    return
+            except Exception:  # a node still joining
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test's Redis Cluster did not become healthy")
+            time.sleep(0.1)
+
+    def _healthy(self) -> bool:
+        running = [node for node in self.nodes if node.running]
+        if not all(b"cluster_state:ok" in node.call("CLUSTER", "INFO") for node in running):
+            return False
+        if self.replicas == 0:
+            return True
+        for node in running:
+            info = node.call("INFO", "replication")
+            if info["role"] == "slave" and info.get("master_link_status") != "up":
+                return False
+        slots = running[0].call("CLUSTER", "SLOTS")
+        return all(len(served) >= 4 for served in slots)  # start, end, master, a replica
+
+    def running_masters(self) -> list[RedisNode]:
+        """The running nodes that are masters now."""
+        return [n for n in self.nodes if n.running and n.call("ROLE")[0] == b"master"]
+
+    def master_of(self, key: str) -> RedisNode:
+        """The running node that is now the master of `key`'s slot."""
+        first = next(node for node in self.nodes if node.running)
+        slot = int(first.call("CLUSTER", "KEYSLOT", key))
+        for start, end, master, *_ in first.call("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return next(node for node in self.nodes if node.port == int(master[1]))
+        raise LookupError(f"no master serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 # --- RabbitMQ -----------------------------------------------------------------------------------
 
 

@@ -41,8 +41,8 @@ def broker(*, multiple: bool = False, help: str | None = None) -> Decorator[Any]
         multiple=multiple,
         metavar="URL",
         help=help
-        or "Broker URL: redis://, rediss://, amqp://, amqps://, nats://, tls://, http://, "
-        "https://, memory:// (the first variable set is used).",
+        or "Broker URL: redis://, rediss://, redis+cluster://, amqp://, amqps://, nats://, "
+        "tls://, http://, https://, memory:// (the first variable set is used).",
     )
 
 

@@ -23,6 +23,8 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "memory": ("micromessaging.transports.memory", None),
     "redis": ("micromessaging.transports.redis", "redis"),
     "rediss": ("micromessaging.transports.redis", "redis"),
+    "redis+cluster": ("micromessaging.transports.redis", "redis"),
+    "rediss+cluster": ("micromessaging.transports.redis", "redis"),
     "amqp": ("micromessaging.transports.amqp", "amqp"),
     "amqps": ("micromessaging.transports.amqp", "amqp"),
     "nats": ("micromessaging.transports.nats", "nats"),

@@ -1,4 +1,4 @@
-"""redis:// and rediss:// - JSON-RPC over Redis lists, compatible with the seed's programs.
+"""redis://, rediss://, redis+cluster:// - JSON-RPC over Redis lists, compatible with the seed.
 
 Requests are LPUSHed onto the list named after the queue and taken from its other end.
 A worker answers both wire forms on the same queue: the seed's bare JSON-RPC (the reply is
@@ -11,21 +11,32 @@ URL options besides redis-py's own: ``?wire=seed`` makes a client speak the seed
 worker's requests wait before a live worker takes them (1.5 x TTL; default 10 s);
 ``?worker_window=SECONDS`` is the no-worker rule of clients (default 30, 0 with
 ``wire=seed``: a call to a queue no worker was seen alive on fails with `NoWorkers`).
+``redis+cluster://host:port,host:port`` (``rediss+cluster://`` with TLS) is a Redis Cluster,
+and ``?shards=N`` spreads one queue over N lists (N slots): docs/scaling.md.
 """
 
 from __future__ import annotations
 
+from ..._exceptions import ConfigurationError
 from ..base import ClientTransport, SyncClientTransport, WorkerOptions
 from .admin import RedisAdmin, admin_transport
 from .client import RedisClientTransport, RedisSeedClientTransport
 from .connection import RedisSettings
+from .shards import ShardedWorkerTransport
 from .sync_client import RedisSeedSyncClientTransport, RedisSyncClientTransport
 from .worker import RedisDelivery, RedisWorkerTransport
 
 
+def _settings(url: str) -> RedisSettings:
+    settings = RedisSettings.from_url(url)
+    if settings.cluster and settings.wire == "seed":
+        raise ConfigurationError("wire=seed is for one Redis: the seed's programs know no cluster")
+    return settings
+
+
 def client_transport(url: str) -> ClientTransport:
     """A client for a redis:// or rediss:// URL (the seed's protocol with ``?wire=seed``)."""
-    settings = RedisSettings.from_url(url)
+    settings = _settings(url)
     if settings.wire == "seed":
         return RedisSeedClientTransport(settings)
     return RedisClientTransport(settings)
@@ -33,15 +44,21 @@ def client_transport(url: str) -> ClientTransport:
 
 def sync_client_transport(url: str) -> SyncClientTransport:
     """A blocking client that does its I/O on the calling thread (for `Client`)."""
-    settings = RedisSettings.from_url(url)
+    settings = _settings(url)
     if settings.wire == "seed":
         return RedisSeedSyncClientTransport(settings)
     return RedisSyncClientTransport(settings)
 
 
-def worker_transport(url: str, options: WorkerOptions) -> RedisWorkerTransport:
-    """A worker taking messages from the list named `options.queue`."""
-    return RedisWorkerTransport(RedisSettings.from_url(url), options)
+def worker_transport(
+    url: str, options: WorkerOptions
+) -> RedisWorkerTransport | ShardedWorkerTransport:
+    """A worker taking messages from the list named `options.queue` (and, with
+    ``?shards=N``, from every shard of it)."""
+    settings = RedisSettings.from_url(url)
+    if settings.shards > 1:
+        return ShardedWorkerTransport(settings, options)
+    return RedisWorkerTransport(settings, options)
 
 
 __all__ = [
@@ -53,6 +70,7 @@ __all__ = [
     "RedisSettings",
     "RedisSyncClientTransport",
     "RedisWorkerTransport",
+    "ShardedWorkerTransport",
     "admin_transport",
     "client_transport",
     "sync_client_transport",

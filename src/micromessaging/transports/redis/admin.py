@@ -4,6 +4,10 @@ Everything is read from what the workers write (docs/wire-redis.md, *Keys*): the
 queues they serve, each worker's record in its heartbeat, its processing list, the queue's
 dead-letter list. Replays and purges are Lua scripts that remove a record by value, so a
 dead letter goes back at most once however many operators click at the same time.
+
+On a Redis Cluster (redis+cluster://) each queue's keys share its slot (``mm:{<queue>}:...``,
+docs/wire-redis.md), so every command and script on one queue goes to one master; only
+``mm:queues``, one key, lives elsewhere, and deleting a queue scans every master.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from ..._exceptions import TransportError
 from ..._json import DecodeError, loads
@@ -26,6 +31,12 @@ local item = redis.call('LINDEX', KEYS[1], -1)
 if item then return string.sub(item, 1, 4096) end
 return false
 """
+PURGE_ALL = """
+-- Every dead letter of a queue deleted; how many there were. KEYS: the dead-letter list.
+local count = redis.call('LLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return count
+"""
 BATCH = 500
 """Dead letters replayed or purged per script run, so that one run stays short."""
 
@@ -35,19 +46,25 @@ class RedisAdmin(AdminTransport):
 
     def __init__(self, url: str) -> None:
         self._settings = RedisSettings.from_url(url)
-        self._redis: aioredis.Redis | None = None
+        self._cluster = self._settings.cluster
+        self._redis: aioredis.Redis | aiocluster.RedisCluster | None = None
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> aioredis.Redis | aiocluster.RedisCluster:
         """The connection (`TransportError` before `connect`)."""
         if self._redis is None:
             raise TransportError("the Redis admin client is not connected")
         return self._redis
 
     async def connect(self) -> None:
-        pool = self._settings.pool(f"mm:admin:{secrets.token_hex(4)}")
-        self._redis = self._settings.client(pool)
+        name = f"mm:admin:{secrets.token_hex(4)}"
+        if self._cluster:
+            self._redis = self._settings.cluster_client(name)
+        else:
+            self._redis = self._settings.client(self._settings.pool(name))
         try:
+            if isinstance(self._redis, aiocluster.RedisCluster):
+                await self._redis.initialize()  # learns which node holds which slots
             await self._redis.ping()
         except CONNECTION_ERRORS as exc:
             await self.aclose()
@@ -68,30 +85,48 @@ class RedisAdmin(AdminTransport):
         names = sorted(_text(member) for member in members)
         if not names:
             return []
+        # One EXISTS per queue on one Redis; one per key on a cluster, where a name another
+        # writer put in the set may hold a brace, and so its keys several slots.
+        per = 4 if self._cluster else 1
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.exists(name, wire.dead_letter_key(name), wire.workers_key(name))
-                pipe.exists(wire.seen_key(name))
+                keys = self._keys(name)
+                if self._cluster:
+                    for key in keys:
+                        pipe.exists(key)
+                else:
+                    pipe.exists(*keys)
             found = await self._run("listing queues", pipe.execute())
-        kept = [name for i, name in enumerate(names) if found[2 * i] or found[2 * i + 1]]
+        kept = [name for i, name in enumerate(names) if any(found[per * i : per * (i + 1)])]
         gone = sorted(set(names) - set(kept))
         if gone:  # nothing of theirs is left, the last-seen time included: forget them
             await self._run("listing queues", self.redis.srem(wire.QUEUES_KEY, *gone))
         return kept
+
+    def _keys(self, queue: str) -> list[str]:
+        """The keys whose presence says a queue is still in use: its list, its dead letters,
+        its workers set, its last-seen time."""
+        cluster = self._cluster
+        return [
+            queue,
+            wire.dead_letter_key(queue, cluster=cluster),
+            wire.workers_key(queue, cluster=cluster),
+            wire.seen_key(queue, cluster=cluster),
+        ]
 
     async def status(self, queue: str) -> QueueStatus:
         redis_client = self.redis
         async with redis_client.pipeline(transaction=False) as pipe:
             pipe.llen(queue)
             pipe.eval(OLDEST_HEAD, 1, queue)
-            pipe.llen(wire.dead_letter_key(queue))
-            pipe.smembers(wire.workers_key(queue))
+            pipe.llen(wire.dead_letter_key(queue, cluster=self._cluster))
+            pipe.smembers(wire.workers_key(queue, cluster=self._cluster))
             depth, head, dead, members = await self._run("reading a queue", pipe.execute())
         ids = sorted(_text(member) for member in members)
         async with redis_client.pipeline(transaction=False) as pipe:
             for worker_id in ids:
-                pipe.get(wire.heartbeat_key(queue, worker_id))
-                pipe.llen(wire.processing_key(queue, worker_id))
+                pipe.get(wire.heartbeat_key(queue, worker_id, cluster=self._cluster))
+                pipe.llen(wire.processing_key(queue, worker_id, cluster=self._cluster))
             found = await self._run("reading workers", pipe.execute()) if ids else []
         workers: list[WorkerRecord] = []
         in_flight, silent = 0, 0
@@ -129,7 +164,11 @@ class RedisAdmin(AdminTransport):
     async def _records(self, queue: str, limit: int = -1) -> list[wire.DeadRecord]:
         records = await self._run(
             "reading dead letters",
-            self.redis.lrange(wire.dead_letter_key(queue), 0, limit - 1 if limit > 0 else -1),
+            self.redis.lrange(
+                wire.dead_letter_key(queue, cluster=self._cluster),
+                0,
+                limit - 1 if limit > 0 else -1,
+            ),
         )
         return [wire.read_dead_letter(record) for record in records]
 
@@ -147,7 +186,7 @@ class RedisAdmin(AdminTransport):
         for start in range(0, len(pairs), BATCH):
             batch = pairs[start : start + BATCH]
             args = [part for dead, item in batch for part in (dead.record, item)]
-            keys = [wire.dead_letter_key(queue), queue]
+            keys = [wire.dead_letter_key(queue, cluster=self._cluster), queue]
             done = await self._run("replaying dead letters", script(keys=keys, args=args))
             for (dead, _), ok in zip(batch, done, strict=True):
                 if ok:
@@ -155,13 +194,10 @@ class RedisAdmin(AdminTransport):
         return replayed
 
     async def purge(self, queue: str, ids: list[str] | None) -> int:
-        key = wire.dead_letter_key(queue)
+        key = wire.dead_letter_key(queue, cluster=self._cluster)
         if ids is None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.llen(key)
-                pipe.delete(key)
-                count, _ = await self._run("purging dead letters", pipe.execute())
-            return int(count)
+            purge_all = self.redis.register_script(PURGE_ALL)
+            return int(await self._run("purging dead letters", purge_all(keys=[key])))
         chosen = _chosen(await self._records(queue), ids)
         script = self.redis.register_script(scripts.PURGE)
         removed = 0
@@ -172,8 +208,10 @@ class RedisAdmin(AdminTransport):
 
     async def delete_queue(self, queue: str) -> None:
         redis_client = self.redis
-        keys = [queue, wire.dead_letter_key(queue)]
-        scan = redis_client.scan_iter(match=wire.queue_keys_pattern(queue), count=1000)
+        keys = [queue, wire.dead_letter_key(queue, cluster=self._cluster)]
+        # On a cluster the scan goes over every master (the keys are all in the queue's slot).
+        pattern = wire.queue_keys_pattern(queue, cluster=self._cluster)
+        scan = redis_client.scan_iter(match=pattern, count=1000)
         keys += [_text(key) async for key in scan]
         await self._run("deleting a queue", redis_client.delete(*keys))
         await self._run("deleting a queue", redis_client.srem(wire.QUEUES_KEY, queue))

@@ -9,6 +9,7 @@ how a reply is read, the errors raised, the pool they connect with - is here, on
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Iterable
@@ -34,6 +35,9 @@ REPLY_BATCH = 512
 """The most replies one read takes from the reply list."""
 SEED_MAX_CONNECTIONS = 64
 """Calls in flight at once over ``?wire=seed`` (each holds a connection for its BRPOP)."""
+FAILOVER_PATIENCE = 30.0
+"""Seconds a client retries a push to a Redis Cluster while a master is down and its replica
+not yet promoted (its calls still time out at their own deadlines)."""
 SWEEP_LIMIT = 500
 """The most expired requests one sweep drops, so that one run of the script stays short."""
 SWEEP_INTERVAL = 1.0
@@ -69,8 +73,10 @@ class Pushes:
     is a flag and a dict: threads may share it.
     """
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, *, cluster: bool = False) -> None:
         self.window = window
+        self.cluster = cluster
+        """On a Redis Cluster the last-seen key shares the queue's slot (`wire.seen_key`)."""
         self.window_ms = int(window * 1000)
         self.scripted = True
         self._served_until: dict[str, float] = {}
@@ -137,15 +143,17 @@ class PushPlan:
         self._round = steps
         commands: list[tuple[Any, ...]] = []
         window = self._pushes.window_ms
+        cluster = self._pushes.cluster
         for queue, mode in steps:
             items = self._by_queue[queue]
+            seen = wire.seen_key(queue, cluster=cluster)
             if mode == "plain":
                 commands.append(("LPUSH", queue, *items))
             elif mode in ("script", "eval"):
                 head = ("EVALSHA", PUSH_SHA) if mode == "script" else ("EVAL", scripts.PUSH)
-                commands.append((*head, 2, queue, wire.seen_key(queue), window, *items))
+                commands.append((*head, 2, queue, seen, window, *items))
             else:
-                commands += [("TIME",), ("GET", wire.seen_key(queue))]
+                commands += [("TIME",), ("GET", seen)]
         return commands
 
     def next(self, replies: list[Any]) -> list[tuple[Any, ...]] | None:
@@ -190,6 +198,23 @@ def _left(now: Any, seen: Any, window_ms: int) -> float:
         return -1.0 if seen is None else float(seen) + window_ms - redis_now
     except (TypeError, ValueError, IndexError):
         return -1.0
+
+
+class Spreader:
+    """Which shard of a queue a client's next request goes to (``?shards=N``): each in turn.
+
+    Its state is one counter, whose `next` is atomic: threads may share it.
+    """
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self._turns = itertools.count()
+
+    def queue(self, queue: str) -> str:
+        """The list the next request to `queue` goes to."""
+        if self.shards == 1:
+            return queue
+        return wire.shard_queue(queue, next(self._turns) % self.shards)
 
 
 class Sweeps:
@@ -261,13 +286,15 @@ def unreachable(where: str, exc: BaseException) -> TransportError:
     return error
 
 
-def replies_may_be_lost(exc: BaseException) -> bool:
+def replies_may_be_lost(exc: BaseException, *, cluster: bool = False) -> bool:
     """Whether a failed read of the reply list means its replies may never come.
 
     A broken link may be a restarted Redis that lost them: the calls waiting fail at once.
     A refusal (a replica during a failover, LOADING, UNBLOCKED) leaves them in their list.
+    On a Redis Cluster a lost node is a failover: its replica takes over with the list, so
+    the calls wait (those whose replies it had not yet received time out at their deadlines).
     """
-    return isinstance(exc, LINK_ERRORS)
+    return isinstance(exc, LINK_ERRORS) and not cluster
 
 
 class Failures:

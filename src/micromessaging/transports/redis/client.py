@@ -19,9 +19,11 @@ import asyncio
 import logging
 import secrets
 import time
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from ..._exceptions import CallTimeout, TransportError
 from .._shared import Backoff, ReplyRouter, connection_lost
@@ -34,8 +36,9 @@ from .connection import (
     Batcher,
     RedisSettings,
     close_client,
+    is_transient,
 )
-from .link import Link
+from .link import ClusterLink, Link
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
@@ -50,22 +53,33 @@ class RedisClientTransport(ClientTransport):
         self._settings = settings
         self._failures = calls.Failures(settings)
         self.client_id = secrets.token_hex(8)
-        self.reply_list = wire.reply_key(self.client_id)
+        self.reply_list = wire.reply_key(self.client_id, cluster=settings.cluster)
         self._prefix = wire.request_prefix(self.reply_list)
         self._router = ReplyRouter()
         self._pusher: Batcher[_Push] = Batcher(self._push)
         self._sweeps = calls.Sweeps()
-        self._pushes = calls.Pushes(settings.worker_window)
+        self._spreader = calls.Spreader(settings.shards)
+        self._pushes = calls.Pushes(settings.worker_window, cluster=settings.cluster)
         self._push_link: Link | None = None
         self._read_link: Link | None = None
+        self._cluster: aiocluster.RedisCluster | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._open = False
 
     async def connect(self) -> None:
-        pool = self._settings.pool(calls.client_name(self.client_id))
-        self._push_link = Link(pool)
-        self._read_link = Link(pool, block=REPLY_BLOCK_SECONDS)
+        name = calls.client_name(self.client_id)
+        if self._settings.cluster:
+            self._cluster = self._settings.cluster_client(name, block=REPLY_BLOCK_SECONDS)
+            pool_for = partial(self._settings.node_pool, name=name)
+            self._push_link = ClusterLink(self._cluster, pool_for)
+            self._read_link = ClusterLink(self._cluster, pool_for, block=REPLY_BLOCK_SECONDS)
+        else:
+            pool = self._settings.pool(name)
+            self._push_link = Link(pool)
+            self._read_link = Link(pool, block=REPLY_BLOCK_SECONDS)
         try:
+            if self._cluster is not None:
+                await self._cluster.initialize()  # learns which node holds which slots
             await self._push_link.command("PING")
         except CONNECTION_ERRORS as exc:
             await self._close_connections()
@@ -83,7 +97,7 @@ class RedisClientTransport(ClientTransport):
             self._prefix, correlation_id, deadline, time.time(), body, trace
         )
         try:
-            await self._pusher.send((queue, message, future, True))
+            await self._pusher.send((self._spreader.queue(queue), message, future, True))
             return await future
         except BaseException:
             self._router.forget(correlation_id)
@@ -96,7 +110,7 @@ class RedisClientTransport(ClientTransport):
             raise self._failures.closed()
         pushed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         message = calls.notification(body, deadline, time.time(), trace)
-        await self._pusher.send((queue, message, pushed, False))
+        await self._pusher.send((self._spreader.queue(queue), message, pushed, False))
         await pushed
 
     async def _push(self, batch: list[_Push]) -> None:
@@ -109,7 +123,10 @@ class RedisClientTransport(ClientTransport):
         sweeps = self._sweeps.due(plan.queues, time.time())
         try:
             try:
-                replies = await link.pipeline(*commands, *sweeps)
+                if self._cluster is not None:
+                    replies = await self._push_through_failover(link, commands, sweeps, batch)
+                else:
+                    replies = await link.pipeline(*commands, *sweeps)
             except LINK_ERRORS:
                 # Most likely a connection Redis closed while idle (a restart, a timeout):
                 # try once more on a new one. Should the first push have landed after all,
@@ -134,6 +151,35 @@ class RedisClientTransport(ClientTransport):
             elif not awaits_reply:
                 future.set_result(None)  # type: ignore[arg-type]
 
+    async def _push_through_failover(
+        self, link: Link, commands: list[Any], sweeps: list[Any], batch: list[_Push]
+    ) -> list[Any]:
+        """On a Redis Cluster, push again while a master is down and its replica not yet
+        promoted, as long as a call of the batch still waits (`calls.FAILOVER_PATIENCE` at most).
+
+        Should a push have landed after all, its request runs twice and its second reply is
+        dropped as unknown.
+        """
+        backoff, given_up = Backoff(), time.monotonic() + calls.FAILOVER_PATIENCE
+        while True:
+            try:
+                replies = await link.pipeline(*commands, *sweeps)
+                # A transient refusal of a push is retried here; the other errors (a script
+                # the master does not know yet, an ACL) are the push plan's to handle.
+                failed = [r for r in replies[: len(commands)] if _transient_reply(r)]
+                if not failed:
+                    return replies
+                raise failed[0]
+            except CONNECTION_ERRORS as exc:
+                waiting = any(not future.done() for _, _, future, _ in batch)
+                if not (is_transient(exc) and waiting and self._open):
+                    raise
+                if time.monotonic() > given_up:
+                    raise
+                if backoff.failures == 0:
+                    logger.warning("pushing to the Redis Cluster failed (%s); retrying", exc)
+                await asyncio.sleep(backoff.failed())
+
     async def _read_replies(self) -> None:
         """Drain the reply list into the waiting calls; on a lost link, fail them and retry."""
         link = self._read_link
@@ -146,7 +192,7 @@ class RedisClientTransport(ClientTransport):
             except CONNECTION_ERRORS as exc:
                 if not self._open:
                     return
-                if calls.replies_may_be_lost(exc):
+                if calls.replies_may_be_lost(exc, cluster=self._cluster is not None):
                     # Replies to calls already sent may be lost with the link (a restarted
                     # Redis forgets the queue too): fail them now, not at their deadlines.
                     self._router.fail_all(connection_lost(self._failures.where, exc))
@@ -203,6 +249,12 @@ class RedisClientTransport(ClientTransport):
         for link in links:
             if link is not None:
                 await link.aclose()
+        cluster, self._cluster = self._cluster, None
+        await close_client(cluster)
+
+
+def _transient_reply(reply: object) -> bool:
+    return isinstance(reply, Exception) and is_transient(reply)
 
 
 async def push(

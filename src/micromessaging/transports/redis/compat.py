@@ -12,8 +12,11 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import ClusterNode
+from redis.connection import parse_url
 from redis.retry import Retry
 
 AnyPool = aioredis.ConnectionPool | redis.ConnectionPool
@@ -50,3 +53,31 @@ def send_commands(connection: Any, commands: list[tuple[Any, ...]]) -> None:
 def execute(client: redis.Redis | redis.client.Pipeline, command: tuple[Any, ...]) -> Any:
     """Run (or, on a pipeline, queue) one command given as a tuple, on a blocking client."""
     return client.execute_command(*command)  # type: ignore[no-untyped-call]
+
+
+def cluster_client(
+    client_class: type[Any],
+    url: str,
+    nodes: tuple[tuple[str, int], ...],
+    *,
+    default_timeout: float,
+    block: float,
+    **kwargs: Any,
+) -> Any:
+    """redis-py's cluster client (`client_class`, async or blocking) for the nodes of a
+    cluster; `url` (a redis:// URL of one of them) gives the options of every connection.
+    Like `configure`: timeouts default to `default_timeout`, and reads wait `block` longer.
+    """
+    options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    if options.pop("connection_class", None) is not None:  # only rediss:// names one
+        options["ssl"] = True
+    options.setdefault("socket_connect_timeout", default_timeout)
+    options["socket_timeout"] = (options.get("socket_timeout") or default_timeout) + block
+    node_class = aiocluster.ClusterNode if client_class is aiocluster.RedisCluster else ClusterNode
+    startup = [node_class(host, port) for host, port in nodes]
+    return client_class(startup_nodes=startup, **{**options, **kwargs})
+
+
+def execute_at(client: Any, key: str, command: tuple[Any, ...]) -> Any:
+    """Run one command on the node of `key`'s slot of a blocking cluster client."""
+    return client.execute_command(*command, target_nodes=client.get_node_from_key(key))

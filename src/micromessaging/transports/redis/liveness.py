@@ -7,7 +7,8 @@ last-seen time (``mm:<queue>:seen``, the no-worker rule of clients) forward. Eve
 worker looks, at start and twice per TTL, for registered workers whose heartbeat has
 expired and moves their processing lists back to the consume end of the queue, counting a
 delivery (one Lua script each, so two live workers can't both do it). A killed worker's
-messages are therefore back in the queue at most 1.5 x TTL after its death.
+messages are therefore back in the queue at most 1.5 x TTL after its death. (On a Redis
+Cluster the keys are ``mm:{<queue>}:...``, ``mm:queues`` aside.)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 
 from . import scripts, wire
 from .connection import CONNECTION_ERRORS
@@ -34,19 +36,21 @@ class Liveness:
 
     def __init__(
         self,
-        redis_client: aioredis.Redis,
+        redis_client: aioredis.Redis | aiocluster.RedisCluster,
         queue: str,
         worker_id: str,
         heartbeat: float,
         record: Callable[[], bytes],
+        cluster: bool = False,
     ) -> None:
         self.queue = queue
         self.worker_id = worker_id
         self.heartbeat = heartbeat
         self._record = record
         self._redis = redis_client
-        self._workers = wire.workers_key(queue)
-        self._seen = wire.seen_key(queue)
+        self._cluster = cluster
+        self._workers = wire.workers_key(queue, cluster=cluster)
+        self._seen = wire.seen_key(queue, cluster=cluster)
         self._beat_script = redis_client.register_script(scripts.BEAT)
         self._give_back_script = redis_client.register_script(
             scripts.with_header_limit(scripts.GIVE_BACK, wire.HEADER_LIMIT)
@@ -58,6 +62,12 @@ class Liveness:
         self._started = False
         self._refresh: asyncio.Task[None] | None = None
         self._written = 0.0
+
+    def _heartbeat(self, worker_id: str) -> str:
+        return wire.heartbeat_key(self.queue, worker_id, cluster=self._cluster)
+
+    def _processing(self, worker_id: str) -> str:
+        return wire.processing_key(self.queue, worker_id, cluster=self._cluster)
 
     async def start(self) -> None:
         """Register, recover what dead workers left, then keep both up in the background."""
@@ -116,7 +126,7 @@ class Liveness:
         """Refresh the heartbeat (our record), registration and the queue's last-seen time;
         warn when we had been taken for dead."""
         dropped = await self._beat_script(
-            keys=[wire.heartbeat_key(self.queue, self.worker_id), self._workers, self._seen],
+            keys=[self._heartbeat(self.worker_id), self._workers, self._seen],
             args=[int(self.heartbeat * 1000), self.worker_id, self._record()],
         )
         if dropped and self._started:
@@ -137,7 +147,7 @@ class Liveness:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for worker_id in others:
-                pipe.exists(wire.heartbeat_key(self.queue, worker_id))
+                pipe.exists(self._heartbeat(worker_id))
             alive = await pipe.execute()
         for worker_id, exists in zip(others, alive, strict=True):
             if not exists:
@@ -146,7 +156,7 @@ class Liveness:
     async def recover_orphans(self) -> None:
         """Also recover processing lists whose worker is no longer registered (at start)."""
         await self.recover_dead()
-        prefix = wire.processing_key(self.queue, "")
+        prefix = self._processing("")
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
         async for key in self._redis.scan_iter(match=pattern, count=500):
             name = key.decode() if isinstance(key, bytes) else key
@@ -158,9 +168,9 @@ class Liveness:
         """Move a worker's messages back to the queue, unless its heartbeat is alive."""
         moved = await self._recover_script(
             keys=[
-                wire.processing_key(self.queue, worker_id),
+                self._processing(worker_id),
                 self.queue,
-                wire.heartbeat_key(self.queue, worker_id),
+                self._heartbeat(worker_id),
                 self._workers,
             ],
             args=[worker_id],
@@ -182,9 +192,9 @@ class Liveness:
         try:
             count = await self._give_back_script(
                 keys=[
-                    wire.processing_key(self.queue, self.worker_id),
+                    self._processing(self.worker_id),
                     self.queue,
-                    wire.heartbeat_key(self.queue, self.worker_id),
+                    self._heartbeat(self.worker_id),
                     self._workers,
                     self._seen,
                 ],

@@ -29,17 +29,17 @@ end
 # mm:reply:... lists, which only our clients read. A seed-form reply goes to the list its
 # request's id names, so it may go only to a list that does not exist yet, or to one that
 # expires (a reply list already answered): never to a list without a TTL (a queue, a
-# dead-letter list, someone's data), a key of another type, or a registered queue. The
-# workers key is not among KEYS: a name the caller chose can't share a cluster slot anyway.
+# dead-letter list, someone's data), a key of another type, or a registered queue (whose
+# workers set is `workers`, wire.workers_key; on a cluster it shares the slot of `key`).
 _REPLY_GUARD = """
-local function refusal(key)
+local function refusal(key, workers)
   if string.sub(key, 1, 9) == 'mm:reply:' then return false end
   local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'none' then
     if kind ~= 'list' then return 'holds a ' .. kind end
     if redis.call('PTTL', key) < 0 then return 'is a list without a TTL' end
   end
-  if redis.call('EXISTS', 'mm:' .. key .. ':workers') == 1 then
+  if redis.call('EXISTS', workers) == 1 then
     return 'is a registered queue'
   end
   return false
@@ -95,8 +95,8 @@ CHECK_REPLY_LIST = (
     _REPLY_GUARD
     + """
 -- Before a seed-form request runs: may its reply go to the list its id names?
--- KEYS: the reply list. Returns why not, or false (nil).
-return refusal(KEYS[1])
+-- KEYS: the reply list, its name's workers set. Returns why not, or false (nil).
+return refusal(KEYS[1], KEYS[2])
 """
 )
 
@@ -119,7 +119,7 @@ for i = 3, #KEYS do
   local item, reply = ARGV[2 * i - 1], ARGV[2 * i]
   errors[i - 2] = 0
   if reply ~= '' then
-    local refused = refusal(KEYS[i])
+    local refused = refusal(KEYS[i], 'mm:' .. KEYS[i] .. ':workers')
     if refused then
       errors[i - 2] = 'refused: the list ' .. refused
     else
@@ -135,9 +135,11 @@ for i = 3, #KEYS do
 end
 local taken, swept = {}, 0
 if tonumber(ARGV[2]) > 0 then swept = sweep(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4])) end
+-- An error stops the taking, not the script: what it moved already must reach the worker
+-- (Redis undoes nothing; on a Redis Cluster a slot being migrated fails the next move).
 for i = 1, tonumber(ARGV[2]) do
-  local item = redis.call('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')
-  if not item then break end
+  local item = redis.pcall('LMOVE', KEYS[2], KEYS[1], 'RIGHT', 'LEFT')
+  if type(item) ~= 'string' then break end
   taken[i] = item
 end
 return {errors, taken, swept}
@@ -153,7 +155,7 @@ BURY = (
 -- KEYS: dead-letter list, processing list, reply list. ARGV: record, item, reply ('' for
 -- none), reply TTL. Returns why the reply was refused, or false (nil).
 local refused = false
-if ARGV[3] ~= '' then refused = refusal(KEYS[3]) end
+if ARGV[3] ~= '' then refused = refusal(KEYS[3], 'mm:' .. KEYS[3] .. ':workers') end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 if ARGV[3] ~= '' and not refused then
   redis.call('RPUSH', KEYS[3], ARGV[3])
@@ -164,6 +166,20 @@ return refused
 """
 )
 
+REPLY = (
+    _REPLY_GUARD
+    + """
+-- On a Redis Cluster, where a reply list lives in another slot than the queue: push the
+-- replies to one list, set its expiry. SETTLE and BURY then run without replies.
+-- KEYS: the reply list. ARGV: the workers set of its name (wire.workers_key), the reply
+-- TTL, the replies. Returns why the list was refused, or false (nil).
+local refused = refusal(KEYS[1], ARGV[1])
+if refused then return refused end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return false
+"""
+)
 # Milliseconds since the epoch by Redis's clock: every time the no-worker rule compares is
 # Redis's own, so clients' and workers' clocks don't matter to it.
 _NOW = """

@@ -20,12 +20,14 @@ import time
 from typing import Any
 
 import redis
+import redis.cluster
 from redis.exceptions import ResponseError
 
 from ..._exceptions import CallTimeout, TransportError
+from .._shared import Backoff
 from ..base import SyncClientTransport, TraceContext
 from . import calls, compat, wire
-from .connection import CONNECTION_ERRORS, REPLY_BLOCK_SECONDS, RedisSettings
+from .connection import CONNECTION_ERRORS, REPLY_BLOCK_SECONDS, RedisSettings, is_transient
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
@@ -53,7 +55,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._settings = settings
         self._failures = calls.Failures(settings)
         self.client_id = secrets.token_hex(8)
-        self.reply_list = wire.reply_key(self.client_id)
+        self.reply_list = wire.reply_key(self.client_id, cluster=settings.cluster)
         self._prefix = wire.request_prefix(self.reply_list)
         self._cids = map(f"{secrets.token_hex(6)}.{{}}".format, itertools.count(1))
         self._lock = threading.Lock()
@@ -62,13 +64,24 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._outbox: list[tuple[str, bytes, _Waiter]] = []
         self._pushing = False
         self._sweeps = calls.Sweeps()
-        self._pushes = calls.Pushes(settings.worker_window)
+        self._spreader = calls.Spreader(settings.shards)
+        self._pushes = calls.Pushes(settings.worker_window, cluster=settings.cluster)
         self._closed = False
-        self._redis: redis.Redis | None = None
-        self._reader: redis.Redis | None = None
+        self._redis: redis.Redis | redis.cluster.RedisCluster | None = None
+        self._reader: redis.Redis | redis.cluster.RedisCluster | None = None
 
     def connect(self) -> None:
         name = calls.client_name(self.client_id)
+        if self._settings.cluster:
+            try:
+                # One cluster client does both: pushes, and reads on a connection of its pool.
+                cluster = self._settings.sync_cluster_client(name, block=REPLY_BLOCK_SECONDS)
+                self._redis = self._reader = cluster
+                cluster.ping()
+            except CONNECTION_ERRORS as exc:
+                self.close()
+                raise self._failures.unreachable(exc) from exc
+            return
         pool = self._settings.configure(
             redis.BlockingConnectionPool, name, max_connections=MAX_CONNECTIONS
         )
@@ -92,25 +105,29 @@ class RedisSyncClientTransport(SyncClientTransport):
         if self._closed or redis_client is None:
             raise self._failures.closed()
         cid = next(self._cids)
+        queue = self._spreader.queue(queue)
         waiter = _Waiter()
         message = wire.encode_request_fast(self._prefix, cid, deadline, time.time(), body, trace)
         with self._lock:
             self._pending[cid] = waiter
             lone = len(self._pending) == 1 and not self._reading and not self._pushing
+            lone = lone and not self._settings.cluster  # no one connection to write both on
             if lone:  # both roles are ours: push and first read go out in one round trip
                 self._reading = self._pushing = True
         try:
             if lone:
                 self._push_and_read(redis_client, queue, message, waiter, deadline)
             else:
-                self._push(redis_client, queue, message, waiter)
+                self._push(redis_client, queue, message, waiter, deadline)
             return self._wait(waiter, deadline)
         finally:
             with self._lock:
                 self._pending.pop(cid, None)
                 self._pass_reading_on()
 
-    def _push(self, redis_client: redis.Redis, queue: str, message: bytes, waiter: _Waiter) -> None:
+    def _push(
+        self, redis_client: Any, queue: str, message: bytes, waiter: _Waiter, deadline: float
+    ) -> None:
         """LPUSH `message`, together with those of the threads that call meanwhile.
 
         The first caller to find no push in progress sends everything that waits, round
@@ -123,9 +140,9 @@ class RedisSyncClientTransport(SyncClientTransport):
             if self._pushing:
                 return
             self._pushing = True
-        self._send_outbox(redis_client)
+        self._send_outbox(redis_client, deadline)
 
-    def _send_outbox(self, redis_client: redis.Redis) -> None:
+    def _send_outbox(self, redis_client: Any, deadline: float | None = None) -> None:
         """As the pusher: send what waits, round after round, until nothing does."""
         while True:
             with self._lock:
@@ -134,12 +151,10 @@ class RedisSyncClientTransport(SyncClientTransport):
                     self._pushing = False
                     return
             try:
-                plan = self._pushes.plan((name, item) for name, item, _ in batch)
-                commands = plan.first()
-                sweeps = self._sweeps.due(plan.queues, time.time())
-                replies = _execute(redis_client, [*commands, *sweeps])
-                self._sweeps.done(sweeps, replies[len(commands) :])
-                self._finish(redis_client, plan, replies[: len(commands)])
+                if self._settings.cluster:
+                    plan = self._push_through_failover(redis_client, batch, deadline)
+                else:
+                    plan = self._push_batch(redis_client, batch)
             except BaseException as exc:
                 broken = isinstance(exc, CONNECTION_ERRORS)
                 error = self._failures.sending(exc)
@@ -161,15 +176,52 @@ class RedisSyncClientTransport(SyncClientTransport):
                         waiter.error = self._failures.pushing(outcome)
                         waiter.wake.set()
 
-    def _finish(self, redis_client: redis.Redis, plan: calls.PushPlan, replies: list[Any]) -> None:
+    def _finish(self, redis_client: Any, plan: calls.PushPlan, replies: list[Any]) -> None:
         """Send the rounds of `plan` that follow the first (rarely any)."""
         following = plan.next(replies)
         while following:
             following = plan.next(_execute(redis_client, following))
 
+    def _push_batch(
+        self, redis_client: Any, batch: list[tuple[str, bytes, _Waiter]]
+    ) -> calls.PushPlan:
+        """Push `batch` (and the sweeps due) in one round trip, then the rounds that follow
+        (rarely any); the plan, whose outcomes say which pushes were refused."""
+        plan = self._pushes.plan((name, item) for name, item, _ in batch)
+        commands = plan.first()
+        sweeps = self._sweeps.due(plan.queues, time.time())
+        replies = _execute(redis_client, [*commands, *sweeps])
+        if self._settings.cluster:  # a master refusing for now: `_push_through_failover`
+            for reply in replies[: len(commands)]:
+                if isinstance(reply, Exception) and is_transient(reply):
+                    raise reply
+        self._sweeps.done(sweeps, replies[len(commands) :])
+        self._finish(redis_client, plan, replies[: len(commands)])
+        return plan
+
+    def _push_through_failover(
+        self, redis_client: Any, batch: list[tuple[str, bytes, _Waiter]], deadline: float | None
+    ) -> calls.PushPlan:
+        """On a Redis Cluster, push again while a master is down and its replica not yet
+        promoted: until the pushing caller's deadline (`calls.FAILOVER_PATIENCE` at most)."""
+        backoff = Backoff()
+        give_up = time.time() + calls.FAILOVER_PATIENCE
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        while True:
+            try:
+                return self._push_batch(redis_client, batch)
+            except CONNECTION_ERRORS as exc:
+                delay = backoff.failed()
+                if self._closed or not is_transient(exc) or time.time() + delay > give_up:
+                    raise
+                if backoff.failures == 1:
+                    logger.warning("pushing to the Redis Cluster failed (%s); retrying", exc)
+                time.sleep(delay)
+
     def _push_and_read(
         self,
-        redis_client: redis.Redis,
+        redis_client: Any,
         queue: str,
         message: bytes,
         waiter: _Waiter,
@@ -191,7 +243,7 @@ class RedisSyncClientTransport(SyncClientTransport):
                     self._read_until(waiter, deadline, once=True)
                 return
             block = max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001)
-            connection = compat.dedicated_connection(self._reader)
+            connection = compat.dedicated_connection(self._reader)  # type: ignore[arg-type]
             read = calls.read_command(self.reply_list, block)
             plan = self._pushes.plan([(queue, message)])
             push = plan.first()
@@ -275,9 +327,9 @@ class RedisSyncClientTransport(SyncClientTransport):
             if block <= 0.001:
                 return
             try:
-                got = compat.execute(self._reader, calls.read_command(self.reply_list, block))
+                got = self._read(self._reader, block)
             except CONNECTION_ERRORS as exc:
-                if calls.replies_may_be_lost(exc):
+                if calls.replies_may_be_lost(exc, cluster=self._settings.cluster):
                     self._fail_all(self._failures.reading(exc))
                     return
                 # Refused for the moment (a failover): the replies wait in their list.
@@ -286,6 +338,14 @@ class RedisSyncClientTransport(SyncClientTransport):
             self._hand_out(calls.replies(got))
             if once:
                 return
+
+    def _read(self, reader: redis.Redis | redis.cluster.RedisCluster, block: float) -> Any:
+        """One read of the reply list (on a cluster, sent to the node of its slot at once:
+        redis-py would ask a node where the keys of BLMPOP are, every time)."""
+        command = calls.read_command(self.reply_list, block)
+        if isinstance(reader, redis.cluster.RedisCluster):
+            return compat.execute_at(reader, self.reply_list, command)
+        return compat.execute(reader, command)
 
     def _pass_reading_on(self) -> None:
         """With the lock held: when nobody reads replies, wake a waiting caller to do it."""
@@ -310,7 +370,7 @@ class RedisSyncClientTransport(SyncClientTransport):
         if self._closed or self._redis is None:
             raise self._failures.closed()
         message = calls.notification(body, deadline, time.time(), trace)
-        push(self._redis, self._pushes, self._failures, queue, message)
+        push(self._redis, self._pushes, self._failures, self._spreader.queue(queue), message)
 
     def close(self) -> None:
         self._closed = True
@@ -323,13 +383,15 @@ class RedisSyncClientTransport(SyncClientTransport):
             except CONNECTION_ERRORS as exc:
                 logger.debug("could not delete reply list %s: %s", self.reply_list, exc)
             redis_client.close()
+            if isinstance(redis_client, redis.cluster.RedisCluster):
+                return  # its reader, too, and it closes its connections itself
             redis_client.connection_pool.disconnect()
-        if reader is not None:
+        if reader is not None and not isinstance(reader, redis.cluster.RedisCluster):
             reader.close()
             reader.connection_pool.disconnect()
 
 
-def _execute(redis_client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _execute(redis_client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Run commands in one round trip; their replies, error replies included."""
     if len(commands) == 1:
         try:
@@ -344,7 +406,7 @@ def _execute(redis_client: redis.Redis, commands: list[tuple[Any, ...]]) -> list
 
 
 def push(
-    redis_client: redis.Redis,
+    redis_client: redis.Redis | redis.cluster.RedisCluster,
     pushes: calls.Pushes,
     failures: calls.Failures,
     queue: str,

@@ -35,41 +35,61 @@ client sends 32 hex digits), so that `0` or `a` can't name a top-level key."""
 
 
 # --- keys ------------------------------------------------------------------------------------
+# On a Redis Cluster (`cluster=True`) every key of a queue carries the queue's name as its hash
+# tag, `{calc}`, so that it lives in the slot of the queue's own list `calc` (whose slot is
+# that of its whole name): every script and pipeline of a worker then stays in one slot. A
+# client's reply list is tagged with the client's id. On one Redis the names stay untagged.
 
 QUEUES_KEY = "mm:queues"
 """The set of the queues our workers serve or served: what ``status`` lists (one key for
 the whole database, so that listing queues needs no SCAN)."""
 
 
-def dead_letter_key(queue: str) -> str:
+def _tagged(name: str, cluster: bool) -> str:
+    return f"{{{name}}}" if cluster else name
+
+
+def cluster_refusal(name: str) -> str | None:
+    """Why `name` can't be a queue (or seed-form reply list) on a Redis Cluster, or None.
+
+    A brace in it would make Redis hash another part of the name than the tag we give its
+    keys, so they would land in other slots.
+    """
+    if "{" in name or "}" in name:
+        return f"{name[:80]!r} holds a brace, which Redis Cluster reads as a hash tag"
+    return None
+
+
+def dead_letter_key(queue: str, *, cluster: bool = False) -> str:
     """The list holding the records of `queue`'s dead letters."""
-    return f"{queue}:dead"
+    return f"{_tagged(queue, cluster)}:dead"
 
 
-def workers_key(queue: str) -> str:
+def workers_key(queue: str, *, cluster: bool = False) -> str:
     """The set of ids of the workers registered on `queue`."""
-    return f"mm:{queue}:workers"
+    return f"mm:{_tagged(queue, cluster)}:workers"
 
 
-def processing_key(queue: str, worker_id: str) -> str:
+def processing_key(queue: str, worker_id: str, *, cluster: bool = False) -> str:
     """The list of messages one worker has taken from `queue` and not settled."""
-    return f"mm:{queue}:processing:{worker_id}"
+    return f"mm:{_tagged(queue, cluster)}:processing:{worker_id}"
 
 
-def heartbeat_key(queue: str, worker_id: str) -> str:
+def heartbeat_key(queue: str, worker_id: str, *, cluster: bool = False) -> str:
     """The key whose presence says a worker on `queue` is alive."""
-    return f"mm:{queue}:heartbeat:{worker_id}"
+    return f"mm:{_tagged(queue, cluster)}:heartbeat:{worker_id}"
 
 
-def seen_key(queue: str) -> str:
+def seen_key(queue: str, *, cluster: bool = False) -> str:
     """The string holding until when (ms, Redis's clock) a worker of `queue` was seen alive."""
-    return f"mm:{queue}:seen"
+    return f"mm:{_tagged(queue, cluster)}:seen"
 
 
-def queue_keys_pattern(queue: str) -> str:
+def queue_keys_pattern(queue: str, *, cluster: bool = False) -> str:
     """The SCAN pattern matching every key of ours for `queue` (the queue list and the
     dead-letter list aside)."""
-    return "mm:" + "".join("\\" + c if c in "*?[]\\" else c for c in queue) + ":*"
+    name = _tagged(queue, cluster)
+    return "mm:" + "".join("\\" + c if c in "*?[]\\" else c for c in name) + ":*"
 
 
 def queue_of_workers_key(key: str) -> str | None:
@@ -84,9 +104,15 @@ def queue_of_dead_letter_key(key: str) -> str | None:
     return key[:-5] if key.endswith(":dead") and len(key) > 5 else None
 
 
-def reply_key(client_id: str) -> str:
+def reply_key(client_id: str, *, cluster: bool = False) -> str:
     """The one list all of a client's replies go to."""
-    return f"{REPLY_PREFIX}{client_id}"
+    return f"{REPLY_PREFIX}{_tagged(client_id, cluster)}"
+
+
+def shard_queue(queue: str, shard: int) -> str:
+    """The list of shard `shard` of a queue spread over several (``?shards=N``): shard 0 is
+    the queue itself, so that clients that don't shard (the seed's) are served too."""
+    return queue if shard == 0 else f"{queue}:shard:{shard}"
 
 
 # --- envelopes -------------------------------------------------------------------------------

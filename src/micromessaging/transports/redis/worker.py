@@ -20,12 +20,14 @@ import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 from redis.commands.core import AsyncScript
 
-from ..._exceptions import TransportError
+from ..._exceptions import ConfigurationError, TransportError
 from ..._json import dumps
 from .._shared import LedgerDelivery, WorkerTransportBase
 from ..admin import WorkerRecord
@@ -39,7 +41,7 @@ from .connection import (
     close_client,
     is_transient,
 )
-from .link import Link, Script
+from .link import ClusterLink, Link, Script
 from .liveness import Liveness
 
 logger = logging.getLogger("micromessaging.transport.redis")
@@ -98,11 +100,14 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         self._settings = settings
         self.worker_id = options.worker_id
         self._started = time.time()
-        self._processing = wire.processing_key(self.queue, self.worker_id)
-        self._dead = wire.dead_letter_key(self.queue)
+        self._cluster = settings.cluster
+        if self._cluster and (refusal := wire.cluster_refusal(self.queue)) is not None:
+            raise ConfigurationError(f"the queue {refusal}: name it without braces")
+        self._processing = wire.processing_key(self.queue, self.worker_id, cluster=self._cluster)
+        self._dead = wire.dead_letter_key(self.queue, cluster=self._cluster)
         self._settler: Batcher[tuple[RedisDelivery, bytes | None]] = Batcher(self._send_settles)
         self.stats = TakeStats()
-        self._redis: aioredis.Redis | None = None
+        self._redis: aioredis.Redis | aiocluster.RedisCluster | None = None
         self._take_link: Link | None = None
         self._settle_link: Link | None = None
         self._liveness: Liveness | None = None
@@ -118,16 +123,30 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
     # --- start and stop ----------------------------------------------------------------------
 
     async def _open(self) -> None:
-        pool = self._settings.pool(f"mm:worker:{self.queue}:{self.worker_id}")
-        self._redis = self._settings.client(pool)
+        name = f"mm:worker:{self.queue}:{self.worker_id}"
+        if self._cluster:
+            self._redis = cluster = self._settings.cluster_client(name, block=BLOCK_SECONDS)
+            pool_for = partial(self._settings.node_pool, name=name)
+            self._take_link = ClusterLink(cluster, pool_for, block=BLOCK_SECONDS)
+            self._settle_link = ClusterLink(cluster, pool_for)
+        else:
+            pool = self._settings.pool(name)
+            self._redis = self._settings.client(pool)
+            self._take_link = Link(pool, block=BLOCK_SECONDS)
+            self._settle_link = Link(pool)
         self._check_script = self._redis.register_script(scripts.CHECK_REPLY_LIST)
         self._bury_script = self._redis.register_script(scripts.BURY)
-        self._take_link = Link(pool, block=BLOCK_SECONDS)
-        self._settle_link = Link(pool)
         self._liveness = Liveness(
-            self._redis, self.queue, self.worker_id, self._settings.heartbeat, self._record
+            self._redis,
+            self.queue,
+            self.worker_id,
+            self._settings.heartbeat,
+            self._record,
+            self._cluster,
         )
         try:
+            if isinstance(self._redis, aiocluster.RedisCluster):
+                await self._redis.initialize()  # learns which node holds which slots
             await self._liveness.start()
         except CONNECTION_ERRORS as exc:
             await self._disconnect()
@@ -267,10 +286,9 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         """
         script = self._check_script
         assert script is not None
+        keys = [name, wire.workers_key(name, cluster=self._cluster)]
         try:
-            refusal = await self.ledger.retrying(
-                "checking a reply list", lambda: script(keys=[name, wire.workers_key(name)])
-            )
+            refusal = await self.ledger.retrying("checking a reply list", lambda: script(keys=keys))
         except asyncio.CancelledError:
             self._forget(delivery)  # stopping: it goes back to the queue unstarted
             raise
@@ -319,6 +337,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         name = wire.seed_reply_list(delivery.body)
         if name is not None:
             delivery.refusal = wire.seed_reply_refusal(name, self.queue)
+            if self._cluster and delivery.refusal is None:
+                delivery.refusal = wire.cluster_refusal(name)
             delivery.reply_list = None if delivery.refusal else name  # checked in Redis next
         return None
 
@@ -358,14 +378,18 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         keys: list[str] = [self._processing, self.queue]
         now = int(time.time() * 1000)
         args: list[bytes | int] = [wire.REPLY_TTL, room, now, calls.SWEEP_LIMIT]
+        apart = self._cluster  # reply lists in other slots: their replies are pushed first
         for delivery, reply in batch:
-            keys.append(delivery.reply_list or self._processing)
-            args += (delivery.item, b"" if reply is None else reply)
+            keys.append(self._processing if apart else delivery.reply_list or self._processing)
+            args += (delivery.item, b"" if reply is None or apart else reply)
         link = self._settle_link
         taken: list[bytes] = []
         try:
             if link is None:
                 raise TransportError("the worker is closed")
+            if apart:
+                replies = [(d.reply_list, r) for d, r in batch if d.reply_list and r is not None]
+                await ledger.retrying("pushing replies", lambda: self._push_apart(link, replies))
             errors, taken, swept = await ledger.retrying(
                 "settling messages", lambda: link.run(SETTLE, keys, args)
             )
@@ -399,6 +423,28 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             for item in taken:
                 self._hand_over(item)
 
+    async def _push_apart(self, link: Link, replies: list[tuple[str, bytes]]) -> None:
+        """On a Redis Cluster: push replies to their lists (in their clients' slots), one
+        script per list, in one pipeline; a transient failure raises, to push them all again
+        (a caller drops a second copy of a reply as unknown)."""
+        by_list: dict[str, list[bytes]] = {}
+        for reply_list, reply in replies:
+            by_list.setdefault(reply_list, []).append(reply)
+        commands = [
+            ("EVAL", scripts.REPLY, 1, name, wire.workers_key(name, cluster=True),
+             wire.REPLY_TTL, *items)
+            for name, items in by_list.items()
+        ]  # fmt: skip
+        if not commands:
+            return
+        results = await link.pipeline(*commands)
+        for name, result in zip(by_list, results, strict=True):
+            if isinstance(result, Exception) and is_transient(result):
+                raise result
+            if result:
+                text = result.decode(errors="replace") if isinstance(result, bytes) else result
+                logger.warning("a reply to %r was not pushed: %s", name[:80], text)
+
     async def _complete(self, delivery: RedisDelivery, reply: bytes | None) -> None:
         raise NotImplementedError("unused: `settle` sends each settle in a batch run")
 
@@ -415,6 +461,9 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         if script is None or self._redis is None:
             raise TransportError("the worker is closed")
         reply_list = delivery.reply_list
+        apart: list[tuple[str, bytes]] = []
+        if self._cluster and reply_list is not None and wired is not None:
+            apart, reply_list = [(reply_list, wired)], None  # in another slot: pushed after
         if reply_list is None or wired is None:
             reply_list, wired = self._dead, b""  # no reply: the key is only a placeholder
         refused = await script(
@@ -426,3 +475,8 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         if refused:
             logger.warning("the reply to %r was not pushed: the list %s", reply_list, refused)
         logger.warning("dead-lettered a message from %r: %s", self.queue, reason)
+        if apart and self._settle_link is not None:
+            try:
+                await self._push_apart(self._settle_link, apart)
+            except CONNECTION_ERRORS as exc:  # recorded all the same; the caller times out
+                logger.warning("the error reply to %r was not pushed: %s", apart[0][0], exc)
