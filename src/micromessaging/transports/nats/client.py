@@ -104,7 +104,7 @@ class NatsClientTransport(ClientTransport):
         self._live(queue)
         if self._stored is not None:
             # Before its stream is made: a queue nobody serves is left with nothing.
-            await self._check_served(queue)
+            await self._check_served(queue, deadline)
         correlation_id, future = self._router.expect(deadline)
         call = Call(queue, body, deadline, future, trace=trace, sent=time.time())
         self._calls[correlation_id] = call
@@ -124,7 +124,7 @@ class NatsClientTransport(ClientTransport):
         self, queue: str, body: bytes, deadline: float | None, trace: TraceContext | None = None
     ) -> None:
         nc = self._live(queue)
-        await self._check_served(queue)
+        await self._check_served(queue, deadline)
         headers = wire.request_headers(deadline, trace)
         self._check_size(nc, body, headers)
         if self._stored is not None:
@@ -135,10 +135,11 @@ class NatsClientTransport(ClientTransport):
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {queue!r}: {exc!r}") from exc
 
-    async def _check_served(self, queue: str) -> None:
+    async def _check_served(self, queue: str, deadline: float | None) -> None:
         """`NoWorkers` unless a worker of `queue` was seen within the window (or none can
         tell: a server without JetStream keeps no worker records)."""
-        if self._presence is not None and await self._presence.served(queue) is False:
+        presence = self._presence
+        if presence is not None and await presence.served(queue, deadline) is False:
             raise self._no_workers(queue)
 
     def _no_workers(self, queue: str) -> NoWorkers:
@@ -160,7 +161,7 @@ class NatsClientTransport(ClientTransport):
 
     async def _resend_if_served(self, correlation_id: str, call: Call) -> None:
         assert self._presence is not None
-        served = await self._presence.served(call.queue)
+        served = await self._presence.served(call.queue, call.deadline)
         if served:
             self._resend_later(correlation_id, 0)
         elif served is None:

@@ -121,8 +121,11 @@ class Presence:
         seen = self.answered.get(queue)
         return seen is not None and time.monotonic() - seen <= self.window
 
-    async def served(self, queue: str) -> bool | None:
-        """Whether a worker of `queue` was seen within the window; None when nobody can tell."""
+    async def served(self, queue: str, deadline: float | None = None) -> bool | None:
+        """Whether a worker of `queue` was seen within the window; None when nobody can tell.
+
+        Waits at most `timeout` seconds, and not past `deadline` (epoch seconds).
+        """
         now = time.monotonic()
         look = self._looks.get(queue)
         if look is None or now - look[0] > CHECK_EVERY:
@@ -130,7 +133,8 @@ class Presence:
             future.add_done_callback(_retrieve)
             look = self._looks[queue] = (now, future)
         try:
-            seen = await wait_shared(look[1], self.timeout)
+            wait = self.timeout if deadline is None else min(self.timeout, deadline - time.time())
+            seen = await wait_shared(look[1], max(wait, 0.001))
         except Unknown:
             return True if self.answered_within(queue) else None
         except (TimeoutError, nats.errors.Error, OSError):
