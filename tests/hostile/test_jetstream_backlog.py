@@ -7,19 +7,16 @@
   its request back out of the stream, and a worker skips expired requests in bulk, so a new
   worker reaches live calls at once.
 
-Talks to the NATS server of MICROMESSAGING_NATS_URL (default the shared one on 4222).
+Talks to the session's NATS server (conftest's `nats_url`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import nats
 import nats.js.errors
@@ -36,20 +33,17 @@ from micromessaging.transports.nats.wire import (
 
 from .common import REQUEST, Gauge, until_true
 
-NATS_URL = os.environ.get("MICROMESSAGING_NATS_URL", "nats://127.0.0.1:4222")
-JETSTREAM = NATS_URL + "?jetstream=1&worker_window=0"  # calls are made before any worker
+NATS_URL = ""
+"""The session's NATS server (conftest's `nats_url`: the shared one, or one of the suite's own)."""
+JETSTREAM = ""
+"""The same with JetStream, and the no-worker rule off: calls are made before any worker."""
 
 
-def _reachable() -> bool:
-    parts = urlsplit(NATS_URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222), 1):
-            return True
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _reachable(), reason=f"no NATS server at {NATS_URL}")
+@pytest.fixture(autouse=True)
+def _server(nats_url: str) -> None:
+    global NATS_URL, JETSTREAM
+    NATS_URL = nats_url
+    JETSTREAM = nats_url + "?jetstream=1&worker_window=0"
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,20 +49,19 @@ from .common import (
     until,
 )
 
-NATS_URL = os.environ.get("MICROMESSAGING_NATS_URL", "nats://127.0.0.1:4222")
-HOST = urlsplit(NATS_URL).hostname or "127.0.0.1"
-PORT = urlsplit(NATS_URL).port or 4222
+NATS_URL = ""
+"""The session's NATS server (conftest's `nats_url`: the shared one, or one of the suite's own)."""
+HOST = "127.0.0.1"
+PORT = 0
 
 
-def _reachable() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), 1):
-            return True
-    except OSError:
-        return False
+@pytest.fixture(autouse=True)
+def _server(nats_url: str) -> None:
+    global NATS_URL, HOST, PORT
+    NATS_URL = nats_url
+    HOST = urlsplit(nats_url).hostname or "127.0.0.1"
+    PORT = urlsplit(nats_url).port or 4222
 
-
-pytestmark = pytest.mark.skipif(not _reachable(), reason=f"no NATS server at {NATS_URL}")
 
 AUTO = "auto"
 """`Harness.send`'s default reply address: a fresh inbox of the test's own, awaited."""
