@@ -76,6 +76,8 @@ class LoopThread:
         """Calls run by the caller running the loop; touched by whoever runs the loop only."""
         self._serving = False
         """The loop's own thread is in ``run_forever``; read and written on that thread only."""
+        self._wake_when_parked: list[_Waiter] = []
+        """Callers the loop's own thread wakes once it has parked the loop; that thread's only."""
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` on the loop and wait for its outcome (its result or exception)."""
@@ -178,9 +180,14 @@ class LoopThread:
             waiter.task = None
             with self._state:
                 self._handed.discard(waiter)
-                if not self._handed and self._serving:
-                    loop.stop()  # park: the next call runs the loop itself
-            waiter.latch.release()
+                last = not self._handed and self._serving
+            if last:
+                # Park, and wake the caller once parked: else it calls again before, and
+                # hands that call over too, and so on.
+                loop.stop()
+                self._wake_when_parked.append(waiter)
+            else:
+                waiter.latch.release()
 
     def _stop_serving(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._serving:
@@ -244,6 +251,9 @@ class LoopThread:
                 with state:
                     self._runner = PARKED
                     self._parked_at = time.monotonic()
+                waiters, self._wake_when_parked = self._wake_when_parked, []
+                for waiter in waiters:
+                    waiter.latch.release()
 
     def _finish(self, loop: asyncio.AbstractEventLoop) -> None:
         """Cancel what still runs on the loop and let it end."""
