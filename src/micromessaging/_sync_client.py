@@ -5,7 +5,8 @@
 
 It shares everything without I/O with `AsyncClient` (ids, encoding, batches, reading replies)
 and does its I/O through a `SyncClientTransport`: on the calling thread where the transport
-offers one, else on a private event loop thread. One `Client` serves any number of threads.
+offers one, else on a private event loop that a lone caller runs on its own thread (and that
+calls from other threads meanwhile are handed to). One `Client` serves any number of threads.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ import math
 import random
 import secrets
 import ssl
-import threading
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Collection
@@ -593,7 +592,6 @@ class ReplyRouter:
         self._prefix = secrets.token_hex(6)
         self._counter = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: int | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.unknown_replies = 0
 
@@ -605,7 +603,6 @@ class ReplyRouter:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-            self._thread = threading.get_ident()
         correlation_id = f"{self._prefix}.{next(self._counter)}"
         future = loop.create_future()
         self._pending[correlation_id] = (future, deadline)
@@ -630,7 +627,8 @@ class ReplyRouter:
 
     def resolve(self, correlation_id: str | None, body: bytes) -> None:
         """Hand a reply to its caller, from the router's loop or from any other thread."""
-        if self._loop is not None and threading.get_ident() != self._thread:
+        # Not "another thread": the blocking client's loop runs on whichever thread calls.
+        if self._loop is not None and asyncio._get_running_loop() is not self._loop:
             self._loop.call_soon_threadsafe(self.resolve, correlation_id, body)
             return
         entry = self._pending.pop(correlation_id, None) if correlation_id else None
