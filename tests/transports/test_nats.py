@@ -35,6 +35,7 @@ from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
 from micromessaging.transports.admin import AdminTransport
 from micromessaging.transports.base import WorkerOptions
+from micromessaging.transports.nats import presence
 from micromessaging.transports.nats.wire import (
     DEAD_LETTER_PREFIX,
     DEADLINE,
@@ -404,13 +405,18 @@ async def test_our_headers_travel_with_the_request(url: str, queue: str, nats_ur
             pending = asyncio.create_task(client.add(1, 2))
             nc = await raw_connection(nats_url)
             try:  # no worker: the request waits in the stream
+                # Stream info until it holds the request, only then MSG.GET: nats-server
+                # 2.9.10 dies on a MSG.GET that meets the stream while the client creates it
+                # (docs/wire-nats.md, "No worker"); info checks for that.
                 deadline = time.monotonic() + 5
                 while True:
                     with contextlib.suppress(nats.js.errors.NotFoundError):
-                        msg = await nc.jetstream().get_last_msg(stream_name(queue), queue)
-                        break
+                        info = await nc.jetstream().stream_info(stream_name(queue))
+                        if info.state.messages:
+                            break
                     assert time.monotonic() < deadline, "the request never reached the stream"
                     await asyncio.sleep(0.02)
+                msg = await nc.jetstream().get_last_msg(stream_name(queue), queue)
             finally:
                 await nc.close()
             headers = msg.headers or {}
@@ -658,6 +664,45 @@ async def test_no_worker_names_the_queue_and_creates_no_stream(nats_url: str) ->
             await nc.jetstream().stream_info(stream_name(queue))
     finally:
         await nc.close()
+
+
+async def test_records_are_read_safely_while_their_stream_is_made(nats_node: NatsNode) -> None:
+    # nats-server 2.9.10 died (nil store) on a MSG.GET meeting MM_WORKERS while it was being
+    # created; looks now go through a consumer. Clients look while a "worker" makes the stream
+    # again and again; the server lives, the newest record is found, no consumer stays.
+    lookers = [await raw_connection(nats_node.url) for _ in range(3)]
+    maker = await raw_connection(nats_node.url)
+    stop = asyncio.Event()
+
+    async def look(nc: nats.NATS) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await presence.last_seen(nc.jetstream(), "q")  # the stream may vanish meanwhile
+
+    looking = [asyncio.create_task(look(nc)) for nc in lookers for _ in range(3)]
+    js = maker.jetstream()
+    try:
+        for _ in range(15):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(presence.STREAM)
+            await presence.ensure_stream(js)
+            await js.publish("mm.workers.q.old", orjson.dumps({"last_seen": time.time() - 60}))
+            await js.publish("mm.workers.q.new", orjson.dumps({"last_seen": time.time()}))
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*looking)
+        assert nats_node.running
+        seen = await presence.last_seen(js, "q")
+        assert seen is not None and time.time() - seen < 5  # the newest of both records
+        assert await presence.last_seen(js, "nobody") is None
+        deadline = time.monotonic() + 5
+        while (await js.stream_info(presence.STREAM)).state.consumer_count:
+            assert time.monotonic() < deadline, "the looks' consumers were not deleted"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        for nc in (*lookers, maker):
+            await nc.close()
 
 
 def test_worker_window_option() -> None:

@@ -2,10 +2,15 @@
 
 Every worker, core or JetStream, stores its `WorkerRecord` on ``mm.workers.<queue>.<worker
 id>`` in the stream ``MM_WORKERS`` (one message kept per subject, a day at most) when it
-starts, every `HEARTBEAT` seconds, and when it stops. A client asks for the newest record
-of a queue (``$JS.API.STREAM.MSG.GET`` with a wildcard ``last_by_subj``) before it creates
-a queue's stream (JetStream) or when the server says no worker is subscribed (core NATS):
-no record newer than the URL's ``worker_window`` means `NoWorkers` at once.
+starts, every `HEARTBEAT` seconds, and when it stops. A client reads the records of a queue
+(an ephemeral consumer delivering the last message of each ``mm.workers.<queue>.*`` subject)
+before it creates a queue's stream (JetStream) or when the server says no worker is
+subscribed (core NATS): no record newer than the URL's ``worker_window`` means `NoWorkers`
+at once.
+
+Never ``$JS.API.STREAM.MSG.GET`` here: nats-server 2.9.10 (Debian's) dereferences a nil store
+when that request meets a stream being created (``MM_WORKERS`` made by the first worker while
+clients look) and the whole server dies; a consumer create checks for it and says no.
 
 A server without JetStream keeps nothing: workers only answer the status subject, and a
 core client falls back on what it saw itself (see docs/wire-nats.md, "No worker").
@@ -18,6 +23,7 @@ import contextlib
 import logging
 import time
 
+import nats.aio.msg
 import nats.errors
 import nats.js.errors
 import orjson
@@ -33,6 +39,8 @@ STREAM = "MM_WORKERS"
 PREFIX = "mm.workers."
 HEARTBEAT = 5.0
 """Seconds between a worker's records: a worker counts as live for 3 of them."""
+READ_WITHIN = 2.0
+"""Seconds a look waits for the records the consumer said it would deliver."""
 KEPT = 24 * 3600.0
 """Seconds a record is kept: the longest useful ``worker_window``."""
 CHECK_EVERY = 1.0
@@ -85,20 +93,56 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
 async def last_seen(js: JetStreamContext, queue: str) -> float | None:
     """When a worker of `queue` last said it was alive (epoch seconds), None if never.
 
-    `Unknown` when the server has no JetStream to ask.
+    An ephemeral push consumer on ``MM_WORKERS`` (in memory, no acks) delivers the last record
+    of each worker of `queue`; it is deleted as soon as they are in. `Unknown` when the server
+    has no JetStream to ask.
     """
+    nc = js._nc
+    inbox = nc.new_inbox()
+    records: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def arrived(msg: nats.aio.msg.Msg) -> None:
+        records.put_nowait(msg.data or b"")
+
+    sub = await nc.subscribe(inbox, cb=arrived)  # before the consumer: it may deliver at once
+    config = api.ConsumerConfig(
+        deliver_subject=inbox,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        filter_subject=queue_records(queue),
+        ack_policy=api.AckPolicy.NONE,
+        max_deliver=1,
+        mem_storage=True,
+        num_replicas=1,
+        inactive_threshold=READ_WITHIN,
+    )
     try:
-        msg = await js.get_last_msg(STREAM, queue_records(queue))
-    except nats.js.errors.NotFoundError:
-        return None  # no such record, or no stream: no worker ever kept one
-    except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
-        raise Unknown(str(exc)) from exc
+        try:
+            info = await js.add_consumer(STREAM, config)
+        except nats.js.errors.NotFoundError:
+            return None  # no stream: no worker ever kept a record
+        except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
+            raise Unknown(str(exc)) from exc
+        try:
+            newest: float | None = None
+            for _ in range(info.num_pending or 0):
+                data = await asyncio.wait_for(records.get(), READ_WITHIN)
+                seen = _last_seen(data)
+                if seen is not None and (newest is None or seen > newest):
+                    newest = seen
+            return newest
+        finally:  # no reply awaited: the consumer goes anyway once nobody listens
+            await nc.publish(f"$JS.API.CONSUMER.DELETE.{STREAM}.{info.name}", b"")
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+def _last_seen(data: bytes) -> float | None:
     try:
-        record = orjson.loads(msg.data or b"")
-        seen = float(record["last_seen"])
+        record = orjson.loads(data)
+        return float(record["last_seen"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    return seen
 
 
 class Presence:
