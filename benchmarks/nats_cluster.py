@@ -27,35 +27,16 @@ import nats.errors
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _harness import in_flight, median_ratio, worker
-from tests.brokers import NatsNode, free_port
+from tests.brokers import NatsClusterNode, NatsNode
 
 from micromessaging import AsyncClient
-
-
-class ClusterNode(NatsNode):
-    """One server of a 3-server JetStream cluster."""
-
-    def __init__(self, name: str, base: Path) -> None:
-        super().__init__(base=base)
-        self.name = name
-        self.cluster_port = free_port()
-        self.routes: list[str] = []
-
-    def command(self) -> list[str]:
-        return [
-            *super().command(),
-            "--server_name", self.name,
-            "--cluster_name", "mm-bench",
-            "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-            "--routes", ",".join(self.routes),
-        ]  # fmt: skip
 
 
 @contextlib.contextmanager
 def servers(base: Path) -> Iterator[tuple[str, str]]:
     """The URLs of a single node and of a 3-server cluster, both started."""
     single = NatsNode(base=base)
-    nodes = [ClusterNode(f"mm-b{i}", base) for i in range(3)]
+    nodes = [NatsClusterNode(f"mm-b{i}", base, cluster="mm-bench") for i in range(3)]
     for node in nodes:
         node.routes = [f"nats://127.0.0.1:{o.cluster_port}" for o in nodes if o is not node]
     try:

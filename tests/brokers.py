@@ -522,6 +522,26 @@ class NatsNode(Node):
                 *self.extra]  # fmt: skip
 
 
+class NatsClusterNode(NatsNode):
+    """One nats-server of a JetStream cluster of our own, routed to the others (`routes`)."""
+
+    def __init__(self, name: str, base: Path, cluster: str = "mm-test") -> None:
+        super().__init__(base=base)
+        self.name = name
+        self.cluster = cluster
+        self.cluster_port = free_port()
+        self.routes: list[str] = []
+
+    def command(self) -> list[str]:
+        return [
+            *super().command(),
+            "--server_name", self.name,
+            "--cluster_name", self.cluster,
+            "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+            "--routes", ",".join(self.routes),
+        ]  # fmt: skip
+
+
 # --- which broker a session talks to -------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from micromessaging import AsyncClient, CallTimeout, MicromessagingError, TransportError, Worker
 from micromessaging.transports.nats.wire import CONSUMER_NAME, dead_letter_stream_name, stream_name
-from tests.brokers import NatsNode, free_port
+from tests.brokers import NatsClusterNode, NatsNode
 from tests.transports.contract import eventually
 
 from .service import executions, worker_processes
@@ -166,29 +166,10 @@ async def test_killed_core_worker_loses_its_call(nats_node: NatsNode, tmp_path: 
 # --- a JetStream cluster ------------------------------------------------------------------
 
 
-class ClusterNode(NatsNode):
-    """One nats-server of a 3-server JetStream cluster of the test's own (routes to the others)."""
-
-    def __init__(self, name: str, base: Path) -> None:
-        super().__init__(base=base)
-        self.name = name
-        self.cluster_port = free_port()
-        self.routes: list[str] = []
-
-    def command(self) -> list[str]:
-        return [
-            *super().command(),
-            "--server_name", self.name,
-            "--cluster_name", "mm-test",
-            "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-            "--routes", ",".join(self.routes),
-        ]  # fmt: skip
-
-
 @contextlib.contextmanager
-def cluster(base: Path) -> Iterator[list[ClusterNode]]:
+def cluster(base: Path) -> Iterator[list[NatsClusterNode]]:
     """Three servers routed to each other, started together, stopped by pid."""
-    nodes = [ClusterNode(f"mm-n{i}", base) for i in range(3)]
+    nodes = [NatsClusterNode(f"mm-n{i}", base) for i in range(3)]
     for node in nodes:
         node.routes = [f"nats://127.0.0.1:{o.cluster_port}" for o in nodes if o is not node]
     try:
