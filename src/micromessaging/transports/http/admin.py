@@ -48,9 +48,7 @@ class HttpAdmin(AdminTransport):
     def __init__(self, url: str) -> None:
         self.settings = settings = ClientSettings.from_url(url)
         parts = urlsplit(settings.base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or "localhost"
-        self._port = parts.port or (443 if self._https else 80)
+        self._https, self._host, self._port, _ = settings.endpoint
         self._request = (
             f"GET {parts.path}{STATUS_PATH} HTTP/1.1\r\nhost: {parts.netloc}\r\n"
             "accept: application/json\r\nconnection: close\r\n\r\n"

@@ -60,10 +60,7 @@ class HttpClientTransport(ClientTransport):
     def __init__(self, url: str) -> None:
         self.settings = settings = ClientSettings.from_url(url)
         parts = urlsplit(settings.base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or "localhost"
-        self._port = parts.port or (443 if self._https else 80)
-        self._prefix = parts.path
+        self._https, self._host, self._port, self._prefix = settings.endpoint
         host_header = parts.netloc.encode()
         extra = b""
         if settings.token:

@@ -161,6 +161,14 @@ class ClientSettings:
             max_reply_size=options.count("max_reply_size", DEFAULT_MAX_REPLY_SIZE, minimum=1),
         )
 
+    @property
+    def endpoint(self) -> tuple[bool, str, int, str]:
+        """Whether it is HTTPS, the host and port to connect to, and the path prefix."""
+        parts = urlsplit(self.base_url)
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        return https, parts.hostname or "localhost", port, parts.path
+
     def ssl_context(self) -> ssl.SSLContext:
         """The context that checks the server's certificate (against `cafile` when given)."""
         try:
