@@ -1,5 +1,5 @@
 """The one place that touches aiormq and pamqp beyond their documented API; checked against
-aiormq 6.8 - 7.2 and pamqp 4.0.
+aiormq 7.2.4 and pamqp 4.0 (pyproject.toml bounds aiormq to 7.2.4 - 7.x).
 
 `Link` hands pre-encoded frames (`frames`) straight to a channel's writer, which aiormq does
 not offer publicly: a channel's ``write_queue`` of `ChannelFrame` items. Everything that
