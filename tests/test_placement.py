@@ -177,13 +177,15 @@ async def test_a_method_blocking_for_seconds_never_stalls_other_calls(warm: bool
             asyncio.create_task(client.usually_fast(True)),
         ]
         await asyncio.sleep(0.05)
+        # A stall caused by the blocking methods would last their 1.5 s; a busy machine
+        # (the whole suite on two cores) delays the loop by a few hundred ms at worst.
         for i in range(50):
             started = time.monotonic()
             assert await client.add(i, 1) == i + 1
-            assert time.monotonic() - started < 0.2
+            assert time.monotonic() - started < 1.0
         assert await asyncio.gather(*blocking) == ["done", "done", True]
         stop.set()
-        assert await lag < 0.2  # heartbeats and every other task kept running
+        assert await lag < 1.0  # heartbeats and every other task kept running
 
 
 async def test_a_plain_method_returning_a_coroutine_is_awaited_inline_too() -> None:
