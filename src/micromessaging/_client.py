@@ -331,6 +331,9 @@ class AsyncClient(ClientBase):
             if self._transport is None:
                 transport = client_transport(self.broker)
                 await transport.connect()
+                if self._closed:  # `aclose` came while connecting: it found nothing to close
+                    await transport.aclose()
+                    raise TransportError("this client is closed")
                 self._transport = transport
             return self._transport
 

@@ -446,6 +446,17 @@ class TransportContract:
         async with AsyncClient(broker_url, queue, timeout=10) as other:
             assert await other.add(2, 3) == 5
 
+    async def test_client_closed_while_its_first_call_connects_fails_that_call(
+        self, worker: Worker, broker_url: str, queue: str
+    ) -> None:
+        for pause in (0.0, 0.001, 0.005):
+            client = AsyncClient(broker_url, queue, timeout=10)
+            first = asyncio.create_task(client.slow(0.5, "first"))
+            await asyncio.sleep(pause)  # connecting, or connected and sending
+            await client.aclose()
+            with pytest.raises(TransportError):
+                await first
+
     # --- brokers: where to find them, and losing them -------------------------------------
 
     async def test_unreachable_broker_is_a_transport_error_quickly(

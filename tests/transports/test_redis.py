@@ -758,7 +758,10 @@ async def test_a_killed_worker_counts_as_alive_until_its_heartbeat_expires(
     async with AsyncClient(redis_url + "?worker_window=1", queue, timeout=0.3) as client:
         with pytest.raises(CallTimeout):  # within the heartbeat and the window: it waits
             await client.add(1, 2)
-        await redis_call(redis_url, "psetex", seen, 60_000, now_ms - 1500)  # 1.5 s ago
+    await redis_call(redis_url, "psetex", seen, 60_000, now_ms - 1500)  # 1.5 s ago
+    # A new client: the first one knows that pushes are accepted for the window after its
+    # first push (no worker can take that back: a clean stop marks the queue seen then).
+    async with AsyncClient(redis_url + "?worker_window=1", queue, timeout=0.3) as client:
         with pytest.raises(NoWorkers):
             await client.add(1, 2)
         with pytest.raises(NoWorkers):
@@ -832,3 +835,25 @@ async def test_admin_lists_a_forged_worker_record_by_its_key_alone(
         first, second = (await admin.status(queue)).workers
     assert (first.id, first.queue, first.host, first.pid) == ("w1", queue, "", 0)
     assert (second.id, second.queue, second.pid, second.completed) == ("w2", queue, 7, 3)
+
+
+async def test_an_event_loop_held_up_past_the_link_timeout_loses_no_call(
+    queue: str, probe: Probe, redis_url: str
+) -> None:
+    # The reader's link times out after socket_timeout + its block (0.5 + 2 s here). A loop
+    # held up longer (a blocking call; a paused asyncio.Runner) fires that timer late, while
+    # the reply it waits for is already there: the call must get it, not "connection lost".
+    url = redis_url + "?socket_timeout=0.5"
+    async with serving(probe, url, queue), AsyncClient(url, queue, timeout=30) as client:
+        assert await client.add(1, 1) == 2
+        time.sleep(3)  # noqa: ASYNC251  # the loop held up, between calls
+        assert await client.add(1, 2) == 3
+        in_flight = asyncio.create_task(client.slow(0.2, "held"))
+        await eventually(lambda: ("slow", "held") in probe.ran)
+        time.sleep(3)  # noqa: ASYNC251  # and with a call in flight, its reply coming
+        assert await in_flight == "held"
+        assert await client.add(2, 2) == 4
+        done = time.monotonic()
+    # The worker (held up as well: it serves from this loop) stops at once: its heartbeat
+    # chore, cancelled as redis-py's own timeout fired, used to go on for 45 s.
+    assert time.monotonic() - done < 5

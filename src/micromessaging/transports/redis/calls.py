@@ -66,8 +66,11 @@ PUSH_SHA = hashlib.sha1(scripts.PUSH.encode()).hexdigest()
 class Pushes:
     """How one client pushes: plain LPUSH, or under the no-worker rule (`scripts.PUSH`).
 
-    With a window, each push is the script that pushes only when a worker of the queue was
-    seen alive within it, atomically. A Redis that doesn't know the script yet gets it
+    With a window, a push is the script that pushes only when a worker of the queue was
+    seen alive within it, atomically; the script says for how long it will go on accepting
+    (until the window after the worker last seen closes, unless a worker beats again), and
+    until then a push is a plain LPUSH: the script would push it all the same, at three
+    times the cost to Redis. A Redis that doesn't know the script yet gets it
     again in full (EVAL); an ACL that refuses scripts gets the same rule in two steps (TIME
     and GET of the last-seen key, then LPUSH), which a worker's death can race. Its state
     is a flag and a dict: threads may share it.
@@ -89,19 +92,30 @@ class Pushes:
             by_queue.setdefault(queue, []).append(message)
         return PushPlan(self, by_queue)
 
+    def served(self, queue: str) -> bool:
+        """Whether Redis said lately that it will accept pushes to `queue` now."""
+        return time.monotonic() < self._served_until.get(queue, 0.0)
+
     def combinable(self, queue: str) -> bool:
         """Whether a push to `queue` can go in one write with a blocking read: its outcome
         is known to be a push (no rule, or Redis said lately that it will accept it now)."""
         if not self.window_ms:
             return True
-        return self.scripted and time.monotonic() < self._served_until.get(queue, 0.0)
+        return self.scripted and self.served(queue)
 
-    def accepted(self, queue: str, left_ms: object) -> None:
-        """A push to `queue` went in under the rule, and more will for `left_ms`."""
+    def accepted(self, queue: str, left_ms: object, asked: float) -> None:
+        """A push to `queue` sent at `asked` (monotonic) went in under the rule, and more
+        will for `left_ms` after Redis ran it.
+
+        Counted from `asked` (Redis ran it later) and for the window at most: `left_ms`
+        also counts the time a live worker's heartbeat has still to run, which the last
+        worker's clean stop takes back (`scripts.GIVE_BACK` marks the queue seen at its
+        stop, after `asked`). So a plain push is sent only when the script would push too.
+        """
         if len(self._served_until) > 10_000:
             self._served_until.clear()
         if type(left_ms) is int:
-            self._served_until[queue] = time.monotonic() + left_ms / 1000
+            self._served_until[queue] = asked + min(left_ms, self.window_ms) / 1000
 
     def no_workers(self, queue: str) -> NoWorkers:
         """The error of a call to `queue` none of whose workers was seen alive lately."""
@@ -123,6 +137,7 @@ class PushPlan:
         self._pushes = pushes
         self._by_queue = by_queue
         self._round: list[tuple[str, str]] = []
+        self._asked = time.monotonic()
         self.outcomes: dict[str, BaseException | None] = {}
 
     @property
@@ -136,7 +151,11 @@ class PushPlan:
 
     def first(self) -> list[tuple[Any, ...]]:
         """The first round of commands."""
-        mode = self._mode()
+        mode, pushes = self._mode(), self._pushes
+        if mode == "script":
+            return self._commands(
+                [(queue, "served" if pushes.served(queue) else mode) for queue in self._by_queue]
+            )
         return self._commands([(queue, mode) for queue in self._by_queue])
 
     def _commands(self, steps: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
@@ -147,7 +166,7 @@ class PushPlan:
         for queue, mode in steps:
             items = self._by_queue[queue]
             seen = wire.seen_key(queue, cluster=cluster)
-            if mode == "plain":
+            if mode in ("plain", "served"):
                 commands.append(("LPUSH", queue, *items))
             elif mode in ("script", "eval"):
                 head = ("EVALSHA", PUSH_SHA) if mode == "script" else ("EVAL", scripts.PUSH)
@@ -173,16 +192,20 @@ class PushPlan:
                     self.outcomes[queue] = pushes.no_workers(queue)
             elif isinstance(reply, NoScriptError) and mode == "script":
                 later.append((queue, "eval"))
-            elif isinstance(reply, Exception) and mode != "plain" and _refuses_scripts(reply):
+            elif (
+                isinstance(reply, Exception)
+                and mode in ("script", "eval")
+                and _refuses_scripts(reply)
+            ):
                 pushes.scripted = False
                 later.append((queue, "check"))
             elif isinstance(reply, Exception):
                 self.outcomes[queue] = reply
-            elif mode != "plain" and reply == -1:
+            elif mode in ("script", "eval") and reply == -1:
                 self.outcomes[queue] = pushes.no_workers(queue)
             else:
-                if mode != "plain" and isinstance(reply, list) and len(reply) == 2:
-                    pushes.accepted(queue, reply[1])
+                if mode in ("script", "eval") and isinstance(reply, list) and len(reply) == 2:
+                    pushes.accepted(queue, reply[1], self._asked)
                 self.outcomes[queue] = None
         return self._commands(later) if later else None
 

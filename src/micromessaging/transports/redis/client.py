@@ -228,6 +228,8 @@ class RedisClientTransport(ClientTransport):
         reader_task, self._reader_task = self._reader_task, None
         if reader_task is not None:
             reader_task.cancel()
+            if self._read_link is not None:
+                self._read_link.drop()  # a read under way (or being connected) ends now
             await asyncio.gather(reader_task, return_exceptions=True)
         try:
             async with asyncio.timeout(2):

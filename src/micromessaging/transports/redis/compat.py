@@ -1,18 +1,23 @@
 """The one place that touches redis-py beyond its documented API; checked against 5.0 - 8.1.
 
-The hot-path `Link` and the blocking client talk to redis-py's connections directly (one
-write, one read), which its public client does not offer; everything they need of its
-internals is here, so that a redis-py upgrade is checked in one module (pyproject.toml
-bounds the version to what was checked).
+The hot-path links (`link.Link`, `link.BlockingLink`) let redis-py make and set up their
+connections (TLS, AUTH, ACL user, database), then take over the socket or the asyncio
+transport and talk to it with hiredis directly, which redis-py's public client does not
+offer; everything they need of its internals is here, so that a redis-py upgrade is
+checked in one module (pyproject.toml bounds the version to what was checked).
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
+from redis._parsers.base import BaseParser
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode
@@ -35,19 +40,33 @@ def new_connection(pool: aioredis.ConnectionPool) -> Any:
     return pool.make_connection()  # type: ignore[no-untyped-call]
 
 
-def drop_now(connection: Any) -> None:
-    """Close an async connection at once, without awaiting (safe while being cancelled)."""
-    connection._close()
+def take_transport(connection: Any) -> tuple[asyncio.Transport, bytes, object]:
+    """Take over the asyncio transport of a connected async connection: the transport, what
+    its stream had read but not parsed, and its stream writer, to be kept as long as the
+    transport is used (a stream writer closes its transport when it is collected). The
+    connection itself is left without them: its close and `__del__` do nothing."""
+    reader, writer = connection._reader, connection._writer
+    connection._reader = connection._writer = None  # its __del__ and close leave it alone
+    unread = bytes(reader._buffer)
+    reader._buffer.clear()
+    return writer.transport, unread, writer
 
 
-def dedicated_connection(client: redis.Redis) -> Any:
-    """The one connection of a ``single_connection_client`` (to write pipelined commands)."""
-    return client.connection
+def connected_socket(pool: redis.ConnectionPool) -> socket.socket:
+    """A new connection of `pool`'s kind (TLS, AUTH, ACL user, database as configured),
+    handshake done, as its bare socket: the redis-py connection is left without it."""
+    connection: Any = pool.make_connection()
+    try:
+        connection.connect()
+        sock: socket.socket = connection._sock
+        connection._sock = None
+    finally:
+        connection.disconnect()  # resets its parser; the socket, if taken, is not its own
+    return sock
 
 
-def send_commands(connection: Any, commands: list[tuple[Any, ...]]) -> None:
-    """Write several commands on a blocking connection in one go."""
-    connection.send_packed_command(connection.pack_commands(commands))
+parse_error: Callable[[str], Exception] = BaseParser.parse_error
+"""An error reply as redis-py's exception for it (NoScriptError, ReadOnlyError, MovedError...)."""
 
 
 def execute(client: redis.Redis | redis.client.Pipeline, command: tuple[Any, ...]) -> Any:

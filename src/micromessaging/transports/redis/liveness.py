@@ -111,6 +111,7 @@ class Liveness:
 
     async def _every(self, period: float, chore: Callable[[], Awaitable[None]]) -> None:
         failing = False
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(period)
             try:
@@ -119,8 +120,12 @@ class Liveness:
                 if not failing:
                     logger.warning("%r: Redis unreachable: %s", self.queue, exc)
                 failing = True
-                continue
-            failing = False
+            else:
+                failing = False
+            if task is not None and task.cancelling():
+                # Stopped mid-command, but redis-py's own timeout fired too (the loop was
+                # held up): it raised or swallowed our cancellation. Stop all the same.
+                raise asyncio.CancelledError
 
     async def beat(self) -> None:
         """Refresh the heartbeat (our record), registration and the queue's last-seen time;

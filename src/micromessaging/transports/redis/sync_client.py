@@ -28,6 +28,7 @@ from .._shared import Backoff
 from ..base import SyncClientTransport, TraceContext
 from . import calls, compat, wire
 from .connection import CONNECTION_ERRORS, REPLY_BLOCK_SECONDS, RedisSettings, is_transient
+from .link import BlockingLink
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
@@ -68,7 +69,8 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._pushes = calls.Pushes(settings.worker_window, cluster=settings.cluster)
         self._closed = False
         self._redis: redis.Redis | redis.cluster.RedisCluster | None = None
-        self._reader: redis.Redis | redis.cluster.RedisCluster | None = None
+        self._reader: redis.cluster.RedisCluster | BlockingLink | None = None
+        """Where replies are read: on one Redis a link of the reader role's own."""
 
     def connect(self) -> None:
         name = calls.client_name(self.client_id)
@@ -91,10 +93,9 @@ class RedisSyncClientTransport(SyncClientTransport):
         self._redis = redis.Redis(connection_pool=pool)
         try:
             self._redis.ping()
-            # Connects at once; the connection is the reader's alone.
-            self._reader = redis.Redis(connection_pool=reader_pool, single_connection_client=True)
+            self._reader = BlockingLink(reader_pool)
+            self._reader.connect()
         except CONNECTION_ERRORS as exc:
-            reader_pool.disconnect()
             self.close()
             raise self._failures.unreachable(exc) from exc
 
@@ -233,7 +234,8 @@ class RedisSyncClientTransport(SyncClientTransport):
         Under the no-worker rule, only for a queue whose pushes were accepted lately: else
         the push goes first, alone, so that a refusal does not wait for the read.
         """
-        assert self._reader is not None
+        reader = self._reader
+        assert isinstance(reader, BlockingLink)
         try:
             if not self._pushes.combinable(queue):
                 with self._lock:
@@ -243,7 +245,6 @@ class RedisSyncClientTransport(SyncClientTransport):
                     self._read_until(waiter, deadline, once=True)
                 return
             block = max(min(deadline - time.time(), REPLY_BLOCK_SECONDS), 0.001)
-            connection = compat.dedicated_connection(self._reader)  # type: ignore[arg-type]
             read = calls.read_command(self.reply_list, block)
             plan = self._pushes.plan([(queue, message)])
             push = plan.first()
@@ -252,19 +253,13 @@ class RedisSyncClientTransport(SyncClientTransport):
             replies: list[Any] = []
             try:
                 try:
-                    # Straight to the connection: a redis-py pipeline costs more than it saves.
-                    compat.send_commands(connection, commands)
+                    reader.send(commands)
                 finally:
                     # The pusher's role goes back now, not after the reply: what other
                     # callers queued meanwhile must not wait for it.
                     self._send_outbox(redis_client)
-                for _ in commands:
-                    try:
-                        replies.append(connection.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
+                replies = [reader.read() for _ in commands]
             except CONNECTION_ERRORS as exc:
-                connection.disconnect()
                 self._fail_all(self._failures.reading(exc))
                 return
             got = replies[-1]
@@ -339,13 +334,13 @@ class RedisSyncClientTransport(SyncClientTransport):
             if once:
                 return
 
-    def _read(self, reader: redis.Redis | redis.cluster.RedisCluster, block: float) -> Any:
+    def _read(self, reader: redis.cluster.RedisCluster | BlockingLink, block: float) -> Any:
         """One read of the reply list (on a cluster, sent to the node of its slot at once:
         redis-py would ask a node where the keys of BLMPOP are, every time)."""
         command = calls.read_command(self.reply_list, block)
         if isinstance(reader, redis.cluster.RedisCluster):
             return compat.execute_at(reader, self.reply_list, command)
-        return compat.execute(reader, command)
+        return reader.command(*command)
 
     def _pass_reading_on(self) -> None:
         """With the lock held: when nobody reads replies, wake a waiting caller to do it."""
@@ -386,9 +381,8 @@ class RedisSyncClientTransport(SyncClientTransport):
             if isinstance(redis_client, redis.cluster.RedisCluster):
                 return  # its reader, too, and it closes its connections itself
             redis_client.connection_pool.disconnect()
-        if reader is not None and not isinstance(reader, redis.cluster.RedisCluster):
-            reader.close()
-            reader.connection_pool.disconnect()
+        if isinstance(reader, BlockingLink):
+            reader.drop()
 
 
 def _execute(redis_client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:

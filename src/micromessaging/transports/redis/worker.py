@@ -4,10 +4,12 @@ A worker moves each message it takes from the queue into its own processing list
 or a script taking a batch when there is a backlog), so nothing it holds is lost if it dies
 (see `liveness`). A seed-form message, whose reply goes to the list its id names, costs one
 round trip more before it runs: that list must be free to write (`scripts.CHECK_REPLY_LIST`),
-and the settle script checks again where it pushes. Settling is one script run for every
+and the settle script checks again where it pushes. Settling is one atomic step for every
 message finished since the last one went out: push each reply, set its list's expiry, remove
 the message from the processing list, and take as many new messages as the freed slots
-allow. The bookkeeping (slots, settle once, retries while Redis refuses for the moment,
+allow; a MULTI/EXEC of plain commands when every reply goes to a client's reply list, the
+script (`scripts.SETTLE`) when a seed-form reply list must be checked, on a Redis Cluster,
+and once a second (or after an expired request) to sweep the queue. The bookkeeping (slots, settle once, retries while Redis refuses for the moment,
 give-back) is the shared `Ledger`.
 """
 
@@ -47,6 +49,8 @@ from .liveness import Liveness
 logger = logging.getLogger("micromessaging.transport.redis")
 
 SETTLE = Script(scripts.SETTLE)
+TAKE_LIMIT = 64
+"""The most messages one plain settle asks for (`_settle_plainly`)."""
 
 
 class RedisDelivery(LedgerDelivery):
@@ -114,6 +118,10 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         self._consumer: asyncio.Task[None] | None = None
         self._rejects: set[asyncio.Task[None]] = set()
         self._checks: set[asyncio.Task[None]] = set()
+        self._take_hint = 1
+        """How many messages a plain settle asks for: twice what the last settle got."""
+        self._sweep_due = 0.0
+        """When (monotonic) a settle runs the script next, to sweep the queue."""
         self._check_script: AsyncScript | None = None
         self._bury_script: AsyncScript | None = None
 
@@ -375,24 +383,16 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         assert slots is not None
         room = slots.free + len(batch) if self.receiving else 0
         slots.take(room)
-        keys: list[str] = [self._processing, self.queue]
-        now = int(time.time() * 1000)
-        args: list[bytes | int] = [wire.REPLY_TTL, room, now, calls.SWEEP_LIMIT]
-        apart = self._cluster  # reply lists in other slots: their replies are pushed first
-        for delivery, reply in batch:
-            keys.append(self._processing if apart else delivery.reply_list or self._processing)
-            args += (delivery.item, b"" if reply is None or apart else reply)
         link = self._settle_link
         taken: list[bytes] = []
         try:
             if link is None:
                 raise TransportError("the worker is closed")
-            if apart:
-                replies = [(d.reply_list, r) for d, r in batch if d.reply_list and r is not None]
-                await ledger.retrying("pushing replies", lambda: self._push_apart(link, replies))
-            errors, taken, swept = await ledger.retrying(
-                "settling messages", lambda: link.run(SETTLE, keys, args)
-            )
+            if self._plain_settle(batch):
+                settle = partial(self._settle_plainly, link, batch, min(room, self._take_hint))
+                errors, taken, swept = await ledger.retrying("settling messages", settle)
+            else:
+                errors, taken, swept = await self._settle_by_script(link, batch, room)
         except BaseException as exc:
             slots.release(room)
             for delivery, _ in batch:
@@ -415,6 +415,7 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         if not self.receiving:
             taken = []  # stopping: they stay in the processing list, given back unstarted
         slots.release(room - len(taken))
+        self._take_hint = min(max(1, 2 * len(taken)), TAKE_LIMIT)
         if taken:
             self.stats.takes += 1
             self.stats.taken += len(taken)
@@ -422,6 +423,79 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
                 self._settler.hold_for_this_round()
             for item in taken:
                 self._hand_over(item)
+
+    def _plain_settle(self, batch: list[tuple[RedisDelivery, bytes | None]]) -> bool:
+        """Whether `batch` can settle without the script: on one Redis, with every reply
+        going to a client's reply list (which needs no check), and no sweep due: once a
+        second, and at once when the batch holds a request past its deadline (there may be
+        many more behind it, which the script drops in bulk)."""
+        if self._cluster:
+            return False
+        expired, wall = False, time.time()
+        for delivery, reply in batch:
+            if reply is not None and delivery.reply_list and not delivery.envelope_reply:
+                return False
+            expired = expired or (delivery.deadline is not None and delivery.deadline <= wall)
+        now = time.monotonic()
+        if now < self._sweep_due and not expired:
+            return True
+        self._sweep_due = now + calls.SWEEP_INTERVAL
+        return False
+
+    async def _settle_plainly(
+        self, link: Link, batch: list[tuple[RedisDelivery, bytes | None]], take: int
+    ) -> tuple[list[object], list[bytes], int]:
+        """SETTLE's work as plain commands in one MULTI/EXEC, atomic all the same: push each
+        reply and set its list's expiry, remove each message from the processing list, and
+        move up to `take` new messages into it. The script costs Redis three times as much;
+        it runs when a reply list must be checked, or, once a second, to sweep the queue.
+        Returns what SETTLE returns."""
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        processing = self._processing
+        for delivery, reply in batch:
+            if reply is not None and delivery.reply_list:
+                commands.append(("RPUSH", delivery.reply_list, reply))
+                commands.append(("EXPIRE", delivery.reply_list, wire.REPLY_TTL))
+            commands.append(("LREM", processing, -1, delivery.item))
+        commands += [("LMOVE", self.queue, processing, "RIGHT", "LEFT")] * take
+        commands.append(("EXEC",))
+        replies = await link.pipeline(*commands)
+        results = replies[-1]
+        if not isinstance(results, list):  # refused as a whole (OOM, READONLY): nothing ran
+            queued = [r for r in replies[:-1] if isinstance(r, Exception)]
+            raise queued[0] if queued else results
+        errors: list[object] = []
+        at = 0
+        for delivery, reply in batch:
+            if reply is not None and delivery.reply_list:
+                pushed = results[at]
+                errors.append(str(pushed) if isinstance(pushed, Exception) else 0)
+                at += 2
+            else:
+                errors.append(0)
+            at += 1
+        taken = [item for item in results[at:] if type(item) is bytes]
+        return errors, taken, 0
+
+    async def _settle_by_script(
+        self, link: Link, batch: list[tuple[RedisDelivery, bytes | None]], room: int
+    ) -> tuple[list[object], list[bytes], int]:
+        """Settle `batch` and take up to `room` new messages with `scripts.SETTLE`."""
+        keys: list[str] = [self._processing, self.queue]
+        now = int(time.time() * 1000)
+        args: list[bytes | int] = [wire.REPLY_TTL, room, now, calls.SWEEP_LIMIT]
+        apart = self._cluster  # reply lists in other slots: their replies are pushed first
+        for delivery, reply in batch:
+            keys.append(self._processing if apart else delivery.reply_list or self._processing)
+            args += (delivery.item, b"" if reply is None or apart else reply)
+        ledger = self.ledger
+        if apart:
+            replies = [(d.reply_list, r) for d, r in batch if d.reply_list and r is not None]
+            await ledger.retrying("pushing replies", lambda: self._push_apart(link, replies))
+        result: tuple[list[object], list[bytes], int] = await ledger.retrying(
+            "settling messages", lambda: link.run(SETTLE, keys, args)
+        )
+        return result
 
     async def _push_apart(self, link: Link, replies: list[tuple[str, bytes]]) -> None:
         """On a Redis Cluster: push replies to their lists (in their clients' slots), one
