@@ -247,6 +247,13 @@ class Link:
             return [replies]
         return replies
 
+    async def pipeline_packed(self, data: bytes, count: int) -> list[Any]:
+        """`pipeline` of `count` commands packed already (RESP, as `pack` makes them)."""
+        if count == 1:
+            return [await self._exchange(data, 1)]
+        replies: list[Any] = await self._exchange(data, count)
+        return replies
+
     async def run(self, script: Script, keys: list[Any], args: list[Any]) -> Any:
         """Run a Lua script: EVALSHA, and EVAL when Redis doesn't know it yet."""
         try:

@@ -9,8 +9,8 @@ message finished since the last one went out: push each reply, set its list's ex
 the message from the processing list, and take as many new messages as the freed slots
 allow; a MULTI/EXEC of plain commands when every reply goes to a client's reply list, the
 script (`scripts.SETTLE`) when a seed-form reply list must be checked, on a Redis Cluster,
-and once a second (or after an expired request) to sweep the queue. The bookkeeping (slots, settle once, retries while Redis refuses for the moment,
-give-back) is the shared `Ledger`.
+and once a second (or after an expired request) to sweep the queue. The bookkeeping (slots,
+settle once, retries while Redis refuses for the moment, give-back) is the shared `Ledger`.
 """
 
 from __future__ import annotations
@@ -43,12 +43,14 @@ from .connection import (
     close_client,
     is_transient,
 )
-from .link import ClusterLink, Link, Script
+from .link import ClusterLink, Link, Script, pack
 from .liveness import Liveness
 
 logger = logging.getLogger("micromessaging.transport.redis")
 
 SETTLE = Script(scripts.SETTLE)
+MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 TAKE_LIMIT = 64
 """The most messages one plain settle asks for (`_settle_plainly`)."""
 
@@ -118,6 +120,10 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         self._consumer: asyncio.Task[None] | None = None
         self._rejects: set[asyncio.Task[None]] = set()
         self._checks: set[asyncio.Task[None]] = set()
+        # The commands of a plain settle that are the same every time, packed once.
+        # "LREM <processing> -1" without its item: the item's length and bytes follow.
+        self._remove = b"*4\r\n" + b"".join(pack(("LREM", self._processing, -1))[1:])
+        self._take_one = b"".join(pack(("LMOVE", self.queue, self._processing, "RIGHT", "LEFT")))
         self._take_hint = 1
         """How many messages a plain settle asks for: twice what the last settle got."""
         self._sweep_due = 0.0
@@ -445,36 +451,38 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
     async def _settle_plainly(
         self, link: Link, batch: list[tuple[RedisDelivery, bytes | None]], take: int
     ) -> tuple[list[object], list[bytes], int]:
-        """SETTLE's work as plain commands in one MULTI/EXEC, atomic all the same: push each
-        reply and set its list's expiry, remove each message from the processing list, and
-        move up to `take` new messages into it. The script costs Redis three times as much;
-        it runs when a reply list must be checked, or, once a second, to sweep the queue.
-        Returns what SETTLE returns."""
-        commands: list[tuple[Any, ...]] = [("MULTI",)]
-        processing = self._processing
+        """SETTLE's work as plain commands in one MULTI/EXEC, atomic all the same: push the
+        replies (one RPUSH and one EXPIRE per reply list), remove each message from the
+        processing list, and move up to `take` new messages into it. The script costs Redis
+        three times as much; it runs when a reply list must be checked, or, once a second,
+        to sweep the queue. Returns what SETTLE returns."""
+        lists: dict[str, list[bytes]] = {}
         for delivery, reply in batch:
             if reply is not None and delivery.reply_list:
-                commands.append(("RPUSH", delivery.reply_list, reply))
-                commands.append(("EXPIRE", delivery.reply_list, wire.REPLY_TTL))
-            commands.append(("LREM", processing, -1, delivery.item))
-        commands += [("LMOVE", self.queue, processing, "RIGHT", "LEFT")] * take
-        commands.append(("EXEC",))
-        replies = await link.pipeline(*commands)
+                lists.setdefault(delivery.reply_list, []).append(reply)
+        parts = [MULTI]
+        for name, pushes in lists.items():
+            parts += pack(("RPUSH", name, *pushes))
+            parts += pack(("EXPIRE", name, wire.REPLY_TTL))
+        remove = self._remove
+        for delivery, _ in batch:
+            item = delivery.item
+            parts += (remove, b"$%d\r\n" % len(item), item, b"\r\n")
+        parts += (self._take_one * take, EXEC)
+        replies = await link.pipeline_packed(
+            b"".join(parts), 2 + 2 * len(lists) + len(batch) + take
+        )
         results = replies[-1]
         if not isinstance(results, list):  # refused as a whole (OOM, READONLY): nothing ran
-            queued = [r for r in replies[:-1] if isinstance(r, Exception)]
-            raise queued[0] if queued else results
+            refusals = [r for r in replies if isinstance(r, Exception)]
+            raise refusals[0] if refusals else TransportError(f"EXEC answered {results!r}")
+        pushed = {name: results[2 * i] for i, name in enumerate(lists)}
         errors: list[object] = []
-        at = 0
         for delivery, reply in batch:
-            if reply is not None and delivery.reply_list:
-                pushed = results[at]
-                errors.append(str(pushed) if isinstance(pushed, Exception) else 0)
-                at += 2
-            else:
-                errors.append(0)
-            at += 1
-        taken = [item for item in results[at:] if type(item) is bytes]
+            to = delivery.reply_list
+            outcome = pushed.get(to) if reply is not None and to else None
+            errors.append(str(outcome) if isinstance(outcome, Exception) else 0)
+        taken = [item for item in results[2 * len(lists) + len(batch) :] if type(item) is bytes]
         return errors, taken, 0
 
     async def _settle_by_script(
