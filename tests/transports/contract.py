@@ -446,6 +446,28 @@ class TransportContract:
         async with AsyncClient(broker_url, queue, timeout=10) as other:
             assert await other.add(2, 3) == 5
 
+    async def test_blocking_client_closed_from_another_thread_fails_its_waiting_call(
+        self, worker: Worker, broker_url: str, queue: str, probe: Probe
+    ) -> None:
+        client = Client(broker_url, queue, timeout=30)
+        assert await asyncio.to_thread(client.add, 1, 1) == 2  # connected
+        outcome: list[BaseException | object] = []
+
+        def wait() -> None:
+            try:
+                outcome.append(client.slow(3, "abandoned"))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        await eventually(lambda: ("slow", "abandoned") in probe.ran)
+        closed = time.monotonic()
+        await asyncio.to_thread(client.close)
+        await asyncio.to_thread(thread.join, 10)
+        assert isinstance(outcome[0], TransportError), outcome
+        assert time.monotonic() - closed < 2  # at once, not when the reply would have come
+
     async def test_client_closed_while_its_first_call_connects_fails_that_call(
         self, worker: Worker, broker_url: str, queue: str
     ) -> None:

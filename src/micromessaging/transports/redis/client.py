@@ -327,6 +327,8 @@ class RedisSeedClientTransport(ClientTransport):
             if not self._open:
                 raise TransportError("client closed") from exc
             raise self._failures.sending(exc) from exc
+        if not self._open:  # closed meanwhile: the BRPOP may have gone out on a new connection
+            raise TransportError("client closed")
         if got is None:
             raise CallTimeout("no reply before the deadline")
         reply: bytes = got[1]  # type: ignore[assignment]

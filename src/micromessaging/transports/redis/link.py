@@ -1,11 +1,14 @@
 """A dedicated Redis connection for a loop on the hot path, without per-command overhead.
 
 redis-py's client wraps every command in pooling, retries, observability hooks and a timeout
-task. The few loops that carry every message (pushing requests, reading replies, taking and
-settling messages) each send one command at a time, so each owns one raw connection made by
-redis-py (so TLS, AUTH, ACL user and database work as configured) and talks to it directly:
-one write, one read, a cheap `asyncio.timeout` around both. A broken link is dropped and
-made again on the next command; the loop that owns it decides how long to back off.
+task, and parses each reply through several layers of Python. The few loops that carry every
+message (pushing requests, reading replies, taking and settling messages) each send one
+command (or one pipeline) at a time, so each owns one connection made and set up by redis-py
+(so TLS, AUTH, ACL user and database work as configured) and then talks to it itself: an
+asyncio protocol (`Link`) or a blocking socket (`BlockingLink`), with hiredis parsing the
+replies. Written here because redis-py offers no public API for a bare connection. A broken
+link is dropped and made again on the next command; the loop that owns it decides how long
+to back off.
 """
 
 from __future__ import annotations
@@ -189,7 +192,7 @@ class Link:
     redis-py makes the connection (TLS, AUTH, ACL user, database as configured) and does
     its handshake; then our protocol takes over its transport (`compat.take_transport`),
     and hiredis parses what comes back. A command costs one write, one future and what
-    hiredis does: about two thirds of what redis-py's `read_response` costs.
+    hiredis does; its timeout is one timer per link, not a task or a context per command.
     """
 
     def __init__(self, pool: aioredis.ConnectionPool, *, block: float = 0.0) -> None:
@@ -341,6 +344,8 @@ class BlockingLink:
         """Close the connection; the next command makes a new one."""
         sock, self._sock, self._reader = self._sock, None, None
         if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading it
             with contextlib.suppress(OSError):
                 sock.close()
 
