@@ -167,15 +167,17 @@ def reply_subject_refusal(subject: str, inbox_prefix: str) -> str | None:
     someone's stream), ``$SYS.``, another service's request subject, a wildcard - is
     refused, so that a caller can't make a worker publish where the caller itself may not.
     """
-    shown = ascii(subject[:80])
     if len(subject) > REPLY_SUBJECT_LIMIT:
+        shown = ascii(subject[:80])
         return f"reply subject {shown}... is longer than {REPLY_SUBJECT_LIMIT} characters"
     problem = _subject_problem(subject)
     if problem is not None:
-        return f"reply subject {shown} {problem}"
-    prefixes = dict.fromkeys((DEFAULT_INBOX_PREFIX + ".", inbox_prefix + "."))
-    if subject.startswith("$") or not subject.startswith(tuple(prefixes)):
-        return f"reply subject {shown} is not under an inbox prefix ({', '.join(prefixes)})"
+        return f"reply subject {subject[:80]!a} {problem}"
+    if subject.startswith("$") or not subject.startswith(
+        (DEFAULT_INBOX_PREFIX + ".", inbox_prefix + ".")
+    ):
+        prefixes = ", ".join(dict.fromkeys((DEFAULT_INBOX_PREFIX + ".", inbox_prefix + ".")))
+        return f"reply subject {subject[:80]!a} is not under an inbox prefix ({prefixes})"
     return None
 
 
