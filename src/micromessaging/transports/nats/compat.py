@@ -21,6 +21,9 @@ task, one turn later, is written at once when nothing else is ready to run in th
 nothing else could join it), the socket has taken everything written before, and nats-py's
 flusher has nothing queued: a lone call's request, or a worker's only reply, goes out in
 the turn it was made. Under load nothing changes (everything goes through the flusher).
+These fast paths (`_process_msg`, `_flush_pending`, the flusher's queue and task, the TCP
+transport's writer) were read against nats-py 2.16 only; older releases in our range are
+unchecked here.
 """
 
 from __future__ import annotations
