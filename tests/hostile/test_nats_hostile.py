@@ -23,6 +23,8 @@ import nats.errors
 import nats.js.errors
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -368,6 +370,42 @@ async def undecodable_header_block(h: Harness) -> None:
     await sub.unsubscribe()
 
 
+@case("core")
+async def header_blocks_in_other_forms(h: Harness) -> None:
+    # Forms another client may write, which our plain-form reader leaves to nats-py: each is
+    # read as nats-py reads it, so a passed deadline in any of them is honoured.
+    inbox = h.nc.new_inbox()
+    sub = await h.nc.subscribe(inbox)
+    past = str(int((time.time() - 5) * 1000)).encode()
+    late = (
+        b"NATS/1.0\r\nMm-Deadline:" + past + b"\r\n\r\n",
+        b"NATS/1.0\r\nMm-Deadline:\t" + past + b"\r\n\r\n",
+        b"NATS/1.0\r\nMm-Deadline:   " + past + b"  \r\n\r\n",
+        b"NATS/1.0\r\nX-Name: \xc3\xa9\r\nMm-Deadline: " + past + b"\r\n\r\n",
+        b"NATS/1.0\r\nX-Name: 1\r\n\r\nMm-Deadline: " + past + b"\r\n\r\n",
+        b"NATS/1.0\r\nMm-Deadline: 99999999999999\r\nMm-Deadline: " + past + b"\r\n\r\n",
+    )
+    before = h.worker.stats.expired
+    for block in late:
+        line = f"HPUB {h.queue} {inbox} {len(block)} {len(block) + len(REQUEST)}\r\n"
+        await h.raw(line.encode() + block + REQUEST + b"\r\n")
+    await until(lambda: h.worker.stats.expired == before + len(late), what="all expired")
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.next_msg(timeout=0.2)
+    # And these are answered: a future deadline in an odd form, names it does not know.
+    future = str(int((time.time() + 60) * 1000)).encode()
+    for block in (
+        b"NATS/1.0\r\nMm-Deadline:" + future + b"\r\n\r\n",
+        b"NATS/1.0\r\nmm-deadline: " + past + b"\r\n\r\n",  # not our name: no deadline
+        b"NATS/1.0\r\nMm-Deadline: " + past + b"\r\nMm-Deadline: " + future + b"\r\n\r\n",
+        b"NATS/1.0\r\nX: \xff\xfe\r\nY:\r\n\r\n",
+    ):
+        line = f"HPUB {h.queue} {inbox} {len(block)} {len(block) + len(REQUEST)}\r\n"
+        await h.raw(line.encode() + block + REQUEST + b"\r\n")
+        assert error_code((await sub.next_msg(timeout=5)).data) is None, block
+    await sub.unsubscribe()
+
+
 # --- reply addresses -------------------------------------------------------------------------
 
 
@@ -593,3 +631,84 @@ def test_reply_subject_rule() -> None:
     }.items():
         reason = reply_subject_refusal(bad, "_MY")
         assert reason is not None and why in reason, (bad, reason)
+
+
+# --- header blocks: the plain form read without nats-py's parser -----------------------------
+
+
+def nats_py_reads(block: bytes) -> dict[str, str] | None:
+    """What nats-py's own parser makes of `block` (the reference for our plain-form reader)."""
+    from nats.aio.client import Client as NatsPy
+
+    return asyncio.run(NatsPy()._process_headers(block))
+
+
+def test_plain_header_blocks_are_read_as_nats_py_reads_them() -> None:
+    from micromessaging.transports.nats.wire import read_plain_headers, request_headers
+
+    written = [
+        b"NATS/1.0\r\nMm-Deadline: 1796218864787\r\nMm-Sent: 1796218854787\r\n\r\n",
+        b"NATS/1.0\r\nA: \r\n\r\n",
+        b"NATS/1.0\r\nA: 1\r\nA: 2\r\n\r\n",  # the last one wins, as in nats-py
+        b"NATS/1.0\r\nX: a: b\r\nY: a\nb\r\n\r\n",  # a colon, a lone LF inside a value
+        b"NATS/1.0\r\n!#$%&'*+-.^_`|~09az: v\r\n\r\n",
+        b"NATS/1.0\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
+    ]
+    for block in written:
+        assert read_plain_headers(block) is not None, block
+        assert read_plain_headers(block) == nats_py_reads(block), block
+    headers = request_headers(time.time() + 10)
+    block = b"NATS/1.0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+    assert read_plain_headers(block + b"\r\n") == headers
+
+
+def test_other_header_blocks_are_left_to_nats_py() -> None:
+    from micromessaging.transports.nats.wire import read_plain_headers
+
+    for block in (
+        b"",
+        b"NATS/1.0\r\n\r\n",
+        b"NATS/1.0 503\r\n\r\n",
+        b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Stream: 1\r\n\r\n",
+        b"NATS/1.0\r\nA:1\r\n\r\n",  # no space after the colon
+        b"NATS/1.0\r\nA:\t1\r\n\r\n",
+        b"NATS/1.0\r\nA:  1\r\n\r\n",
+        b"NATS/1.0\r\nA: 1 \r\n\r\n",
+        b"NATS/1.0\r\nA : 1\r\n\r\n",
+        b"NATS/1.0\r\n A: 1\r\n\r\n",
+        b"NATS/1.0\r\nA B: 1\r\n\r\n",
+        b"NATS/1.0\r\nA: \xc3\xa9\r\n\r\n",  # UTF-8 (nats-py decodes it, replacing errors)
+        b"NATS/1.0\r\nA: \xff\r\n\r\n",
+        b"NATS/1.0\r\nMm-\xffDeadline: 1\r\n\r\n",
+        b"NATS/1.0\r\nA: 1\r\n\r\nB: 2\r\n\r\n",  # a blank line inside
+        b"NATS/1.0\r\nA: 1\r\n",  # unterminated
+        b"NATS/1.0\r\nA: 1\r\r\n\r\n",
+        b"NATS/1.0\r\nno colon\r\n\r\n",
+        b"NATS/1.1\r\nA: 1\r\n\r\n",
+        b"nats/1.0\r\nA: 1\r\n\r\n",
+    ):
+        assert read_plain_headers(block) is None, block
+
+
+_NAMES = st.sampled_from([b"A", b"Mm-Deadline", b"mm-deadline", b"X y", b"\xff", b"", b"a:b"])
+_VALUES = st.binary(max_size=8) | st.lists(
+    st.sampled_from([b"1", b" ", b"\t", b":", b"\r", b"\n", b"\xc3\xa9", b"\xff"])
+).map(b"".join)
+_LINES = st.tuples(_NAMES, st.sampled_from([b": ", b":", b" : ", b""]), _VALUES).map(b"".join)
+
+
+@given(
+    st.sampled_from([b"NATS/1.0\r\n", b"NATS/1.0 ", b"NATS/1.0 503\r\n", b""]),
+    st.lists(_LINES, max_size=4),
+    st.sampled_from([b"\r\n\r\n", b"\r\n", b""]),
+)
+@settings(max_examples=400, deadline=None)
+def test_plain_reading_never_differs_from_nats_py(
+    start: bytes, lines: list[bytes], end: bytes
+) -> None:
+    from micromessaging.transports.nats.wire import read_plain_headers
+
+    block = start + b"\r\n".join(lines) + end
+    plain = read_plain_headers(block)
+    if plain is not None:  # else nats-py's parser reads it (and our compat survives it)
+        assert plain == nats_py_reads(block), block

@@ -127,10 +127,12 @@ class LoopThread:
     def _run_here(self, loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run the parked loop on this thread until `coroutine` ends, then park it again."""
         try:
-            task = loop.create_task(coroutine)
+            task = loop.create_task(_stopping_after(loop, coroutine))
             self._here.add(task)
             try:
-                loop.run_until_complete(task)
+                # Not run_until_complete: its done callback would cost one more turn.
+                while not task.done():
+                    loop.run_forever()
             except BaseException:
                 if not task.done():  # interrupted: whoever runs the loop next ends the call
                     task.cancel()
@@ -297,6 +299,14 @@ class LoopThread:
         for waiter in left:  # calls that ignored their cancellation
             waiter.error = TransportError("this client is closed")
             waiter.latch.release()
+
+
+async def _stopping_after(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """`coroutine`'s outcome, stopping `loop` in the very turn that it ends."""
+    try:
+        return await coroutine
+    finally:
+        loop.stop()
 
 
 def _settle(loop: asyncio.AbstractEventLoop) -> None:

@@ -30,6 +30,7 @@ from ..._exceptions import NoWorkers, TransportError
 from .._shared import ReplyRouter, connection_lost
 from ..base import ClientTransport, TraceContext
 from . import wire
+from .compat import subscribe_direct
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .presence import Presence
 from .stored import PUBACK, Call, StoredRequests, gave_up
@@ -41,8 +42,6 @@ RETRY_MAX = 0.2
 """Resending a bounced request backs off from 5 ms to 200 ms (jittered) until its deadline."""
 RECORDS_TIMEOUT = 0.5
 """Seconds a look at the worker records may take before the call goes ahead regardless."""
-ARRIVALS_BATCH = 200
-"""Messages handled on the inbox before letting the event loop run other work."""
 
 
 class NatsClientTransport(ClientTransport):
@@ -56,7 +55,6 @@ class NatsClientTransport(ClientTransport):
         """JetStream mode: where requests go."""
         self._inbox = ""
         self._calls: dict[str, Call] = {}
-        self._arrivals = 0
         self._resends: set[asyncio.Task[None]] = set()
         self._queues: set[str] = set()
         self._presence: Presence | None = None
@@ -68,7 +66,7 @@ class NatsClientTransport(ClientTransport):
         )
         self._inbox = f"{self._settings.inbox_prefix}.{secrets.token_hex(11)}."
         try:
-            await nc.subscribe(self._inbox + ">", cb=self._arrived)
+            await subscribe_direct(nc, self._inbox + ">", self._arrived)
             await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
         except NATS_ERRORS as exc:
             await close_connection(nc)
@@ -199,12 +197,8 @@ class NatsClientTransport(ClientTransport):
                 f"{nc.max_payload} bytes"
             )
 
-    async def _arrived(self, msg: Msg) -> None:
-        self._arrivals += 1
-        if self._arrivals % ARRIVALS_BATCH == 0:
-            # nats-py hands over what it has read without a pause: with thousands of replies
-            # or PubAcks queued, let the timeouts and the callers they wake run meanwhile.
-            await asyncio.sleep(0)
+    def _arrived(self, msg: Msg) -> None:
+        # Called by the task reading the connection (`subscribe_direct`): nothing here waits.
         correlation_id = msg.subject[len(self._inbox) :]
         if correlation_id.startswith(PUBACK) and self._stored is not None:
             self._stored.confirmed(correlation_id[len(PUBACK) :], msg)

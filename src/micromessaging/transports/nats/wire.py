@@ -69,6 +69,11 @@ URL_OPTIONS = frozenset(
     }
 )
 _STREAM_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name as RFC 9110 defines a token (what nats-py itself lets a publisher write)."""
+_HEADER_START = b"NATS/1.0\r\n"
+_HEADER_END = b"\r\n\r\n"
+_SHORTEST_BLOCK = len(_HEADER_START) + len(b": ") + len(_HEADER_END) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +167,17 @@ def reply_subject_refusal(subject: str, inbox_prefix: str) -> str | None:
     someone's stream), ``$SYS.``, another service's request subject, a wildcard - is
     refused, so that a caller can't make a worker publish where the caller itself may not.
     """
-    shown = ascii(subject[:80])
     if len(subject) > REPLY_SUBJECT_LIMIT:
+        shown = ascii(subject[:80])
         return f"reply subject {shown}... is longer than {REPLY_SUBJECT_LIMIT} characters"
     problem = _subject_problem(subject)
     if problem is not None:
-        return f"reply subject {shown} {problem}"
-    prefixes = dict.fromkeys((DEFAULT_INBOX_PREFIX + ".", inbox_prefix + "."))
-    if subject.startswith("$") or not subject.startswith(tuple(prefixes)):
-        return f"reply subject {shown} is not under an inbox prefix ({', '.join(prefixes)})"
+        return f"reply subject {subject[:80]!a} {problem}"
+    if subject.startswith("$") or not subject.startswith(
+        (DEFAULT_INBOX_PREFIX + ".", inbox_prefix + ".")
+    ):
+        prefixes = ", ".join(dict.fromkeys((DEFAULT_INBOX_PREFIX + ".", inbox_prefix + ".")))
+        return f"reply subject {subject[:80]!a} is not under an inbox prefix ({prefixes})"
     return None
 
 
@@ -231,6 +238,35 @@ def read_count(headers: Mapping[str, str] | None) -> int:
         return max(1, int(raw)) if raw is not None else 1
     except ValueError:
         return 1
+
+
+def read_plain_headers(block: bytes) -> dict[str, str] | None:
+    """The headers of a block in the plain form, or None when it is in any other.
+
+    The plain form is what nats-py and the other clients write: ``NATS/1.0\r\n``, then one
+    ``Name: value\r\n`` per header (a token for a name, an ASCII value without surrounding
+    whitespace), then ``\r\n``. Read here, it gives what nats-py's parser gives; anything
+    else (a status line, ``Name:value``, UTF-8, blank lines, no headers at all) is left to
+    that parser. A name written twice keeps its last value, as there.
+    """
+    if (
+        len(block) < _SHORTEST_BLOCK
+        or not block.startswith(_HEADER_START)
+        or not block.endswith(_HEADER_END)
+    ):
+        return None
+    headers: dict[str, str] = {}
+    for line in block[len(_HEADER_START) : -len(_HEADER_END)].split(b"\r\n"):
+        name, colon, value = line.partition(b": ")
+        if (
+            not colon
+            or not value.isascii()
+            or value.strip() != value
+            or _HEADER_NAME.fullmatch(name) is None
+        ):
+            return None
+        headers[name.decode()] = value.decode()
+    return headers
 
 
 def encoded_size(body: bytes, headers: Mapping[str, str] | None) -> int:

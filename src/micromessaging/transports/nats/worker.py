@@ -29,6 +29,7 @@ from ..._exceptions import TransportError
 from .._shared import LedgerDelivery, WorkerTransportBase
 from ..base import WorkerOptions
 from . import presence, wire
+from .compat import subscribe_direct
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .streams import ensure_dead_letter_stream
 
@@ -229,29 +230,36 @@ class NatsWorkerTransport(NatsWorkerBase):
         backlog = self._settings.backlog
         self._backlog_limit = DEFAULT_BACKLOG if backlog is None else backlog
         self._sub: Subscription | None = None
+        self._bouncing: set[asyncio.Task[None]] = set()
         self.dropped = 0
 
     async def _open(self) -> None:
         nc = await self._connect()
         try:
-            self._sub = await nc.subscribe(self.queue, queue=self.queue, cb=self._arrived)
+            self._sub = await subscribe_direct(nc, self.queue, self._arrived, queue=self.queue)
             await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
         except NATS_ERRORS as exc:
             await self._disconnect()
             raise TransportError(f"can't subscribe to {self.queue!r} on NATS: {exc!r}") from exc
 
-    async def _arrived(self, msg: Msg) -> None:
+    def _arrived(self, msg: Msg) -> None:
+        # Called by the task reading the connection (`subscribe_direct`): nothing here waits.
         delivery = NatsDelivery(self, msg, msg.reply or None, wire.read_count(msg.headers))
         slots = self.ledger.slots
         assert slots is not None
         if not self.receiving:
-            await self._bounce(delivery, wire.Bounce.BUSY)
+            self._bounce_soon(delivery, wire.Bounce.BUSY)
         elif slots.free > 0:
             self.hand_over(delivery)
         elif len(self._backlog) < self._backlog_limit:
             self._backlog.append(delivery)
         else:
-            await self._bounce(delivery, wire.Bounce.BUSY)
+            self._bounce_soon(delivery, wire.Bounce.BUSY)
+
+    def _bounce_soon(self, delivery: NatsDelivery, status: str) -> None:
+        task = asyncio.create_task(self._bounce(delivery, status))
+        self._bouncing.add(task)
+        task.add_done_callback(self._bouncing.discard)
 
     def _slot_freed(self) -> None:
         slots = self.ledger.slots
@@ -280,6 +288,8 @@ class NatsWorkerTransport(NatsWorkerBase):
             # `_arrived`, which now bounces it back to its caller.
             with contextlib.suppress(*NATS_ERRORS):
                 await asyncio.wait_for(sub.drain(), DRAIN_TIMEOUT)  # type: ignore[no-untyped-call]
+        if self._bouncing:
+            await asyncio.wait(list(self._bouncing))
         while self._backlog:
             await self._bounce(self._backlog.popleft(), wire.Bounce.BUSY)
 
