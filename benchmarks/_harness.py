@@ -46,8 +46,12 @@ def worker(
         "--queue", queue, "--concurrency", str(concurrency), "--processes", str(processes),
         "--log-level", "info", *extra,
     ]  # fmt: skip
+    # The worker runs in benchmarks/: a relative PYTHONPATH (PYTHONPATH=src) must name the same
+    # tree for it as for this process, or it serves whichever micromessaging is installed.
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in paths if p)}
     process = subprocess.Popen(
-        command, cwd=HERE, start_new_session=True, stderr=subprocess.PIPE, text=True
+        command, cwd=HERE, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True
     )
     try:
         _until_serving(process, processes)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
 import subprocess
 import sys
@@ -209,8 +208,4 @@ if __name__ == "__main__":
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--jetstream", action="store_true")
     args = parser.parse_args()
-    # The workers run in benchmarks/: a relative PYTHONPATH (PYTHONPATH=src) must name the same
-    # tree for them as for this process, or they serve whichever micromessaging is installed.
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    os.environ["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in paths if p)
     asyncio.run(main(args.url, args.calls, args.rounds, args.width, args.jetstream))

@@ -1,4 +1,4 @@
-"""The one place that touches nats-py beyond its documented API; checked against 2.6 - 2.16.
+"""The one place that touches nats-py beyond its documented API; checked against 2.16.
 
 A connection must fail fast while first connecting (a wrong URL is reported in seconds) and
 then reconnect forever; nats-py takes one reconnect limit for both, read from its options
@@ -22,8 +22,8 @@ nothing else could join it), the socket has taken everything written before, and
 flusher has nothing queued: a lone call's request, or a worker's only reply, goes out in
 the turn it was made. Under load nothing changes (everything goes through the flusher).
 These fast paths (`_process_msg`, `_flush_pending`, the flusher's queue and task, the TCP
-transport's writer) were read against nats-py 2.16 only; older releases in our range are
-unchecked here.
+transport's writer) were read against nats-py 2.16, the oldest release pyproject.toml
+allows.
 """
 
 from __future__ import annotations
