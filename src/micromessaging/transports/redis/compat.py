@@ -1,4 +1,4 @@
-"""The one place that touches redis-py beyond its documented API; checked against 5.0 - 8.1.
+"""The one place that touches redis-py beyond its documented API; checked against 5.3 - 8.1.
 
 The hot-path links (`link.Link`, `link.BlockingLink`) let redis-py make and set up their
 connections (TLS, AUTH, ACL user, database), then take over the socket or the asyncio
