@@ -315,10 +315,14 @@ class AsyncClient(ClientBase):
         deadline = time.time() + (self.timeout if timeout is None else timeout)
         try:
             if not trace:  # the common case: no trace context to carry
-                return await transport.request(self.queue, body, deadline)
-            return await transport.request(self.queue, body, deadline, trace)
+                reply = await transport.request(self.queue, body, deadline)
+            else:
+                reply = await transport.request(self.queue, body, deadline, trace)
         except CallTimeout:
             raise self._timed_out(what, timeout) from None
+        if self._closed:  # closed while this call waited: it fails, whatever came back
+            raise TransportError("this client is closed")
+        return reply
 
     async def _send(self, body: bytes) -> None:
         transport = self._transport or await self._connect()

@@ -71,8 +71,9 @@ async def test_first_calls_time_out_on_time(queue: str) -> None:
         late = await lateness(client)
     # Before: TransportError("declaring queue ... took too long"), 5 - 6 s after the call.
     # Now 0.3 - 0.6 s late alone on this machine: 20,000 calls wake at once when the queue
-    # is declared, and publish in one turn of the loop.
-    assert late < floor + 1.5, f"up to {late:.2f}s late (in memory: {floor:.2f}s)"
+    # is declared, and publish in one turn of the loop; 1.9 - 2.3 s in full runs on a loaded
+    # day (2026-12-02), still well short of the 5 - 6 s this test is about.
+    assert late < floor + 3.0, f"up to {late:.2f}s late (in memory: {floor:.2f}s)"
 
 
 async def test_requests_whose_reply_queues_are_gone_do_not_run(

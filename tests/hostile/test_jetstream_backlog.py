@@ -156,8 +156,9 @@ async def test_a_new_worker_skips_expired_requests_in_bulk(queue: str) -> None:
                 started = time.monotonic()
                 assert await client.add(2, 3) == 5
                 took = time.monotonic() - started
-            # 0.55 - 0.65 s here; before, 1.4 - 1.65 s (a slot, a task and a pull each).
-            assert took < 1.0, f"the first live call took {took:.2f}s"
+            # 0.55 - 0.65 s here alone, 1.06 s once in a loaded full run; before, 1.4 - 1.65 s
+            # alone (a slot, a task and a pull each).
+            assert took < 1.3, f"the first live call took {took:.2f}s"
             assert worker.stats.completed == 1  # the expired ones did not run
         assert await stored(queue) == 0
     finally:
