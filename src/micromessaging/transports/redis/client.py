@@ -327,7 +327,10 @@ class RedisSeedClientTransport(ClientTransport):
             if not self._open:
                 raise TransportError("client closed") from exc
             raise self._failures.sending(exc) from exc
-        if not self._open:  # closed meanwhile: the BRPOP may have gone out on a new connection
+        if not self._open:
+            # Closed meanwhile: the push or the BRPOP may have taken a new connection from
+            # the pool after `aclose` emptied it; it is closed here, not left to the collector.
+            await redis_client.connection_pool.disconnect(inuse_connections=True)
             raise TransportError("client closed")
         if got is None:
             raise CallTimeout("no reply before the deadline")
