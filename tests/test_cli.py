@@ -371,6 +371,48 @@ def test_ctrl_c_on_call_exits_130(redis_url: str, redis_queue: str) -> None:
         finish(worker, *([caller] if caller else []))
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_worker_serves_on_the_loop_asked_for_and_names_it(
+    loop: str, redis_url: str, redis_queue: str
+) -> None:
+    pytest.importorskip("uvloop")
+    broker = ["--broker", redis_url, "--queue", redis_queue]
+    worker = start_worker(*broker, "--loop", loop)
+    try:
+        assert f"{loop} loop" in wait_for_line(worker, "serving queue")
+        answered = subprocess.run(
+            [sys.executable, "-m", "micromessaging", "call", "add", "1", "5.1", *broker],
+            capture_output=True, text=True, timeout=30, cwd=ROOT,
+        )  # fmt: skip
+        assert answered.stdout.strip() == "6.1", answered.stderr
+        worker.terminate()
+        assert worker.wait(15) == 0
+    finally:
+        finish(worker)
+
+
+def test_worker_loop_defaults_to_uvloop_when_installed() -> None:
+    pytest.importorskip("uvloop")
+    process = start_worker("--broker", "memory://")
+    try:
+        assert "uvloop loop" in wait_for_line(process, "serving queue")
+        process.terminate()
+        assert process.wait(10) == 0
+    finally:
+        finish(process)
+
+
+@pytest.mark.parametrize("command", ["worker", "gateway"])
+def test_loop_uvloop_without_uvloop_says_what_to_install(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # importing it now raises ImportError
+    target = ["micromessaging.examples.calculator:Calculator"] if command == "worker" else []
+    result = invoke(command, *target, "--broker", "memory://", "--loop", "uvloop")
+    assert result.exit_code == 2
+    assert "pip install 'micromessaging[uvloop]'" in result.stderr
+
+
 def test_seed_calculator_needs_no_import_from_us() -> None:
     source = inspect.getsource(sys.modules[Calculator.__module__])
     assert "import" not in source

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from ._dispatch import Dispatcher
 from ._exceptions import ConfigurationError, MicromessagingError, TransportError
+from ._loop import loop_name
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ErrorCode,
@@ -117,11 +118,12 @@ class Worker:
         )
         transport = await self._start(options)
         logger.info(
-            "serving queue %r on %s [%s] (concurrency %d); methods: %s",
+            "serving queue %r on %s [%s] (concurrency %d, %s loop); methods: %s",
             self.queue,
             mask_password(self.broker),
             transport.describe(),
             self.concurrency,
+            loop_name(),
             ", ".join(self.service.methods) or "none",
         )
         watchdog = asyncio.create_task(self._watch_deadlines())

@@ -104,6 +104,7 @@ TOKENS_VARIABLE = "MICROMESSAGING_GATEWAY_TOKENS"
     help="Connections one process holds open at once; the next is answered 503.",
 )
 @options.metrics_port(envvar="MICROMESSAGING_GATEWAY_METRICS_PORT")
+@options.loop(envvar="MICROMESSAGING_GATEWAY_LOOP")
 @options.log_level()
 @options.log_format()
 @click.pass_context
@@ -122,6 +123,7 @@ def gateway(
     body_timeout: float,
     connection_limit: int,
     metrics_port: int | None,
+    loop: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -139,6 +141,7 @@ def gateway(
         import uvicorn
 
         from .._http_server import protocol_factory
+        from .._loop import loop_factory
         from ..gateway import SETTINGS_VARIABLE, GatewaySettings, describe
         from ..gateway.auth import load_tokens
     except ModuleNotFoundError as exc:
@@ -155,6 +158,7 @@ def gateway(
             log_level=log_level,
             log_format=log_format,
         )
+        loop_factory(loop)  # --loop uvloop without uvloop: said here, in our words
         if metrics_port is not None:
             serve_metrics(metrics_port, processes)
     click.echo(describe(settings, host, port, processes), err=True)
@@ -172,6 +176,7 @@ def gateway(
         log_config=None,  # uvicorn's lines go to the root handler, in our format
         access_log=False,  # ours is the gateway's: token, queue, methods (gateway/access.py)
         lifespan="on",
+        loop=loop,  # uvicorn's names: auto takes uvloop when it is installed
         ws="none",
         server_header=False,
         http=protocol_factory(

@@ -95,6 +95,19 @@ def max_message_size(*, envvar: str, help: str) -> Decorator[Any]:
     )
 
 
+def loop(*, envvar: str = "MICROMESSAGING_LOOP") -> Decorator[Any]:
+    """--loop NAME: the event loop to serve on (uvloop when installed, by default)."""
+    from .._loop import LOOPS
+
+    return option(
+        "--loop",
+        envvar=envvar,
+        type=click.Choice(LOOPS),
+        default="auto",
+        help="Event loop: auto (uvloop when installed, else asyncio), asyncio or uvloop.",
+    )
+
+
 def log_level() -> Decorator[Any]:
     """--log-level LEVEL."""
     return option(

@@ -19,6 +19,8 @@ from typing import Any
 import click
 
 from .. import ConfigurationError, Service, Worker
+from .._loop import loop_factory
+from .._loop import run as run_on_loop
 from .._settings import mask_password, resolve_broker
 from ..observability import logs
 from ..transports import WorkerOptions, worker_transport
@@ -199,6 +201,7 @@ def _child_environment(ctx: click.Context, settings: dict[str, Any]) -> dict[str
     "(--no-inline: always in the thread pool).",
 )
 @options.metrics_port(envvar="MICROMESSAGING_METRICS_PORT")
+@options.loop()
 @options.log_level()
 @options.log_format()
 @click.pass_context
@@ -216,6 +219,7 @@ def worker(
     wait_for_broker: float,
     inline: bool,
     metrics_port: int | None,
+    loop: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -237,6 +241,7 @@ def worker(
             max_message_size=max_message_size,
         )
         worker_transport(url, worker_options)  # a known scheme, its extra installed, valid options
+        loop_factory(loop)  # --loop uvloop with uvloop missing: said now, not once per process
         if processes > 1:
             settings = {**ctx.params, "broker": url, "queue": queue, "processes": 1}
             command = [sys.executable, "-m", "micromessaging", "worker", target]
@@ -271,7 +276,8 @@ def worker(
 
             metrics.serve(metrics_port)
         supervisor_pid = os.environ.get(SUPERVISOR_VARIABLE)
-        exit_now(asyncio.run(serve(instance, int(supervisor_pid) if supervisor_pid else None)))
+        supervised = int(supervisor_pid) if supervisor_pid else None
+        exit_now(run_on_loop(serve(instance, supervised), loop))
 
 
 def exit_now(code: int) -> None:
