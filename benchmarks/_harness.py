@@ -17,8 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CALCULATOR = "micromessaging.examples.calculator:Calculator"
 ASYNC_SERVICE = "micromessaging.bench:BenchService"
@@ -106,6 +109,36 @@ async def sequential(call: Callable[[int], Awaitable[object]], calls: int) -> fl
     for i in range(calls):
         assert await call(i) == i + 1
     return (time.perf_counter() - started) / calls
+
+
+def run_like_our_worker(main: Coroutine[Any, Any, T]) -> T:
+    """Run a baseline's server on the event loop ``micromessaging worker`` picks (uvloop
+    when it is installed, else asyncio's): the loop is not what a comparison measures."""
+    from micromessaging._loop import run
+
+    return run(main)
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat, Linux)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_pids(leader: int) -> list[int]:
+    """The processes of `leader`'s process group (a worker started by `worker` leads one)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == leader:  # the process group id
+                found.append(int(entry))
+    return found
 
 
 def median_ratio(ours: list[float], theirs: list[float]) -> float:

@@ -33,7 +33,15 @@ from pathlib import Path
 
 import aio_pika
 import orjson
-from _harness import ASYNC_SERVICE, CALCULATOR, rate, table, us
+from _harness import (
+    ASYNC_SERVICE,
+    CALCULATOR,
+    cpu_seconds,
+    rate,
+    run_like_our_worker,
+    table,
+    us,
+)
 from aio_pika.patterns import RPC
 from pamqp.commands import Basic
 
@@ -289,13 +297,6 @@ async def bare_client(
         return await sequential(call, seq_calls), await throughput(call, calls)
 
 
-def cpu_seconds(pid: int | str) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat, Linux)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def cpu_per_call(broker: str, rounds: int, calls: int) -> None:
     """CPU time per call of the client (this process) and of the worker process, with
     IN_FLIGHT calls in flight to the seed's Calculator: where a call's cost goes."""
@@ -343,7 +344,8 @@ if __name__ == "__main__":
     parser.add_argument("--cpu", action="store_true", help="CPU per call, client and worker")
     args = parser.parse_args()
     if args.serve_aio_pika:
-        asyncio.run(serve_aio_pika(args.broker, args.serve_aio_pika))
+        # On the event loop our worker runs on (uvloop when installed): the same for both.
+        run_like_our_worker(serve_aio_pika(args.broker, args.serve_aio_pika))
     elif args.cpu:
         asyncio.run(cpu_per_call(args.broker, args.rounds, args.calls))
     elif args.confirm_cost:

@@ -44,7 +44,9 @@ async def main(url, subject):
     print("ready", flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+# On the event loop our worker runs on (uvloop when installed): the same for both.
+from micromessaging._loop import run
+run(main(sys.argv[1], sys.argv[2]))
 """
 
 
