@@ -126,19 +126,20 @@ def cpu_seconds(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def group_pids(leader: int) -> list[int]:
-    """The processes of `leader`'s process group (a worker started by `worker` leads one)."""
-    found = []
+def family_pids(root: int) -> list[int]:
+    """`root` and every process descended from it (a supervisor and its worker processes)."""
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
             except OSError:
                 continue
-            if int(fields[2]) == leader:  # the process group id
-                found.append(int(entry))
-    return found
+    family = [root]
+    for pid in family:  # grows as it goes: children, then theirs
+        family += [child for child, parent in parents.items() if parent == pid]
+    return family
 
 
 def median_ratio(ours: list[float], theirs: list[float]) -> float:

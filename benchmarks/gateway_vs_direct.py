@@ -27,7 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import HERE, cpu_seconds, group_pids, in_flight, median_ratio, rate, table, us, worker
+from _harness import (
+    HERE,
+    cpu_seconds,
+    family_pids,
+    in_flight,
+    median_ratio,
+    rate,
+    table,
+    us,
+    worker,
+)
 
 from micromessaging import AsyncClient
 from micromessaging.gateway.auth import hash_token
@@ -84,7 +94,7 @@ async def main(broker: str, calls: int, rounds: int, lanes: int) -> None:
         floor = start_floor(floor_port)
         try:
             with worker(broker, queue) as serving:
-                workers = group_pids(serving.pid)
+                workers = family_pids(serving.pid)
                 clients = {
                     "direct": AsyncClient(broker, queue, timeout=60),
                     "gateway": AsyncClient(f"http://:{token}@127.0.0.1:{port}", queue, timeout=60),
