@@ -237,14 +237,18 @@ class FaultSuite:
                     for i in range(1000)
                 ]
                 log = tmp_path / "executions"
-                await eventually(
-                    lambda: (
-                        sum(c.done() for c in calls) >= 200
-                        and any(pid == victim.pid for pid, _ in executions(log))
-                    ),
-                    30,
-                    "200 calls answered, the victim running some",
-                )
+
+                def victim_running() -> bool:
+                    # Calls the victim has started and nobody has answered yet: some of them
+                    # are surely still running when it dies. (Once "it has run some" was
+                    # waited for instead: a loaded machine then sometimes let the victim
+                    # finish its calls and die holding only calls it had not yet started.)
+                    if sum(c.done() for c in calls) < 200:
+                        return False
+                    started = [i for pid, i in executions(log) if pid == victim.pid]
+                    return sum(not calls[i].done() for i in started if isinstance(i, int)) >= 2
+
+                await eventually(victim_running, 30, "200 calls answered, the victim running some")
                 victim.kill()  # SIGKILL: no goodbye, calls in its hands
                 killed = time.monotonic()
                 outcomes = await asyncio.gather(*calls)
