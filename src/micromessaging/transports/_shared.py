@@ -392,21 +392,27 @@ class Ledger(Generic[D]):
         Gives up (raising the error) on an error that is not transient, or once the
         transport is closing.
         """
+        try:
+            return await step()  # the common case: once, with no backoff to set up
+        except Exception as exc:
+            if self.closing or not self.transient(exc):
+                raise
+            failure = exc
         backoff = Backoff()
         while True:
+            delay = backoff.failed()
+            self.retried += 1
+            if backoff.failures == 1:
+                logger.warning("%s on %r failed (%s); retrying", what, self.name, failure)
+            await asyncio.sleep(delay)
             try:
                 result = await step()
             except Exception as exc:
                 if self.closing or not self.transient(exc):
                     raise
-                delay = backoff.failed()
-                self.retried += 1
-                if backoff.failures == 1:
-                    logger.warning("%s on %r failed (%s); retrying", what, self.name, exc)
-                await asyncio.sleep(delay)
+                failure = exc
                 continue
-            if backoff.succeeded():
-                logger.info("%s on %r succeeded again", what, self.name)
+            logger.info("%s on %r succeeded again", what, self.name)
             return result
 
     async def close(self, timeout: float = CLOSE_WAIT) -> list[D]:
