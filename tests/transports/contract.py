@@ -60,6 +60,8 @@ class Probe:
 
     def __init__(self) -> None:
         self.ran: list[object] = []
+        self.running = 0
+        self.peak = 0
 
     def add(self, a: float, b: float) -> float:
         return a + b
@@ -74,6 +76,16 @@ class Probe:
         self.ran.append(("slow", tag))
         await asyncio.sleep(seconds)
         return tag
+
+    async def hold(self, seconds: float) -> int:
+        """Run for `seconds`, counting the calls running at once (`peak`: the most seen)."""
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.running -= 1
+        return self.peak
 
     def record(self, value: object) -> None:
         self.ran.append(value)
@@ -272,6 +284,18 @@ class TransportContract:
         tags = await asyncio.gather(*(client.slow(0.5, i) for i in range(8)))
         assert tags == list(range(8))
         assert time.monotonic() - started < 3.5  # 8 x 0.5 s one after another would be 4 s
+
+    async def test_never_runs_more_than_its_concurrency(
+        self, worker: Worker, client: AsyncClient, probe: Probe
+    ) -> None:
+        # Quick calls between the held ones: their settles take new messages in batches
+        # while the worker's own take waits too, and neither may take beyond the limit.
+        limit = self.worker_concurrency
+        calls = [client.hold(0.02 * (i % 3)) if i % 4 else client.add(i, 1) for i in range(400)]
+        await asyncio.gather(*calls)
+        assert probe.peak <= limit
+        assert probe.peak >= limit * 3 // 4  # and it used its slots, not only a few of them
+        assert probe.running == 0
 
     async def test_sync_client_from_threads(
         self, worker: Worker, broker_url: str, queue: str

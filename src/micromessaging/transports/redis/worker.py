@@ -388,19 +388,25 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         ledger, slots = self.ledger, self.ledger.slots
         assert slots is not None
         room = slots.free + len(batch) if self.receiving else 0
-        slots.take(room)
+        plain = self._plain_settle(batch)
+        # Under load (the last run took messages) this run reserves every free slot, and the
+        # new messages come in its batches; otherwise only the one it asks for, so that the
+        # blocking take waits in Redis for the next message while this run is out, rather
+        # than being sent once it is back: a round trip less on a lone caller's path.
+        asked = room if not plain or self._take_hint > 1 else min(room, 1)
+        slots.take(asked)
         link = self._settle_link
         taken: list[bytes] = []
         try:
             if link is None:
                 raise TransportError("the worker is closed")
-            if self._plain_settle(batch):
+            if plain:
                 settle = partial(self._settle_plainly, link, batch, min(room, self._take_hint))
                 errors, taken, swept = await ledger.retrying("settling messages", settle)
             else:
                 errors, taken, swept = await self._settle_by_script(link, batch, room)
         except BaseException as exc:
-            slots.release(room)
+            slots.release(asked)
             for delivery, _ in batch:
                 ledger.strand(delivery)
             if not isinstance(exc, Exception):
@@ -420,7 +426,7 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
             ledger.release(delivery)
         if not self.receiving:
             taken = []  # stopping: they stay in the processing list, given back unstarted
-        slots.release(room - len(taken))
+        slots.release(asked - len(taken))
         self._take_hint = min(max(1, 2 * len(taken)), TAKE_LIMIT)
         if taken:
             self.stats.takes += 1
