@@ -4,7 +4,10 @@
 what ran), so that a test can tell which process ran what, and how often, after the fact.
 `overlap` shows a worker's concurrency from the outside: each call waits until `n` calls run
 at once in its process, so `n` concurrent calls all return `n` only when the worker took all
-of them at once.
+of them at once. With several worker processes, a call also waits until all the calls of its
+key have started, in whichever process (counted in a file beside the log): else the process
+that filled up first would finish its calls and take one meant for another, which could then
+never show that it runs `n` at once.
 """
 
 from __future__ import annotations
@@ -56,20 +59,34 @@ class FaultService:
         self._record("crash")
         os.kill(os.getpid(), signal.SIGKILL)
 
-    async def overlap(self, key: str, n: int, within: float) -> int:
-        """Wait until `n` calls with this `key` run at once here (at most `within` seconds);
-        the most that did."""
+    async def overlap(self, key: str, n: int, within: float, everywhere: int = 0) -> int:
+        """Wait until `n` calls with this `key` run at once here, and `everywhere` calls with
+        it have started in all processes together (at most `within` seconds); the most that
+        ran at once here."""
         full = self._full.setdefault(key, asyncio.Event())
+        started = _mark_started(key) if everywhere else None
         self._running[key] += 1
         self._peak[key] = max(self._peak[key], self._running[key])
         if self._peak[key] >= n:
             full.set()
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(full.wait(), within)
+                async with asyncio.timeout(within):
+                    await full.wait()
+                    # Counted by other processes too: no event to wait on.
+                    while started is not None and started.stat().st_size < everywhere:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
             return self._peak[key]
         finally:
             self._running[key] -= 1
+
+
+def _mark_started(key: str) -> Path:
+    """Count a call of `key` as started, in a file every worker process writes to."""
+    started = Path(os.environ["MM_FAULT_LOG"]).with_name(f"overlap-{key}")
+    with open(started, "ab") as marks:
+        marks.write(b".")  # one byte per call, appended: the file's size counts them
+    return started
 
 
 def executions(log: Path) -> list[tuple[int, object]]:

@@ -175,7 +175,14 @@ async def back_at_full_concurrency(
     for _ in range(rounds):
         key = uuid.uuid4().hex
         calls = [
-            client.call("overlap", key, concurrency, within, timeout=2 * within + 10)
+            client.call(
+                "overlap",
+                key,
+                concurrency,
+                within,
+                concurrency * processes,
+                timeout=2 * within + 10,
+            )
             for _ in range(concurrency * processes)
         ]
         peaks = await asyncio.gather(*calls)
