@@ -495,7 +495,7 @@ class TransportContract:
     async def test_client_closed_while_its_first_call_connects_fails_that_call(
         self, worker: Worker, broker_url: str, queue: str
     ) -> None:
-        for pause in (0.0, 0.001, 0.005):
+        for pause in (0.0, 0.001, 0.005, 0.01, 0.02, 0.05):
             client = AsyncClient(broker_url, queue, timeout=10)
             first = asyncio.create_task(client.slow(0.5, "first"))
             await asyncio.sleep(pause)  # connecting, or connected and sending

@@ -15,6 +15,7 @@ from micromessaging.transports._shared import (
     UrlOptions,
     decode_deadline,
     encode_deadline,
+    wait_shared,
 )
 
 # --- deadlines ---------------------------------------------------------------------------------
@@ -224,6 +225,37 @@ from micromessaging.transports._context import (  # noqa: E402
 )
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+# --- shared waits --------------------------------------------------------------------------
+
+
+async def test_a_shared_wait_given_up_by_its_owner_fails_its_waiters_not_cancels_them() -> None:
+    # A client closing cancels the connect its calls wait on; the calls must fail with
+    # TransportError, not raise CancelledError in tasks nobody cancelled.
+    shared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    waiters = [asyncio.ensure_future(wait_shared(shared, 5)) for _ in range(3)]
+    await asyncio.sleep(0)
+    shared.cancel()
+    for waiter in waiters:
+        with pytest.raises(TransportError, match="closed"):
+            await waiter
+    already = asyncio.get_running_loop().create_future()
+    already.cancel()
+    with pytest.raises(TransportError):
+        await wait_shared(already, 5)
+
+
+async def test_a_waiter_cancelled_itself_is_cancelled_and_the_shared_wait_goes_on() -> None:
+    shared: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.ensure_future(wait_shared(shared, 5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not shared.done()
+    shared.set_result(7)
+    assert await wait_shared(shared, 5) == 7
 
 
 def test_send_time_is_read_like_a_deadline() -> None:

@@ -569,11 +569,17 @@ async def wait_shared(shared: asyncio.Future[T], timeout: float) -> T:
 
     Each caller waits on a future of its own: with thousands of callers giving up at once,
     ``wait_for(shield(shared))`` would scan `shared`'s callbacks once for each of them.
+
+    `shared` cancelled is its owner giving it up (a client closed while its calls waited
+    for it to connect): that fails the waiters with `TransportError`; a CancelledError
+    would tell a task nobody cancelled that it was.
     """
     if not shared.done():
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         shared.add_done_callback(functools.partial(_wake, waiter))
         await asyncio.wait_for(waiter, timeout)
+    if shared.cancelled():
+        raise TransportError("closed while this call waited to be sent")
     return shared.result()
 
 

@@ -119,7 +119,10 @@ class AmqpClientTransport(ClientTransport):
             await wait_shared(declared, max(deadline - time.time(), 0))
         except TimeoutError:
             raise CallTimeout(f"queue {queue!r} was not declared before the deadline") from None
-        return link.channel or await link.wait_open(deadline)
+        channel = link.channel or await link.wait_open(deadline)
+        if self._link is not link:  # closed while this call waited: it must not be sent
+            raise TransportError("this AMQP client is closed")
+        return channel
 
     def _check(self, link: Link, queue: str) -> asyncio.Future[None]:
         """Check that `queue` is served and declare it; the calls to it wait for this."""
