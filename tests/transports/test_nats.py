@@ -35,7 +35,7 @@ from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
 from micromessaging.transports.admin import AdminTransport
 from micromessaging.transports.base import WorkerOptions
-from micromessaging.transports.nats import presence
+from micromessaging.transports.nats import compat, presence
 from micromessaging.transports.nats.wire import (
     DEAD_LETTER_PREFIX,
     DEADLINE,
@@ -45,7 +45,11 @@ from micromessaging.transports.nats.wire import (
     SENT,
     check_queue,
     dead_letter_stream_name,
+    encoded_size,
+    header_block,
     parse_url,
+    read_plain_headers,
+    request_headers,
     stream_name,
 )
 from tests.brokers import NatsNode, free_port, self_signed_certificate
@@ -601,6 +605,31 @@ def test_url_options() -> None:
     ):
         with pytest.raises(ValueError):  # noqa: PT011 - ConfigurationError is a ValueError
             parse_url(bad)
+
+
+async def test_our_publish_writes_the_command_nats_py_writes() -> None:
+    # compat.publish_checked writes requests and replies itself: byte for byte what
+    # nats-py's publish would buffer (its empty reply field aside), headers included.
+    ours, theirs = compat.Client(), compat.Client()  # not connected: publishes are buffered
+    ours._max_pending_size = theirs._max_pending_size = 8 << 20
+    parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    headers = request_headers(1796000000.0, {"traceparent": parent, "tracestate": "k=v"}, 1.5)
+    evil = request_headers(None, {"traceparent": parent + "\r\nPUB evil 0", "tracestate": "x"})
+    assert set(evil) == {SENT}  # what can't be a trace context is never written
+    for reply, sent in (("_INBOX.x.1", headers), ("_INBOX.x.2", None), ("", headers)):
+        block = header_block(sent) if sent else None
+        await compat.publish_checked(ours, "calc", b'{"id":1}', reply, block)
+        await theirs.publish("calc", b'{"id":1}', reply=reply, headers=sent)
+    written = [command.replace(b"calc  ", b"calc ") for command in theirs._pending]
+    assert ours._pending == written
+    assert read_plain_headers(header_block(headers)) == headers
+    assert encoded_size(b"12345", headers) == 5 + len(header_block(headers))
+    assert ours.stats["out_msgs"] == 3 and ours.stats["out_bytes"] == 3 * len(b'{"id":1}')
+    with pytest.raises(nats.errors.MaxPayloadError):
+        await compat.publish_checked(ours, "calc", b"x" * (ours._max_payload + 1))
+    ours._status = ours.CLOSED  # as close() leaves it (it would flush to no server here)
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await compat.publish_checked(ours, "calc", b"{}")
 
 
 def test_queue_names_must_be_plain_subjects() -> None:

@@ -30,7 +30,7 @@ from ..._exceptions import NoWorkers, TransportError
 from .._shared import ReplyRouter, connection_lost
 from ..base import ClientTransport, TraceContext
 from . import wire
-from .compat import subscribe_direct
+from .compat import publish_checked, subscribe_direct
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .presence import Presence
 from .stored import PUBACK, Call, StoredRequests, gave_up
@@ -124,7 +124,7 @@ class NatsClientTransport(ClientTransport):
         nc = self._live(queue)
         await self._check_served(queue, deadline)
         headers = wire.request_headers(deadline, trace)
-        self._check_size(nc, body, headers)
+        self._check_size(nc, wire.encoded_size(body, headers))
         if self._stored is not None:
             await self._stored.notify(queue, body, headers, deadline)
             return
@@ -180,16 +180,16 @@ class NatsClientTransport(ClientTransport):
         headers = wire.request_headers(call.deadline, call.trace, call.sent)
         if call.delivery_count > 1:
             headers[wire.DELIVERY_COUNT] = str(call.delivery_count)
-        self._check_size(nc, call.body, headers)
+        block = wire.header_block(headers)
+        self._check_size(nc, len(block) + len(call.body))
         try:
-            await nc.publish(
-                call.queue, call.body, reply=self._inbox + correlation_id, headers=headers
-            )
+            # The queue was checked by `_live`, the reply subject is our inbox's.
+            await publish_checked(nc, call.queue, call.body, self._inbox + correlation_id, block)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {call.queue!r}: {exc!r}") from exc
 
-    def _check_size(self, nc: NATS, body: bytes, headers: dict[str, str] | None) -> None:
-        size = wire.encoded_size(body, headers)
+    def _check_size(self, nc: NATS, size: int) -> None:
+        """`size` (headers and body) is within the server's max_payload, else `TransportError`."""
         if size > nc.max_payload:
             # Sent anyway, the server would close the connection (and fail every other call).
             raise TransportError(

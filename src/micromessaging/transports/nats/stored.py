@@ -35,6 +35,7 @@ from ..._exceptions import CallTimeout, TransportError
 from .._shared import wait_shared
 from ..base import TraceContext
 from . import wire
+from .compat import publish_checked
 from .connection import NATS_ERRORS
 from .streams import ensure_work_stream
 
@@ -76,7 +77,7 @@ class StoredRequests:
         calls: dict[str, Call],
         connection: Callable[[], NATS],
         fail: Callable[[str, Exception], None],
-        check_size: Callable[[NATS, bytes, dict[str, str] | None], None],
+        check_size: Callable[[NATS, int], None],
     ) -> None:
         self.js = js
         self._settings = settings
@@ -162,11 +163,12 @@ class StoredRequests:
         nc = self._connection()
         headers = wire.request_headers(call.deadline, call.trace, call.sent or None)
         headers[wire.REPLY_TO] = self._inbox + correlation_id
-        self._check_size(nc, call.body, headers)
+        block = wire.header_block(headers)
+        self._check_size(nc, len(block) + len(call.body))
         try:
-            await nc.publish(
-                call.queue, call.body, reply=self._inbox + PUBACK + correlation_id, headers=headers
-            )
+            # The queue was checked when the call began, the reply subject is our inbox's.
+            reply = self._inbox + PUBACK + correlation_id
+            await publish_checked(nc, call.queue, call.body, reply, block)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {call.queue!r}: {exc!r}") from exc
         call.published = True

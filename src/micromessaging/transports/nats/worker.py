@@ -29,7 +29,7 @@ from ..._exceptions import TransportError
 from .._shared import LedgerDelivery, WorkerTransportBase
 from ..base import WorkerOptions
 from . import presence, wire
-from .compat import subscribe_direct
+from .compat import publish_checked, subscribe_direct
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .streams import ensure_dead_letter_stream
 
@@ -142,16 +142,17 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         if reply is None or not delivery.reply_to:
             return
         nc = self._connection()
-        headers: dict[str, str] | None = None
+        block = None
         if len(reply) > nc.max_payload:
             logger.warning(
                 "a reply of %d bytes exceeds the server's max_payload (%d): caller told",
                 len(reply),
                 nc.max_payload,
             )
-            reply, headers = b"", {wire.STATUS: wire.Bounce.TOO_LARGE}
+            reply, block = b"", wire.header_block({wire.STATUS: wire.Bounce.TOO_LARGE})
         try:
-            await nc.publish(delivery.reply_to, reply, headers=headers)
+            # `reply_to` passed `wire.reply_subject_refusal` when the request came.
+            await publish_checked(nc, delivery.reply_to, reply, header_block=block)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish a reply on NATS: {exc!r}") from exc
 
