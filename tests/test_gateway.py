@@ -494,6 +494,8 @@ async def test_the_command_logs_each_request_and_serves_its_metrics(tmp_path, ht
         with gateway_command(args, {}) as process:
             url = f"http://127.0.0.1:{port}"
             await wait_healthy(http, url)
+            children = set(gateway_children(process.pid))
+            assert len(children) == 2
             calls = [
                 (200, bearer(FULL), rpc("add", 1, 2)),
                 (200, bearer(FULL), rpc("add", 2, 2)),
@@ -534,7 +536,9 @@ async def test_the_command_logs_each_request_and_serves_its_metrics(tmp_path, ht
     assert {line["token"] for line in forbidden} == {"elsewhere", "add-only"}
     assert all(line["queue"] == "calc" and line["duration_ms"] >= 0 for line in mine)
     assert ["subtract"] in [line["rpc"] for line in forbidden]
-    assert len({line["pid"] for line in access}) == 2  # both processes log
+    # Both processes log in this format (which of them the kernel gives a connection to is
+    # its choice: under load one may take them all, so their access lines can't tell).
+    assert children <= {line["pid"] for line in lines}
     # The gateway's own info lines, and uvicorn's, appear too, in the same format.
     assert any("may not call" in line["message"] for line in lines)
     assert any(line["logger"].startswith("uvicorn") for line in lines)

@@ -10,7 +10,6 @@ Ruby 3 with the bunny gem is needed (.ci/run installs the Debian packages).
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -23,9 +22,9 @@ from micromessaging.examples.calculator import Calculator
 
 from ..transports.test_amqp import delete_queues, queue_state
 from . import seed_programs
-from .seed_programs import finished
+from .seed_programs import finished, needs_ruby
 
-pytestmark = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+pytestmark = needs_ruby("bunny")
 
 
 @pytest.fixture

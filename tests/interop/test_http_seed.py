@@ -21,6 +21,10 @@ import pytest
 
 from micromessaging import AsyncClient, Client, ErrorCode, RemoteError
 
+from .seed_programs import needs_ruby
+
+pytestmark = needs_ruby("sinatra/base")  # plain "sinatra" would start a server
+
 SEED = Path(__file__).parent / "seed"
 
 

@@ -9,8 +9,6 @@ needed (.ci/run installs Debian's ruby-redis).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -23,19 +21,9 @@ from micromessaging.examples.calculator import Calculator
 from ..transports.contract import serving
 from ..transports.test_redis import delete_queue
 from . import seed_programs
-from .seed_programs import finished
+from .seed_programs import finished, needs_ruby
 
-
-def _ruby_has_redis() -> bool:
-    if shutil.which("ruby") is None:
-        return False
-    check = subprocess.run(
-        ["ruby", "-e", "require 'redis'"], capture_output=True, timeout=30, check=False
-    )
-    return check.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _ruby_has_redis(), reason="ruby with the redis gem is missing")
+pytestmark = needs_ruby("redis")
 
 
 @pytest.fixture
