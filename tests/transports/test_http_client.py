@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from micromessaging import AsyncClient, TransportError
+from micromessaging import AsyncClient, CallTimeout, Client, RemoteError, TransportError
 
 REPLY = b'{"jsonrpc":"2.0","result":6.1,"id":"%s"}'
 
@@ -71,4 +71,35 @@ async def test_endless_response_headers_fail_the_call_clearly() -> None:
 
     async with raw_server(answer) as port, AsyncClient(f"http://127.0.0.1:{port}", "calc") as c:
         with pytest.raises(TransportError, match="headers"):
+            await c.add(1, 5.1)
+
+
+async def test_a_worker_out_of_time_is_a_call_timeout_like_our_own_timer() -> None:
+    # An HTTP worker (or a gateway) answers 504 with a deadline error when the call's deadline
+    # passes on its side: the caller sees the CallTimeout its own timer would have raised, and
+    # never which of the two noticed first.
+    def answer(id_: bytes) -> bytes:
+        body = b'{"jsonrpc":"2.0","error":{"code":-32001,"message":"Deadline exceeded"},"id":null}'
+        return response(b"504 Gateway Timeout", body)
+
+    def blocking_call(url: str) -> None:
+        with Client(url, "calc", timeout=5) as blocking, pytest.raises(CallTimeout):
+            blocking.add(1, 5.1)
+
+    async with raw_server(answer) as port:
+        url = f"http://127.0.0.1:{port}"
+        async with AsyncClient(url, "calc", timeout=5) as client:
+            with pytest.raises(CallTimeout):
+                await client.add(1, 5.1)
+        await asyncio.to_thread(blocking_call, url)
+
+
+async def test_a_deadline_error_in_a_200_reply_stays_the_services_answer() -> None:
+    # Only the transport's 504 means the call ran out of time; a service may answer -32001.
+    def answer(id_: bytes) -> bytes:
+        error = b'{"jsonrpc":"2.0","error":{"code":-32001,"message":"mine"},"id":"%s"}' % id_
+        return response(b"200 OK", error)
+
+    async with raw_server(answer) as port, AsyncClient(f"http://127.0.0.1:{port}", "calc") as c:
+        with pytest.raises(RemoteError, match="mine"):
             await c.add(1, 5.1)

@@ -11,6 +11,7 @@ import orjson
 
 from ..._asgi import NO_WORKERS_REASON
 from ..._exceptions import CallTimeout, NoWorkers, ProtocolError, TransportError
+from ..._protocol import ErrorCode
 from .._context import encode_sent, trace_headers
 from ..base import ClientTransport, TraceContext
 from .pool import ConnectionPool
@@ -41,6 +42,12 @@ def _jsonrpc_error(content: bytes) -> str | None:
     if error is None:
         return None
     return str(error.get("message")) if error else ""
+
+
+def _out_of_time(content: bytes) -> bool:
+    """Whether `content` is the deadline error a worker or a gateway answers 504 with."""
+    error = _error_object(content)
+    return error is not None and error.get("code") == ErrorCode.DEADLINE_EXCEEDED
 
 
 def _no_workers(status: int, content: bytes) -> str | None:
@@ -143,6 +150,9 @@ class HttpClientTransport(ClientTransport):
         no_workers = _no_workers(status, content)
         if no_workers is not None:
             raise NoWorkers(queue, f"the gateway at {self.settings.base_url} says: {no_workers}")
+        if status == 504 and _out_of_time(content):
+            # The worker (or a gateway) saw the deadline pass: what our own timer says.
+            raise CallTimeout(f"{self._where(queue)} answered that the deadline passed")
         if _jsonrpc_error(content) is not None:
             return content  # so that the caller gets the RemoteError it carries
         raise TransportError(f"{self._where(queue)} answered HTTP {status}: {content[:200]!r}")

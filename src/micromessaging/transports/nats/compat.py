@@ -26,8 +26,7 @@ header block we wrote, rather than through nats-py's general header encoder and 
 checks (ours were made when the queue and reply subjects were first seen).
 These fast paths (`_process_msg`, `_flush_pending`, `_send_command`, the pending buffer and
 its limits, the flusher's queue and task, the TCP transport's writer) were read against
-nats-py 2.16, the oldest release pyproject.toml
-allows.
+nats-py 2.16, the oldest release pyproject.toml allows.
 """
 
 from __future__ import annotations
