@@ -31,6 +31,7 @@ from micromessaging import (
     TransportError,
     Worker,
 )
+from micromessaging._loop import run
 from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
 from micromessaging.transports.admin import AdminTransport
@@ -630,6 +631,45 @@ async def test_our_publish_writes_the_command_nats_py_writes() -> None:
     ours._status = ours.CLOSED  # as close() leaves it (it would flush to no server here)
     with pytest.raises(nats.errors.ConnectionClosedError):
         await compat.publish_checked(ours, "calc", b"{}")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_lone_publish_is_written_at_once_on_either_loop(nats_url: str, loop: str) -> None:
+    # A worker's only reply (a client's only request) goes to the socket in the turn it is
+    # published, where nats-py's flusher would write it a turn later; uvloop hides whether
+    # anything else is ready to run, so there only the caller's word (`alone`) allows it.
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    subject = f"lone-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> list[bytes]:
+        listener, ours = await raw_connection(nats_url), compat.Client()
+        await ours.connect(nats_url)
+        got: list[bytes] = []
+        heard = asyncio.Event()
+
+        async def keep(msg: nats.aio.msg.Msg) -> None:
+            got.append(msg.data)
+            heard.set()
+
+        try:
+            await listener.subscribe(subject, cb=keep)
+            await listener.flush()
+            await compat.publish_checked(ours, subject, b"alone", alone=True)
+            assert ours._pending == []  # written: nothing left for the flusher
+            await compat.publish_checked(ours, subject, b"with others")
+            # asyncio's loop shows that nothing else is ready (written too); uvloop does not.
+            assert bool(ours._pending) is (loop == "uvloop")
+            async with asyncio.timeout(10):
+                while len(got) < 2:
+                    heard.clear()
+                    await heard.wait()
+            return got
+        finally:
+            await ours.close()
+            await listener.close()
+
+    assert run(main(), loop) == [b"alone", b"with others"]
 
 
 def test_queue_names_must_be_plain_subjects() -> None:

@@ -380,24 +380,38 @@ class Ledger(Generic[D]):
         if not self.claim(delivery):
             return
         try:
-            await self.retrying(what, step)
+            try:
+                await step()  # the common case: once (no coroutine for the retries)
+            except Exception as exc:
+                if self._final(exc):
+                    raise
+                await self.retrying(what, step, exc)
         except BaseException:
             self.strand(delivery)
             raise
         self.release(delivery)
 
-    async def retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+    def _final(self, exc: Exception) -> bool:
+        """Whether `exc` ends the retries: not transient, or the transport is closing."""
+        return self.closing or not self.transient(exc)
+
+    async def retrying(
+        self, what: str, step: Callable[[], Awaitable[T]], failed: Exception | None = None
+    ) -> T:
         """`step()`, run again after each transient broker error, until it succeeds.
 
         Gives up (raising the error) on an error that is not transient, or once the
-        transport is closing.
+        transport is closing. `failed`: the transient error a first run of `step` already
+        met (it is not run at once again, but after the first backoff).
         """
-        try:
-            return await step()  # the common case: once, with no backoff to set up
-        except Exception as exc:
-            if self.closing or not self.transient(exc):
-                raise
-            failure = exc
+        if failed is None:
+            try:
+                return await step()  # the common case: once, with no backoff to set up
+            except Exception as exc:
+                if self._final(exc):
+                    raise
+                failed = exc
+        failure = failed
         backoff = Backoff()
         while True:
             delay = backoff.failed()
@@ -408,7 +422,7 @@ class Ledger(Generic[D]):
             try:
                 result = await step()
             except Exception as exc:
-                if self.closing or not self.transient(exc):
+                if self._final(exc):
                     raise
                 failure = exc
                 continue

@@ -183,8 +183,12 @@ class NatsClientTransport(ClientTransport):
         block = wire.header_block(headers)
         self._check_size(nc, len(block) + len(call.body))
         try:
-            # The queue was checked by `_live`, the reply subject is our inbox's.
-            await publish_checked(nc, call.queue, call.body, self._inbox + correlation_id, block)
+            # The queue was checked by `_live`, the reply subject is our inbox's; a lone
+            # call's request goes out at once (on uvloop too): nothing would join it.
+            await publish_checked(
+                nc, call.queue, call.body, self._inbox + correlation_id, block,
+                alone=len(self._calls) == 1,
+            )  # fmt: skip
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {call.queue!r}: {exc!r}") from exc
 

@@ -20,7 +20,9 @@ to pick up on a later turn of the event loop. And what a publish leaves to nats-
 task, one turn later, is written at once when nothing else is ready to run in this turn (so
 nothing else could join it), the socket has taken everything written before, and nats-py's
 flusher has nothing queued: a lone call's request, or a worker's only reply, goes out in
-the turn it was made. Under load nothing changes (everything goes through the flusher).
+the turn it was made. uvloop (a worker's default loop) keeps its ready queue out of sight:
+there the caller's word that nothing of its own would join the write (`alone`: its only
+call in flight) stands in for it. Under load nothing changes (all goes through the flusher).
 And `publish_checked` writes the publish command of a request or a reply itself, from a
 header block we wrote, rather than through nats-py's general header encoder and its subject
 checks (ours were made when the queue and reply subjects were first seen).
@@ -90,8 +92,8 @@ class Client(_Client):
             # The reading task must go on, whatever one message did to its handler.
             logger.exception("NATS: handling a message on %r failed", msg.subject)
 
-    async def _flush_pending(self, force_flush: bool = False) -> Any:
-        transport = None if force_flush or not self._pending_data_size else self._writable()
+    async def _flush_pending(self, force_flush: bool = False, alone: bool = False) -> Any:
+        transport = None if force_flush or not self._pending_data_size else self._writable(alone)
         if transport is not None:
             transport.writelines(self._pending)  # type: ignore[no-untyped-call]
             self._pending = []
@@ -99,8 +101,13 @@ class Client(_Client):
             return None  # nats-py's callers ignore the future it returns
         return await super()._flush_pending(force_flush)
 
-    def _writable(self) -> TcpTransport | None:
-        """The transport, when pending data may go to it now rather than through the flusher."""
+    def _writable(self, alone: bool) -> TcpTransport | None:
+        """The transport, when pending data may go to it now rather than through the flusher.
+
+        `alone`: the caller knows that nothing else of its own would join this write (a
+        worker's only call in flight). Otherwise the event loop must have nothing else ready
+        in this turn, which only asyncio's loop tells (uvloop keeps its queue in C).
+        """
         flusher, queue, transport = self._flusher_task, self._flush_queue, self._transport
         if not self.is_connected or flusher is None or flusher.done() or queue is None:
             return None
@@ -109,6 +116,8 @@ class Client(_Client):
         writer = transport._io_writer
         if writer is None or writer.transport.get_write_buffer_size():
             return None  # the socket is behind: the flusher waits for it (backpressure)
+        if alone:
+            return transport
         return None if getattr(asyncio.get_running_loop(), "_ready", True) else transport
 
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
@@ -170,12 +179,18 @@ async def publish_checked(
     payload: bytes,
     reply: str = "",
     header_block: bytes | None = None,
+    *,
+    alone: bool = False,
 ) -> None:
     """nats-py's ``publish``, for subjects this package checked and a header block it wrote
     (`wire.header_block`): the same checks of the connection and the payload, the same
     command, buffered and flushed the same way, without checking the subjects again and
     without passing the headers through nats-py's general encoder (a request's publish cost
-    a third of our client's time with 64 calls in flight)."""
+    a third of our client's time with 64 calls in flight).
+
+    `alone`: nothing else the caller publishes would join this publish in the same write
+    (its only call in flight), so it may go out at once on any event loop.
+    """
     if connection.is_closed:
         raise errors.ConnectionClosedError
     if connection.is_draining_pubs:
@@ -203,7 +218,10 @@ async def publish_checked(
     connection.stats["out_bytes"] += size
     await connection._send_command(command)
     if connection._flush_queue is not None and connection._flush_queue.empty():
-        await connection._flush_pending()
+        if isinstance(connection, Client):
+            await connection._flush_pending(alone=alone)
+        else:
+            await connection._flush_pending()
 
 
 def reconnect_forever(connection: _Client) -> None:

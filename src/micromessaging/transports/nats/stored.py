@@ -168,7 +168,8 @@ class StoredRequests:
         try:
             # The queue was checked when the call began, the reply subject is our inbox's.
             reply = self._inbox + PUBACK + correlation_id
-            await publish_checked(nc, call.queue, call.body, reply, block)
+            alone = len(self._calls) == 1  # nothing would join it: written at once
+            await publish_checked(nc, call.queue, call.body, reply, block, alone=alone)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish to NATS subject {call.queue!r}: {exc!r}") from exc
         call.published = True

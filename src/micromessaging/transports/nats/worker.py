@@ -152,7 +152,9 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
             reply, block = b"", wire.header_block({wire.STATUS: wire.Bounce.TOO_LARGE})
         try:
             # `reply_to` passed `wire.reply_subject_refusal` when the request came.
-            await publish_checked(nc, delivery.reply_to, reply, header_block=block)
+            # A lone call's reply goes out at once (on uvloop too): nothing would join it.
+            alone = len(self.ledger) == 1
+            await publish_checked(nc, delivery.reply_to, reply, header_block=block, alone=alone)
         except NATS_ERRORS as exc:
             raise TransportError(f"can't publish a reply on NATS: {exc!r}") from exc
 
