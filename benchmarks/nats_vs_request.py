@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import uuid
 
 import nats
 import orjson
-from _harness import ASYNC_SERVICE, rate, table, until_served, us, worker
+from _harness import ASYNC_SERVICE, cpu_seconds, family_pids, rate, table, until_served, us, worker
 
 from micromessaging import AsyncClient, Client
 
@@ -108,6 +109,14 @@ def sync_sequential(client: Client, calls: int) -> float:
 
 
 KEYS = ("raw", "ours", "raw64", "ours64", "sync", "a_seq", "a64")
+KEYS += ("cpu_raw", "cpu_ours", "cpu_nc", "cpu_client")
+"""cpu_*: CPU seconds a call cost, 64 in flight: the responder, our worker (their processes),
+nc.request(), our AsyncClient (this process)."""
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def measure(url: str, calls: int, rounds: int, width: int) -> dict[str, list[float]]:
@@ -116,7 +125,12 @@ async def measure(url: str, calls: int, rounds: int, width: int) -> dict[str, li
     results: dict[str, list[float]] = {k: [] for k in KEYS}
     responder = spawn(RESPONDER, url.split("?")[0], raw_subject)
     try:
-        with worker(url, queue), worker(url, async_queue, target=ASYNC_SERVICE):
+        with worker(url, queue) as ours, worker(url, async_queue, target=ASYNC_SERVICE):
+            servers = {"raw": [responder.pid], "ours": family_pids(ours.pid)}
+
+            def cpu(of: str) -> float:
+                return sum(cpu_seconds(pid) for pid in servers[of])
+
             nc = await nats.connect(url.split("?")[0])
             async with (
                 AsyncClient(url, queue, timeout=10) as client,
@@ -138,8 +152,14 @@ async def measure(url: str, calls: int, rounds: int, width: int) -> dict[str, li
                     results["sync"].append(
                         await asyncio.to_thread(sync_sequential, sync_client, calls)
                     )
+                    spent, here = cpu("raw"), own_cpu()
                     results["raw64"].append(await raw_in_flight(nc, raw_subject, calls * 2, width))
+                    results["cpu_raw"].append((cpu("raw") - spent) / (calls * 2))
+                    results["cpu_nc"].append((own_cpu() - here) / (calls * 2))
+                    spent, here = cpu("ours"), own_cpu()
                     results["ours64"].append(await ours_in_flight(client, calls * 2, width))
+                    results["cpu_ours"].append((cpu("ours") - spent) / (calls * 2))
+                    results["cpu_client"].append((own_cpu() - here) / (calls * 2))
                     results["a_seq"].append(await ours_sequential(bench, calls))
                     results["a64"].append(await ours_in_flight(bench, calls * 2, width))
                     print(
@@ -192,6 +212,11 @@ def report(title: str, results: dict[str, list[float]], width: int) -> None:
          ">= 1.0x", ratio("a64", "raw64") >= 1.0),
     ]  # fmt: skip
     table(title, rows)
+    print(
+        f"CPU a call, {width} in flight (10 ms ticks): our worker {us(m('cpu_ours'))}, the "
+        f"responder {us(m('cpu_raw'))}; our AsyncClient {us(m('cpu_client'))}, "
+        f"nc.request() {us(m('cpu_nc'))}"
+    )
 
 
 async def main(url: str, calls: int, rounds: int, width: int, jetstream: bool) -> None:
