@@ -143,6 +143,9 @@ async def choose_queue(page: Page, queue: str) -> None:
 
 
 async def call_in_form(page: Page, method_name: str, params: str) -> None:
+    # The workers table sits above the form: a row it gains moves the form down, and a click
+    # aimed at the button while it moves lands beside it (seen once: no call was made).
+    await expect(page.locator("#workers tbody tr").first).to_be_visible(timeout=WAIT_MS)
     await expect(page.locator("#call-method option", has_text=method_name).first).to_be_attached(
         timeout=WAIT_MS
     )

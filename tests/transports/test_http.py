@@ -31,6 +31,7 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import (
+    Refused,
     WorkerOptions,
     admin_transport,
     client_transport,
@@ -443,14 +444,19 @@ async def test_port_comes_from_the_environment(monkeypatch) -> None:
         worker_transport("http://127.0.0.1", WorkerOptions(queue="calc"))
 
 
-async def test_port_in_use_by_another_program_is_a_transport_error() -> None:
+async def test_port_in_use_by_another_program_stops_the_worker_at_once() -> None:
+    # Refused: the worker does not wait for the port as it would for a broker to start (it
+    # took the whole --wait-for-broker, 60 s, saying "cannot reach the broker").
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(TransportError, match="cannot listen"):
+        with pytest.raises(Refused, match=r"cannot listen on 127\.0\.0\.1:.*in use"):
             async with Worker(Probe(), f"http://127.0.0.1:{port}", "calc"):
                 pass
+    with pytest.raises(Refused, match=r"cannot listen on 192\.0\.2\.1"):  # not this host's
+        async with Worker(Probe(), f"http://192.0.2.1:{free_port()}", "calc"):
+            pass
 
 
 # --- https -----------------------------------------------------------------------------------

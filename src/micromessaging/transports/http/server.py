@@ -1,10 +1,12 @@
 """uvicorn run inside the caller's event loop, on a socket we bind ourselves.
 
-Binding here rather than in uvicorn turns a busy port into our `TransportError` (uvicorn
-would `sys.exit`), and sets SO_REUSEPORT: several worker processes (``--processes N``) or
-in-process workers then listen on one port, and the kernel spreads connections over them,
-the way a broker spreads messages over the workers of one queue. Linux lets only sockets
-of the same user share a port this way.
+Binding here rather than in uvicorn turns a busy port into our `Refused` (uvicorn would
+`sys.exit`): a port another program holds, one this user may not take, or an address this
+host does not have are not a broker still starting, so a worker stops at once rather than
+trying again for ``--wait-for-broker`` seconds. It also sets SO_REUSEPORT: several worker
+processes (``--processes N``) or in-process workers then listen on one port, and the kernel
+spreads connections over them, the way a broker spreads messages over the workers of one
+queue. Linux lets only sockets of the same user share a port this way.
 
 uvicorn's own signal handling is left out: the process that embeds the server (the worker
 command) owns SIGTERM and SIGINT, and stops the server through `EmbeddedServer.stop`. Its
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import Generator
@@ -24,9 +27,13 @@ import uvicorn
 from ..._asgi import ASGIApp, HttpLimits
 from ..._exceptions import TransportError
 from ..._http_server import protocol_factory
+from .._shared import Refused
 from .wire import KEEP_ALIVE_SECONDS
 
 logger = logging.getLogger("micromessaging.transport")
+
+_FOR_GOOD = (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL)
+"""Why a bind fails that waiting won't mend: taken by another program, not ours, not here."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -48,7 +55,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
+        error = Refused if exc.errno in _FOR_GOOD else TransportError
+        raise error(f"cannot listen on {host}:{port}: {exc}") from exc
     return sock
 
 
