@@ -108,6 +108,8 @@ class Client(_Client):
         worker's only call in flight). Otherwise the event loop must have nothing else ready
         in this turn, which only asyncio's loop tells (uvloop keeps its queue in C).
         """
+        if not alone and getattr(asyncio.get_running_loop(), "_ready", True):
+            return None  # others may join (first: the cheapest check, and under load the one)
         flusher, queue, transport = self._flusher_task, self._flush_queue, self._transport
         if not self.is_connected or flusher is None or flusher.done() or queue is None:
             return None
@@ -116,9 +118,7 @@ class Client(_Client):
         writer = transport._io_writer
         if writer is None or writer.transport.get_write_buffer_size():
             return None  # the socket is behind: the flusher waits for it (backpressure)
-        if alone:
-            return transport
-        return None if getattr(asyncio.get_running_loop(), "_ready", True) else transport
+        return transport
 
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         self._direct.pop(sid, None)
