@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from micromessaging import AsyncClient, CallTimeout, ConfigurationError, Worker
+from micromessaging._placement import TRIAL_CALLS
 from micromessaging._settings import mask_password
 from micromessaging.transports import memory
 
@@ -103,3 +104,26 @@ async def test_stop_before_anything_arrives_returns_promptly(url: str) -> None:
     await worker.started()
     worker.stop()
     await asyncio.wait_for(running, 1)
+
+
+class Tasks:
+    """A plain method that tells which task ran it."""
+
+    def which(self, n: int) -> int:
+        try:
+            return id(asyncio.current_task())
+        except RuntimeError:  # in the thread pool, where it starts
+            return 0
+
+
+async def test_fast_plain_calls_that_arrive_together_are_answered_in_one_task(url: str) -> None:
+    # A transport whose settle only buffers a write (memory://, NATS, HTTP) lets the worker
+    # answer fast plain calls one after another in one task, rather than a task for each.
+    async with Worker(Tasks(), url, "q", concurrency=16) as worker, AsyncClient(url, "q") as client:
+        for n in range(TRIAL_CALLS + 1):  # until `which` has shown itself fast: inline
+            await client.which(n)
+        tasks = await asyncio.gather(*(client.which(n) for n in range(10)))
+        assert len(set(tasks)) == 1
+        assert worker.stats.completed == TRIAL_CALLS + 11
+        assert worker.record().in_flight == 0
+        # (Calls to an async method still run side by side: test_concurrency_is_a_ceiling.)

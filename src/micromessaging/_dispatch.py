@@ -64,6 +64,8 @@ class Dispatcher:
         self._placements = {
             name: Placement(name, inline) for name, m in self._methods.items() if not m.is_async
         }
+        self.all_plain = not any(method.is_async for method in self._methods.values())
+        """Whether every method is a plain ``def`` (none is ``async def``)."""
         self._document: dict[str, JSON] | None = None
         # Built once: every "Method not found" answer carries the same list.
         self._available: list[JSON] = sorted(self._methods)
@@ -87,6 +89,20 @@ class Dispatcher:
             *(self._answer(item, deadline, context) for item in incoming.items)
         )
         return encode_responses([r for r in responses if r is not None], is_batch=True)
+
+    def answers_at_once(self, incoming: Incoming) -> bool:
+        """Whether answering `incoming` runs no service code that could wait: one request
+        (not a batch) for a plain method that runs inline, or one answered by the dispatcher
+        itself (an unknown method, the service's description, an invalid request)."""
+        if incoming.is_batch:
+            return False
+        item = incoming.items[0]
+        if not isinstance(item, Request):
+            return True
+        method = self._methods.get(item.method)
+        if method is None:
+            return True
+        return not method.is_async and self._placements[method.name].inline
 
     async def _answer(
         self, item: Request | dict[str, JSON], deadline: float | None, context: CallContext | None

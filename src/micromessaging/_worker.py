@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -101,6 +102,12 @@ class Worker:
         self._known = frozenset(self.service.methods)
         self._transport_kind = urlsplit(self.broker).scheme
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handling = 0
+        """Messages handed over whose handling is not over (`_process` not yet finished)."""
+        self._at_once: _AtOnce | None = None
+        """The batch of messages answered at once that is waiting for its task to start."""
+        self._at_once_possible = False
+        """Whether messages go to `_answer_at_once` (the transport and the service allow it)."""
         self._stopped = asyncio.Event()
         self._started = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -149,6 +156,8 @@ class Worker:
         while True:
             transport = worker_transport(self.broker, options)
             transport.reporter = self.record
+            # A service with async methods gains nothing: each call would need a task anyway.
+            self._at_once_possible = transport.settles_at_once and self._dispatcher.all_plain
             try:
                 await transport.start(self._deliver)
                 if backoff.succeeded():
@@ -180,7 +189,7 @@ class Worker:
             host=socket.gethostname(),
             pid=os.getpid(),
             concurrency=self.concurrency,
-            in_flight=len(self._tasks),
+            in_flight=self._handling,
             completed=stats.completed,
             failed=stats.failed,
             started=stats.started,
@@ -191,13 +200,68 @@ class Worker:
 
     def _deliver(self, delivery: Delivery) -> None:
         context = self.observer.taken(delivery)
-        self._tasks.add(asyncio.create_task(self._process(delivery, context)))
+        self._handling += 1
+        if not self._at_once_possible:
+            self._tasks.add(asyncio.create_task(self._process(delivery, context)))
+            return
+        batch = self._at_once
+        if batch is None:
+            batch = self._at_once = _AtOnce()
+            task = asyncio.create_task(self._answer_at_once(batch))
+            self._tasks.add(task)
+            task.add_done_callback(functools.partial(self._at_once_done, batch))
+        batch.items.append((delivery, context))
 
-    async def _process(self, delivery: Delivery, context: CallContext) -> None:
-        """Settle `delivery` exactly once, whatever the service, the encoder or the broker do."""
-        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+    async def _answer_at_once(self, batch: _AtOnce) -> None:
+        """Handle, one after another in this one task, the messages whose answer waits for
+        nothing (a fast plain method, and a transport whose settle only buffers a write);
+        start a task for each of the others.
+
+        A task for each message would cost more than its call (measured: about a tenth of
+        the worker's time per call with 64 in flight), and handling each as it is read
+        would interleave that with the reading, which measured slower still. These
+        messages can't hold each other up for long: nothing in them waits, but for a socket
+        that is behind, and then every reply waits for it alike. The deadline watchdog
+        leaves them alone (a call that runs inline can't be stopped anyway).
+        """
+        if self._at_once is batch:
+            self._at_once = None  # messages from now on go in a batch of their own
+        for delivery, context in batch.items:
+            batch.started += 1
+            incoming = parse_incoming(delivery.body, self.max_message_size)
+            if (
+                delivery.can_reply
+                and delivery.delivery_count <= self.max_deliveries
+                and self._dispatcher.answers_at_once(incoming)
+            ):
+                await self._process(delivery, context, incoming, own_task=False)
+            else:
+                self._tasks.add(asyncio.create_task(self._process(delivery, context, incoming)))
+
+    def _at_once_done(self, batch: _AtOnce, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._at_once is batch:
+            self._at_once = None  # cancelled before it started (the worker is stopping)
+        for _ in batch.items[batch.started :]:  # never started: still the broker's
+            self._handling -= 1
+            self.observer.settled()
+
+    async def _process(
+        self,
+        delivery: Delivery,
+        context: CallContext,
+        incoming: Incoming | None = None,
+        *,
+        own_task: bool = True,
+    ) -> None:
+        """Settle `delivery` exactly once, whatever the service, the encoder or the broker do.
+
+        `incoming`: the message, already parsed; `own_task`: whether this task handles this
+        message alone (then it is tracked, and cancelled when the caller gives up).
+        """
+        task = asyncio.current_task() if own_task else None
         try:
-            await self._settle(delivery, task, context)
+            await self._settle(delivery, task, context, incoming)
         except MicromessagingError as exc:
             # The transport gave up settling (the broker refused for good, or the link is
             # gone): the message stays in the broker and is delivered again.
@@ -208,11 +272,17 @@ class Worker:
             self.stats.transport_errors += 1
             logger.exception("settling a message from %r failed", self.queue)
         finally:
-            self._tasks.discard(task)
+            if task is not None:
+                self._tasks.discard(task)
+            self._handling -= 1
             self.observer.settled()
 
     async def _settle(
-        self, delivery: Delivery, task: asyncio.Task[None], context: CallContext
+        self,
+        delivery: Delivery,
+        task: asyncio.Task[None] | None,
+        context: CallContext,
+        incoming: Incoming | None,
     ) -> None:
         deadline = delivery.deadline
         if deadline is not None and time.time() >= deadline:
@@ -220,7 +290,8 @@ class Worker:
             logger.debug("skipped a request whose caller gave up")
             await delivery.complete(None)
             return
-        incoming = parse_incoming(delivery.body, self.max_message_size)
+        if incoming is None:
+            incoming = parse_incoming(delivery.body, self.max_message_size)
         if delivery.delivery_count > self.max_deliveries:
             await self._dead_letter(
                 delivery,
@@ -240,16 +311,16 @@ class Worker:
         self,
         incoming: Incoming,
         deadline: float | None,
-        task: asyncio.Task[None],
+        task: asyncio.Task[None] | None,
         context: CallContext,
     ) -> bytes | None:
         """The reply to `incoming`: never raises, but for the worker's own cancellation."""
-        if deadline is not None:
+        if deadline is not None and task is not None:
             self._deadlines[task] = deadline
         try:
             return await self._dispatcher.handle_incoming(incoming, deadline, context)
         except asyncio.CancelledError:
-            if task not in self._expired:
+            if task is None or task not in self._expired:
                 raise  # stopping: leave the message unsettled, to be delivered again
             # The caller has given up: acknowledge, and owe nobody a reply.
             task.uncancel()
@@ -262,7 +333,7 @@ class Worker:
             logger.exception("answering a message from %r failed", self.queue)
             return internal_error_reply(incoming, f"the worker failed to answer: {_name(exc)}")
         finally:
-            if deadline is not None:
+            if deadline is not None and task is not None:
                 self._deadlines.pop(task, None)
 
     async def _dead_letter(
@@ -322,6 +393,17 @@ class Worker:
         if self._runner is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+
+
+class _AtOnce:
+    """Messages answered one after another in one task (`Worker._answer_at_once`)."""
+
+    __slots__ = ("items", "started")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Delivery, CallContext]] = []
+        self.started = 0
+        """How many of `items` the task has begun (each settles itself from then on)."""
 
 
 def _owes_reply(incoming: Incoming) -> bool:

@@ -158,6 +158,11 @@ class WorkerTransport(ABC):
     reporter: Callable[[], WorkerRecord] | None = None
     """What the worker says of itself; the transport publishes it where `status` reads it."""
 
+    settles_at_once = False
+    """True when settling a delivery normally waits for nothing (the reply and the ack are
+    only buffered for the socket): the worker may then run calls that need no waiting one
+    after another in one task, instead of one task each."""
+
     @abstractmethod
     async def start(self, deliver: Callable[[Delivery], None]) -> None:
         """Connect, then call `deliver` (on this loop) with each message taken from the queue.

@@ -234,6 +234,7 @@ class MemoryWorkerTransport(WorkerTransportBase[MemoryDelivery]):
     """Takes messages from one queue of an in-process broker."""
 
     limit_slots = False  # the broker hands a consumer no more than its limit
+    settles_at_once = True
 
     def __init__(self, url: str, options: WorkerOptions) -> None:
         super().__init__(options)

@@ -138,6 +138,7 @@ class HttpWorkerTransport(WorkerTransportBase[HttpDelivery]):
     """Serves one queue as ``POST /<queue>`` (and ``POST /``) on an embedded uvicorn."""
 
     limit_slots = False  # `Admission` bounds what is handed over, and keeps the waiting in order
+    settles_at_once = True  # the reply is handed to the request's own response
 
     def __init__(self, url: str, options: WorkerOptions) -> None:
         super().__init__(options)

@@ -76,6 +76,8 @@ class NatsDelivery(LedgerDelivery):
 class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
     """What the core and JetStream workers share: connection, replies, dead letters."""
 
+    settles_at_once = True  # a reply, and JetStream's ack, are publishes: buffered, not awaited
+
     def __init__(self, url: str, options: WorkerOptions) -> None:
         super().__init__(options)
         self._settings = wire.parse_url(url)
