@@ -633,6 +633,27 @@ def test_reply_subject_rule() -> None:
         assert reason is not None and why in reason, (bad, reason)
 
 
+_SUBJECT_PARTS = st.sampled_from(
+    ["_INBOX", "_MY", "my.box", ".", "..", "a", "Z9", "-_", "*", ">", " ", "\t", "$", "é", "\udcff",
+     "x" * 120, "~!", "\x7f", "\r\n"]
+)  # fmt: skip
+
+
+@given(st.lists(_SUBJECT_PARTS, max_size=8).map("".join), st.sampled_from(["_MY", "my.box"]))
+@settings(max_examples=1000, deadline=None)
+def test_the_one_match_for_inboxes_accepts_what_the_reply_subject_rule_accepts(
+    subject: str, prefix: str
+) -> None:
+    from micromessaging.transports.nats.wire import (
+        REPLY_SUBJECT_LIMIT,
+        inbox_pattern,
+        reply_subject_refusal,
+    )
+
+    matched = len(subject) <= REPLY_SUBJECT_LIMIT and inbox_pattern(prefix).fullmatch(subject)
+    assert bool(matched) == (reply_subject_refusal(subject, prefix) is None), subject
+
+
 # --- header blocks: the plain form read without nats-py's parser -----------------------------
 
 

@@ -74,6 +74,12 @@ _HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_START = b"NATS/1.0\r\n"
 _HEADER_END = b"\r\n\r\n"
 _SHORTEST_BLOCK = len(_HEADER_START) + len(b": ") + len(_HEADER_END) + 1
+_COMMON_BLOCK = re.compile(
+    rb"NATS/1\.0\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\r\n)+"
+    rb"\r\n"
+)
+"""The plain form with printable values only (what our clients write): checked at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +163,17 @@ def _subject_problem(subject: str) -> str | None:
     if "" in subject.split("."):
         return "has an empty token"
     return None
+
+
+_INBOX_TOKENS = r"(?:\.[!-)+-\-/-=?-~]+)+"
+"""One or more subject tokens after a prefix: printable ASCII, no space, dot or wildcard."""
+
+
+def inbox_pattern(inbox_prefix: str) -> re.Pattern[str]:
+    """The reply subjects `reply_subject_refusal` accepts for `inbox_prefix`, short of their
+    length: for checking the common case in one match."""
+    prefixes = "|".join(re.escape(p) for p in dict.fromkeys((DEFAULT_INBOX_PREFIX, inbox_prefix)))
+    return re.compile(f"(?:{prefixes}){_INBOX_TOKENS}")
 
 
 def reply_subject_refusal(subject: str, inbox_prefix: str) -> str | None:
@@ -249,6 +266,12 @@ def read_plain_headers(block: bytes) -> dict[str, str] | None:
     else (a status line, ``Name:value``, UTF-8, blank lines, no headers at all) is left to
     that parser. A name written twice keeps its last value, as there.
     """
+    if _COMMON_BLOCK.fullmatch(block) is not None:  # the common case, in one pass
+        common: dict[str, str] = {}
+        for entry in block[len(_HEADER_START) : -len(_HEADER_END)].decode().split("\r\n"):
+            key, _, text = entry.partition(": ")
+            common[key] = text
+        return common
     if (
         len(block) < _SHORTEST_BLOCK
         or not block.startswith(_HEADER_START)

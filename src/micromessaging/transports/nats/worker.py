@@ -26,7 +26,8 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from ..._exceptions import TransportError
-from .._shared import LedgerDelivery, WorkerTransportBase
+from .._context import TRACEPARENT, decode_sent, read_trace
+from .._shared import LedgerDelivery, WorkerTransportBase, decode_deadline
 from ..base import WorkerOptions
 from . import presence, wire
 from .compat import publish_checked, subscribe_direct
@@ -52,15 +53,19 @@ class NatsDelivery(LedgerDelivery):
     ) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.msg = msg
-        self.refusal = (
-            wire.reply_subject_refusal(reply_to, transport.inbox_prefix) if reply_to else None
-        )
+        self.refusal: str | None = None
         """Why the reply subject the message names must not be used, when it must not."""
+        if reply_to and not (
+            len(reply_to) <= wire.REPLY_SUBJECT_LIMIT and transport.inboxes.fullmatch(reply_to)
+        ):  # the common case in one match, else the reason
+            self.refusal = wire.reply_subject_refusal(reply_to, transport.inbox_prefix)
         self.reply_to = None if self.refusal else reply_to
         self.body = msg.data
-        self.deadline = wire.read_deadline(msg.headers)
-        self.sent = wire.read_sent(msg.headers)
-        self.trace = wire.read_trace_context(msg.headers)
+        headers = msg.headers
+        if headers:
+            self.deadline = decode_deadline(headers.get(wire.DEADLINE))
+            self.sent = decode_sent(headers.get(wire.SENT))
+            self.trace = read_trace(headers) if TRACEPARENT in headers else None
         self.delivery_count = delivery_count
 
     @property
@@ -82,6 +87,8 @@ class NatsWorkerBase(WorkerTransportBase[NatsDelivery]):
         super().__init__(options)
         self._settings = wire.parse_url(url)
         self.inbox_prefix = self._settings.inbox_prefix
+        self.inboxes = wire.inbox_pattern(self.inbox_prefix)
+        """The reply subjects a worker may publish to (`wire.reply_subject_refusal`)."""
         wire.check_queue(options.queue)
         self._nc: NATS | None = None
         self._records_js: JetStreamContext | None = None
