@@ -20,6 +20,8 @@ import nats.errors
 import nats.js.errors
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from micromessaging import (
     AsyncClient,
@@ -789,3 +791,81 @@ def test_several_servers_and_replicas() -> None:
     assert parse_url("nats://h").replicas == 1
     with pytest.raises(ConfigurationError, match="replicas"):
         parse_url("nats://h?replicas=0")
+
+
+# --- reading the protocol: our parser against nats-py's ------------------------------------
+
+
+class Recorder:
+    """Stands for a connection: what a parser hands it, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, ...]] = []
+
+    async def _process_msg(self, sid, subject, reply, data, headers) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append(("msg", sid, bytes(subject), bytes(reply), bytes(data), headers))
+
+    async def _process_ping(self) -> None:
+        self.seen.append(("ping",))
+
+    async def _process_pong(self) -> None:
+        self.seen.append(("pong",))
+
+    async def _process_info(self, info: object) -> None:
+        self.seen.append(("info", info))
+
+    async def _process_err(self, err: str) -> None:
+        self.seen.append(("err", err))
+
+
+def _server_line(kind: str, n: int) -> bytes:
+    body = b'{"jsonrpc":"2.0","result":%d,"id":%d}' % (n, n) * (n % 3)  # empty now and then
+    head = b"NATS/1.0\r\nMm-Sent: %d\r\n\r\n" % n
+    reply = b"_INBOX.r%d " % n if n % 2 else b""
+    return {
+        "msg": b"MSG q.%d %d %s%d\r\n%s\r\n" % (n, n % 7, reply, len(body), body),
+        "hmsg": b"HMSG q %d %s%d %d\r\n%s%s\r\n"
+        % (n, reply, len(head), len(head) + len(body), head, body),
+        "status": b"HMSG _INBOX.x 3 16 16\r\nNATS/1.0 503\r\n\r\n\r\n",
+        "ping": b"PING\r\n",
+        "pong": b"PONG\r\n",
+        "ok": b"+OK\r\n",
+        "info": b'INFO {"server_id":"s%d","max_payload":1048576}\r\n' % n,
+        "crlf in body": b"MSG q 1 4\r\n\r\n\r\n\r\n",
+        "err": b"-ERR 'Permissions Violation for Publish to q'\r\n",
+    }[kind]  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            ["msg", "hmsg", "status", "ping", "pong", "ok", "info", "crlf in body", "err"]
+        ),
+        max_size=12,
+    ),
+    st.lists(st.integers(min_value=1, max_value=200), max_size=12),
+)
+@settings(max_examples=300, deadline=None)
+def test_our_parser_hands_over_what_nats_py_parser_does_however_the_reads_are_cut(
+    kinds: list[str], cuts: list[int]
+) -> None:
+    from nats.protocol.parser import Parser
+
+    stream = b"".join(_server_line(kind, n) for n, kind in enumerate(kinds))
+    reads, at = [], 0
+    for size in cuts:
+        reads.append(stream[at : at + size])
+        at += size
+    reads.append(stream[at:])
+
+    async def read_with(parser_class: type[Parser]) -> list[tuple[object, ...]]:
+        recorder = Recorder()
+        parser = parser_class(recorder)
+        for data in reads:
+            await parser.parse(data)
+        assert not parser.buf  # everything read was whole
+        return recorder.seen
+
+    theirs = asyncio.run(read_with(Parser))
+    assert asyncio.run(read_with(compat._Parser)) == theirs
+    assert len(theirs) == len([k for k in kinds if k != "ok"])

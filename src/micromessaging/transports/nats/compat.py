@@ -26,15 +26,23 @@ call in flight) stands in for it. Under load nothing changes (all goes through t
 And `publish_checked` writes the publish command of a request or a reply itself, from a
 header block we wrote, rather than through nats-py's general header encoder and its subject
 checks (ours were made when the queue and reply subjects were first seen).
-These fast paths (`_process_msg`, `_flush_pending`, `_send_command`, the pending buffer and
-its limits, the flusher's queue and task, the TCP transport's writer) were read against
-nats-py 2.16, the oldest release pyproject.toml allows.
+And the messages at the front of what is read are cut out of it by `_Parser` (one match of
+the control line, the payload sliced from the bytes read), where nats-py's parser tries
+each kind of line in turn and copies every message out of a buffer it shortens each time
+(1.9 us a message against 1.1, a fifth of what our worker spends on a call with 64 in
+flight). Anything else it leaves to nats-py's parser, from the first line that is not a
+whole message on: pings, errors, server info, and a message whose control line is cut.
+These fast paths (`_process_msg`, `_flush_pending`, `_send_command`, the parser's state and
+buffer, the pending buffer and its limits, the flusher's queue and task, the TCP
+transport's writer) were read against nats-py 2.16, the oldest release pyproject.toml
+allows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +51,7 @@ from nats.aio.client import Client as _Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
+from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 from .wire import read_plain_headers
 
@@ -54,11 +63,64 @@ DIRECT_BATCH = 200
 rest: with thousands read at once, the timeouts and the callers they wake run meanwhile."""
 
 
+# The control lines of the two message kinds, as nats-py's own expressions take them.
+_MSG = re.compile(rb"MSG\s+([^\s]+)\s+([^\s]+)\s+(?:([^\s]+)[^\S\r\n]+)?(\d+)\r\n")
+_HMSG = re.compile(rb"HMSG\s+([^\s]+)\s+([^\s]+)\s+(?:([^\s]+)[^\S\r\n]+)?(\d+)\s+(\d+)\r\n")
+_M, _H = ord("M"), ord("H")
+
+
+class _Parser(Parser):
+    """nats-py's parser, with the whole messages at the front of each read taken out at once."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        if self.state != AWAITING_CONTROL_LINE:
+            await super().parse(data)  # in the middle of a message nats-py's parser began
+            return
+        buffer = self.buf
+        if buffer:  # the start of a message the last read cut
+            buffer.extend(data)
+            data = bytes(buffer)
+            buffer.clear()
+        nc = self.nc
+        position, end = 0, len(data)
+        line: re.Match[bytes] | None = None
+        while position < end:
+            first = data[position]
+            if first == _H:
+                line = _HMSG.match(data, position)
+                if line is None:
+                    break
+                subject, sid, reply, header_size, size = line.groups()
+                head = int(header_size)
+            elif first == _M:
+                line = _MSG.match(data, position)
+                if line is None:
+                    break
+                subject, sid, reply, size = line.groups()
+                head = 0
+            else:
+                line = None
+                break
+            start = line.end()
+            stop = start + int(size)
+            if stop + 2 > end:
+                break  # the payload is still on its way: this message is read again next time
+            position = stop + 2
+            headers = data[start : start + head] if head else None
+            payload = data[start + head : stop]
+            await nc._process_msg(int(sid), subject, reply or b"", payload, headers)
+        if position < end:
+            buffer.extend(data[position:])
+            if line is None:  # another kind of line, or one not all here yet: nats-py's turn
+                await super().parse()
+
+
 class Client(_Client):
     """nats-py's client, reading subjects and header blocks that are not UTF-8 leniently."""
 
     def __init__(self) -> None:
         super().__init__()
+        self._ps = _Parser(self)
         self._direct: dict[int, Handler] = {}
         """Subscription ids whose messages go straight to a function (`subscribe_direct`)."""
         self._handed_directly = 0
