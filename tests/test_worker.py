@@ -116,14 +116,16 @@ class Tasks:
             return 0
 
 
-async def test_fast_plain_calls_that_arrive_together_are_answered_in_one_task(url: str) -> None:
+async def test_fast_plain_calls_that_arrive_together_share_a_task(url: str) -> None:
     # A transport whose settle only buffers a write (memory://, NATS, HTTP) lets the worker
     # answer fast plain calls one after another in one task, rather than a task for each.
     async with Worker(Tasks(), url, "q", concurrency=16) as worker, AsyncClient(url, "q") as client:
         for n in range(TRIAL_CALLS + 1):  # until `which` has shown itself fast: inline
             await client.which(n)
         tasks = await asyncio.gather(*(client.which(n) for n in range(10)))
-        assert len(set(tasks)) == 1
+        # The first, taken alone, has a task of its own; those taken while it was in hand
+        # share one.
+        assert len(set(tasks)) <= 2
         assert worker.stats.completed == TRIAL_CALLS + 11
         assert worker.record().in_flight == 0
         # (Calls to an async method still run side by side: test_concurrency_is_a_ceiling.)

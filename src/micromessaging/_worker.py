@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -201,15 +200,14 @@ class Worker:
     def _deliver(self, delivery: Delivery) -> None:
         context = self.observer.taken(delivery)
         self._handling += 1
-        if not self._at_once_possible:
+        if not self._at_once_possible or self._handling == 1:
+            # Alone (one call after another), a task of its own costs less than a batch.
             self._tasks.add(asyncio.create_task(self._process(delivery, context)))
             return
         batch = self._at_once
         if batch is None:
             batch = self._at_once = _AtOnce()
-            task = asyncio.create_task(self._answer_at_once(batch))
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._at_once_done, batch))
+            self._tasks.add(asyncio.create_task(self._answer_at_once(batch)))
         batch.items.append((delivery, context))
 
     async def _answer_at_once(self, batch: _AtOnce) -> None:
@@ -226,25 +224,30 @@ class Worker:
         """
         if self._at_once is batch:
             self._at_once = None  # messages from now on go in a batch of their own
-        for delivery, context in batch.items:
-            batch.started += 1
-            incoming = parse_incoming(delivery.body, self.max_message_size)
-            if (
-                delivery.can_reply
-                and delivery.delivery_count <= self.max_deliveries
-                and self._dispatcher.answers_at_once(incoming)
-            ):
-                await self._process(delivery, context, incoming, own_task=False)
-            else:
-                self._tasks.add(asyncio.create_task(self._process(delivery, context, incoming)))
+        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            for delivery, context in batch.items:
+                batch.started += 1
+                incoming = parse_incoming(delivery.body, self.max_message_size)
+                if (
+                    delivery.can_reply
+                    and delivery.delivery_count <= self.max_deliveries
+                    and self._dispatcher.answers_at_once(incoming)
+                ):
+                    await self._process(delivery, context, incoming, own_task=False)
+                else:
+                    self._tasks.add(asyncio.create_task(self._process(delivery, context, incoming)))
+        finally:
+            self._tasks.discard(task)
+            self._never_started(batch)  # cancelled: the worker is stopping
 
-    def _at_once_done(self, batch: _AtOnce, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._at_once is batch:
-            self._at_once = None  # cancelled before it started (the worker is stopping)
-        for _ in batch.items[batch.started :]:  # never started: still the broker's
+    def _never_started(self, batch: _AtOnce) -> None:
+        """Count the messages of `batch` its task never began as handled: they are still the
+        broker's (given back when the transport closes)."""
+        for _ in batch.items[batch.started :]:
             self._handling -= 1
             self.observer.settled()
+        batch.started = len(batch.items)
 
     async def _process(
         self,
@@ -365,6 +368,9 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending)
+        batch, self._at_once = self._at_once, None
+        if batch is not None:  # its task was cancelled before it began
+            self._never_started(batch)
 
     def stop(self) -> None:
         """Stop taking messages; `run` returns once the calls in flight are done."""
