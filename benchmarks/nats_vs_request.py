@@ -109,9 +109,10 @@ def sync_sequential(client: Client, calls: int) -> float:
 
 
 KEYS = ("raw", "ours", "raw64", "ours64", "sync", "a_seq", "a64")
-KEYS += ("cpu_raw", "cpu_ours", "cpu_nc", "cpu_client")
+KEYS += ("cpu_raw", "cpu_ours", "cpu_nc", "cpu_client", "seq_raw", "seq_ours")
 """cpu_*: CPU seconds a call cost, 64 in flight: the responder, our worker (their processes),
-nc.request(), our AsyncClient (this process)."""
+nc.request(), our AsyncClient (this process); seq_*: the responder's and our worker's, one
+call after another (each call wakes a process that was waiting)."""
 
 
 def own_cpu() -> float:
@@ -147,8 +148,12 @@ async def measure(url: str, calls: int, rounds: int, width: int) -> dict[str, li
                     await ours_in_flight(c, 1000, width)
                 await asyncio.to_thread(sync_sequential, sync_client, 200)
                 for n in range(rounds):
+                    spent = cpu("raw")
                     results["raw"].append(await raw_sequential(nc, raw_subject, calls))
+                    results["seq_raw"].append((cpu("raw") - spent) / calls)
+                    spent = cpu("ours")
                     results["ours"].append(await ours_sequential(client, calls))
+                    results["seq_ours"].append((cpu("ours") - spent) / calls)
                     results["sync"].append(
                         await asyncio.to_thread(sync_sequential, sync_client, calls)
                     )
@@ -215,7 +220,9 @@ def report(title: str, results: dict[str, list[float]], width: int) -> None:
     print(
         f"CPU a call, {width} in flight (10 ms ticks): our worker {us(m('cpu_ours'))}, the "
         f"responder {us(m('cpu_raw'))}; our AsyncClient {us(m('cpu_client'))}, "
-        f"nc.request() {us(m('cpu_nc'))}"
+        f"nc.request() {us(m('cpu_nc'))}\n"
+        f"CPU a call, sequential: our worker {us(m('seq_ours'))}, the responder "
+        f"{us(m('seq_raw'))}"
     )
 
 
