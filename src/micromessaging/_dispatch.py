@@ -8,7 +8,6 @@ from service code and results JSON can't carry. Nothing a caller sends can raise
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 import traceback
@@ -16,7 +15,7 @@ from concurrent.futures import Executor
 
 from ._exceptions import RemoteError
 from ._openrpc import openrpc_document
-from ._placement import Placement
+from ._placement import Placement, awaitable
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     ErrorCode,
@@ -156,7 +155,7 @@ class Dispatcher:
                 placement = self._placements[method.name]
                 if placement.inline:  # the fast path: no coroutine, no thread
                     result = placement.call_inline(method.func, args, kwargs)
-                    if inspect.isawaitable(result):
+                    if awaitable(result):
                         result = await result
                 else:
                     result = await placement.call(self._executor, method.func, *args, **kwargs)

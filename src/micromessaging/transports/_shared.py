@@ -259,6 +259,7 @@ class Slots:
         self.limit = limit
         self.used = 0
         self._freed = asyncio.Event()
+        self._waiting = 0  # a release wakes `wait` only when something waits (most never do)
 
     @property
     def free(self) -> int:
@@ -272,13 +273,18 @@ class Slots:
     def release(self, count: int = 1) -> None:
         """Count `count` deliveries as settled (or reservations as unused)."""
         self.used -= count
-        self._freed.set()
+        if self._waiting:
+            self._freed.set()
 
     async def wait(self) -> int:
         """Wait until at least one slot is free; how many are."""
         while self.used >= self.limit:
             self._freed.clear()
-            await self._freed.wait()
+            self._waiting += 1
+            try:
+                await self._freed.wait()
+            finally:
+                self._waiting -= 1
         return self.limit - self.used
 
 
@@ -318,8 +324,8 @@ class Ledger(Generic[D]):
         self._unsettled: dict[D, None] = {}  # in the order handed over
         self._settling: set[D] = set()
         self._stranded: list[D] = []
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Event | None = None
+        """Set when the last settle under way is over, for `close` (made only by it)."""
         self.closing = False
         self.retried = 0
         """Settle attempts repeated after a transient broker error."""
@@ -348,7 +354,6 @@ class Ledger(Generic[D]):
             return False
         del self._unsettled[delivery]
         self._settling.add(delivery)
-        self._idle.clear()
         return True
 
     def release(self, delivery: D) -> None:
@@ -358,7 +363,7 @@ class Ledger(Generic[D]):
         self._settling.discard(delivery)
         if self.slots is not None:
             self.slots.release()
-        if not self._settling:
+        if not self._settling and self._idle is not None:
             self._idle.set()
         if self._on_freed is not None:
             self._on_freed()
@@ -437,9 +442,10 @@ class Ledger(Generic[D]):
         """
         self.closing = True
         if self._settling:
+            idle = self._idle = self._idle or asyncio.Event()
             try:
                 async with asyncio.timeout(timeout):
-                    await self._idle.wait()
+                    await idle.wait()
             except TimeoutError:
                 logger.warning(
                     "%d settles on %r still under way after %gs",
@@ -453,7 +459,7 @@ class Ledger(Generic[D]):
         self._unsettled.clear()
         self._stranded.clear()
         self._settling.clear()
-        self._idle.set()
+        self._idle = None
         return left
 
 

@@ -177,10 +177,7 @@ class NatsClientTransport(ClientTransport):
 
     async def _publish(self, correlation_id: str, call: Call) -> None:
         nc = self._live(call.queue)
-        headers = wire.request_headers(call.deadline, call.trace, call.sent)
-        if call.delivery_count > 1:
-            headers[wire.DELIVERY_COUNT] = str(call.delivery_count)
-        block = wire.header_block(headers)
+        block = wire.request_block(call.deadline, call.trace, call.sent, call.delivery_count)
         self._check_size(nc, len(block) + len(call.body))
         try:
             # The queue was checked by `_live`, the reply subject is our inbox's; a lone
