@@ -15,6 +15,7 @@ without it the module skips, in one line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -393,6 +394,50 @@ async def _generation(page: Page, at_least: int = 0) -> int:
         await asyncio.sleep(0.02)
 
 
+async def test_a_chosen_queue_shows_its_workers_at_once(browser: Browser) -> None:
+    """Its workers come from the snapshot the page already has, not the next one."""
+    url, queue = memory_url(), f"mm-console-{uuid.uuid4().hex[:8]}"
+    settings = ConsoleSettings(broker=url, interval=120)  # no second snapshot in this test
+    async with Worker(Calculator(), url, queue) as worker, served(settings) as console:
+        watched = await open_page(browser, console.base)
+        page = watched.page
+        await expect(field(page, queue, "workers")).to_have_text("1", timeout=WAIT_MS)
+        shown = await _generation(page)
+        await choose_queue(page, queue)
+        await expect(page.locator(f'#workers tr[data-worker="{worker.id}"]')).to_be_visible()
+        assert await _generation(page) == shown
+        watched.clean()
+
+
+async def test_the_call_form_stays_put_while_queues_and_workers_come_and_go(
+    browser: Browser,
+) -> None:
+    """On a wide screen the queues sit beside the chosen queue, whose call form comes before
+    its workers: rows gained or lost as the page refreshes move nothing a person aims at."""
+    url, queue = memory_url(), f"mm-console-{uuid.uuid4().hex[:8]}"
+    others = [f"{queue}-other-{i}" for i in range(3)]
+    settings = ConsoleSettings(broker=url, interval=0.2)
+    async with Worker(Calculator(), url, queue), served(settings) as console:
+        watched = await open_page(browser, console.base)
+        page = watched.page
+        await expect(queue_row(page, queue)).to_be_visible(timeout=WAIT_MS)
+        await choose_queue(page, queue)
+        await expect(page.locator("#workers tbody tr")).to_have_count(1, timeout=WAIT_MS)
+        await expect(page.locator("#methods-status")).to_contain_text("4 methods", timeout=WAIT_MS)
+        button = page.locator("#call-submit")
+        before = await button.bounding_box()
+        async with contextlib.AsyncExitStack() as more:
+            for name in [queue, queue, *others]:
+                await more.enter_async_context(Worker(Calculator(), url, name))
+            await expect(page.locator("#queues tbody tr")).to_have_count(4, timeout=WAIT_MS)
+            await expect(page.locator("#workers tbody tr")).to_have_count(3, timeout=WAIT_MS)
+            assert await button.bounding_box() == before
+        await expect(page.locator("#queues tbody tr")).to_have_count(1, timeout=WAIT_MS)
+        await expect(page.locator("#workers tbody tr")).to_have_count(1, timeout=WAIT_MS)
+        assert await button.bounding_box() == before
+        watched.clean()
+
+
 async def test_screenshot_of_the_page(browser: Browser) -> None:
     """docs/console.png, as the README shows it: a busy queue, its methods, a call made."""
     url = memory_url()
@@ -416,6 +461,7 @@ async def test_screenshot_of_the_page(browser: Browser) -> None:
         await call_in_form(page, "add", "[1, 5.1]")
         await expect(page.locator("#call-output")).to_have_text("6.1", timeout=WAIT_MS)
         await expect(page.locator("#dead-letters tbody tr")).to_have_count(2, timeout=WAIT_MS)
+        await expect(page.locator("#workers tbody tr")).to_have_count(2, timeout=WAIT_MS)
         await page.screenshot(path=str(SCREENSHOT), full_page=True)
         load.cancel()
         assert SCREENSHOT.stat().st_size > 10_000

@@ -13,6 +13,7 @@ const state = {
   queues: new Map(), // queue name -> its row in the queues table
   deadSeen: null, // the selected queue's dead-letter count in the last snapshot
   methods: [],
+  snapshot: null, // the last one shown
 };
 
 const $ = (id) => document.getElementById(id);
@@ -144,6 +145,7 @@ function select(name) {
   $("call-output").textContent = "";
   $("dead-status").textContent = "";
   for (const [queue, row] of state.queues) row.classList.toggle("selected", queue === name);
+  if (state.snapshot) renderDetail(state.snapshot); // its workers now, not at the next refresh
   loadMethods();
   loadDeadLetters();
 }
@@ -365,6 +367,7 @@ async function poll() {
     state.interval = Math.max(200, snapshot.interval * 1000);
     $("updated").textContent = `updated ${new Date(snapshot.at * 1000).toLocaleTimeString("en-GB")}`;
     showProblem(snapshot.error ? `The broker: ${snapshot.error}` : "");
+    state.snapshot = snapshot;
     renderQueues(snapshot);
     renderDetail(snapshot);
     document.body.dataset.generation = snapshot.generation;
