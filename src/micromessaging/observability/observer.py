@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._protocol import Request
 from .._types import JSON
@@ -28,13 +27,17 @@ ANY_METHOD = "*"
 """The method label of what is counted before its message is read (expired requests)."""
 
 
-@dataclass(slots=True)
-class CallContext:
-    """What a call's message carried besides the request: its trace context and send time."""
+class CallContext(Protocol):
+    """What a call's message carried besides the request: its trace context and send time (the
+    `Delivery` itself: nothing is copied out of it for each call)."""
 
-    trace: TraceContext | None = None
-    sent: float | None = None
-    """When the client sent it, in seconds since the epoch (None when the wire has no time)."""
+    @property
+    def trace(self) -> TraceContext | None:
+        """The caller's trace context, when the wire carried one."""
+
+    @property
+    def sent(self) -> float | None:
+        """When the client sent it, in seconds since the epoch (None when the wire has no time)."""
 
 
 class CallObserver:
@@ -64,7 +67,7 @@ class CallObserver:
             if sent is not None:
                 wait = max(0.0, time.time() - sent)
                 self.metrics.queue_wait.labels(self.queue).observe(wait)
-        return CallContext(delivery.trace, sent)
+        return delivery
 
     def settled(self) -> None:
         """A message's handling is over (settled or given up)."""
