@@ -354,6 +354,8 @@ class Ledger(Generic[D]):
             return False
         del self._unsettled[delivery]
         self._settling.add(delivery)
+        if self._idle is not None:  # closing: a settle under way again
+            self._idle.clear()
         return True
 
     def release(self, delivery: D) -> None:
