@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,8 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parents[2]
+FINISHED = ".finished"
+"""The suffix of the log beside $MM_FAULT_LOG where `slow_add` records that its wait is over."""
 
 
 class FaultService:
@@ -35,8 +38,8 @@ class FaultService:
         self._peak: Counter[str] = Counter()
         self._full: dict[str, asyncio.Event] = {}
 
-    def _record(self, what: object) -> None:
-        with open(os.environ["MM_FAULT_LOG"], "a") as log:
+    def _record(self, what: object, log_name: str = "") -> None:
+        with open(os.environ["MM_FAULT_LOG"] + log_name, "a") as log:
             log.write(f"{os.getpid()} {orjson.dumps(what).decode()}\n")
 
     def add(self, a: int, b: int) -> int:
@@ -53,6 +56,7 @@ class FaultService:
     async def slow_add(self, a: int, b: int, seconds: float) -> int:
         self._record(a)
         await asyncio.sleep(seconds)
+        self._record(a, FINISHED)  # before its reply and acknowledgement: see `finished`
         return a + b
 
     def crash(self) -> None:
@@ -95,6 +99,12 @@ def executions(log: Path) -> list[tuple[int, object]]:
         return []
     lines = log.read_text().splitlines()
     return [(int(pid), orjson.loads(what)) for pid, what in (line.split(" ", 1) for line in lines)]
+
+
+def finished(log: Path) -> list[tuple[int, object]]:
+    """(pid, a) for each `slow_add` whose wait is over (its process then replies and
+    acknowledges): a call started and not in here is still in its worker's hands."""
+    return executions(log.with_name(log.name + FINISHED))
 
 
 class WorkerProcess:
@@ -143,6 +153,28 @@ class WorkerProcess:
     def terminate(self) -> None:
         """SIGTERM: drain and exit."""
         self.process.send_signal(signal.SIGTERM)
+
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP, returning once every thread of it has stopped: from then on what it has
+        recorded stays as it is, until `resume` (or `kill`)."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while not _stopped(self.process.pid):
+            assert time.monotonic() < deadline, "the worker did not stop"
+            time.sleep(0.001)
+
+    def resume(self) -> None:
+        """SIGCONT: carry on after `pause`."""
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of process `pid` is stopped by a signal (/proc, Linux)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            if (task / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                return False
+    return True
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import pytest
 
 from micromessaging import AsyncClient, ErrorCode, MicromessagingError, RemoteError
 
-from .service import WorkerProcess, executions, worker_processes
+from .service import WorkerProcess, executions, finished, worker_processes
 
 SLACK = 2.0
 """How much later than its timeout a call may end (a loaded machine, a slow close)."""
@@ -245,18 +245,24 @@ class FaultSuite:
                 ]
                 log = tmp_path / "executions"
 
-                def victim_running() -> bool:
-                    # Calls the victim has started and nobody has answered yet: some of them
-                    # are surely still running when it dies. (Once "it has run some" was
-                    # waited for instead: a loaded machine then sometimes let the victim
-                    # finish its calls and die holding only calls it had not yet started.)
+                def victim_holding() -> bool:
+                    # Stopped (SIGSTOP), the victim holds what its records say it started and
+                    # did not finish: nothing of those was answered or acknowledged, and it
+                    # dies holding them. (Judged while it ran, from the client's view or its
+                    # records, a loaded machine sometimes let it finish every call it had
+                    # started before the kill landed, and nothing was delivered again.)
                     if sum(c.done() for c in calls) < 200:
                         return False
-                    started = [i for pid, i in executions(log) if pid == victim.pid]
-                    return sum(not calls[i].done() for i in started if isinstance(i, int)) >= 2
+                    victim.pause()
+                    started = {i for pid, i in executions(log) if pid == victim.pid}
+                    ended = {i for pid, i in finished(log) if pid == victim.pid}
+                    if len(started - ended) >= 2:
+                        return True
+                    victim.resume()
+                    return False
 
-                await eventually(victim_running, 30, "200 calls answered, the victim running some")
-                victim.kill()  # SIGKILL: no goodbye, calls in its hands
+                await eventually(victim_holding, 30, "200 calls answered, the victim holding some")
+                victim.kill()  # SIGKILL, while stopped: no goodbye, calls in its hands
                 killed = time.monotonic()
                 outcomes = await asyncio.gather(*calls)
                 check(outcomes, timeout)
