@@ -122,6 +122,10 @@ async def last_seen(js: JetStreamContext, queue: str) -> float | None:
             return None  # no stream: no worker ever kept a record
         except (nats.js.errors.ServiceUnavailableError, nats.errors.NoRespondersError) as exc:
             raise Unknown(str(exc)) from exc
+        except (TypeError, KeyError) as exc:
+            # nats-server 2.9 may answer a create meeting the stream's deletion with neither
+            # an error nor a consumer, which nats-py's reader can't make into ConsumerInfo
+            raise nats.js.errors.Error(f"the server answered with no consumer: {exc}") from exc
         try:
             newest: float | None = None
             for _ in range(info.num_pending or 0):
