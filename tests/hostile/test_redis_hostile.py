@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from micromessaging import AsyncClient
 from micromessaging.transports.redis import wire as wire
@@ -282,3 +284,42 @@ async def test_malformed_trace_context_and_send_times_are_dropped_and_the_call_r
         assert seen[:-1] == [(None, None)] * len(BAD_CONTEXT)
         assert seen[-1] == (1733000000.0, {"traceparent": GOOD_PARENT})
         assert worker.stats.transport_errors == 0
+
+
+def _reply_as_parsed(message: bytes) -> tuple[str | None, bytes]:
+    """What `wire.decode_reply` must give: the reply envelope read by the JSON parser."""
+    header, body = wire.split_envelope(message)
+    if header is None:
+        return None, message
+    cid = header.get("cid")
+    return (cid if isinstance(cid, str) else None), body
+
+
+_CIDS = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=40),
+    st.from_regex(r"\A[0-9a-f]{12}\.[0-9]{1,9}\Z"),  # ours
+    st.integers(min_value=1, max_value=30).map(lambda n: "c" * (wire.HEADER_LIMIT - 20 + n)),
+)
+_REPLY_BODIES = st.one_of(st.binary(max_size=30), st.just(b'{"jsonrpc":"2.0","result":3,"id":1}'))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(cid=_CIDS, body=_REPLY_BODIES, cut=st.integers(min_value=0, max_value=80), raw=st.booleans())
+@example(cid='a"b', body=b"{}", cut=0, raw=True)
+@example(cid="a\\b", body=b"{}", cut=0, raw=True)
+@example(cid="a\x01b", body=b"{}", cut=0, raw=True)
+@example(cid="a\x7fb", body=b"{}", cut=0, raw=True)
+@example(cid="caf\u00e9", body=b"{}", cut=0, raw=True)
+@example(cid="", body=b"", cut=0, raw=False)
+def test_a_reply_header_read_in_one_match_reads_as_the_parser_reads_it(
+    cid: str, body: bytes, cut: int, raw: bool
+) -> None:
+    # The client reads the header the worker writes with one match; every message, ours or
+    # not, whole or cut short, escaped or raw, gets what the JSON parser would give.
+    if raw:  # written by hand: control characters and lone quotes left unescaped
+        encoded = b'{"mm":1,"cid":"' + cid.encode("utf-8", "surrogatepass") + b'"}\n' + body
+    else:
+        encoded = wire.encode_reply(cid, body)
+    for message in (encoded, encoded[: len(encoded) - cut], encoded[cut:]):
+        assert wire.decode_reply(message) == _reply_as_parsed(message)

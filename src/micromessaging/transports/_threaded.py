@@ -70,8 +70,10 @@ class LoopThread:
         self._lock = threading.Lock()
         self._stopped = False
         self._local = threading.local()
-        self._state = threading.Condition(threading.Lock())
-        """Guards the four below."""
+        self._mutex = threading.Lock()
+        self._state = threading.Condition(self._mutex)
+        """Guards the four below (``with self._mutex`` where nothing waits or is notified:
+        the same lock, without the Condition's two Python-level calls)."""
         self._runner = PARKED
         self._parked_at = 0.0
         self._stopping = False
@@ -91,7 +93,7 @@ class LoopThread:
             mine = False
             waiter: _Waiter | None = None
             if asyncio._get_running_loop() is None:  # else this thread can't run another loop
-                with self._state:
+                with self._mutex:
                     mine = self._runner is PARKED and not self._stopping
                     if mine:
                         self._runner = CALLER
@@ -145,7 +147,7 @@ class LoopThread:
             _settle(loop)
         finally:
             self._here.discard(task)
-            with self._state:
+            with self._mutex:  # the Condition's lock: notify_all below may be called
                 self._runner = PARKED
                 self._parked_at = time.monotonic()
                 if self._handed or self._stopping:
