@@ -857,3 +857,112 @@ async def test_an_event_loop_held_up_past_the_link_timeout_loses_no_call(
     # The worker (held up as well: it serves from this loop) stops at once: its heartbeat
     # chore, cancelled as redis-py's own timeout fired, used to go on for 45 s.
     assert time.monotonic() - done < 5
+
+
+async def test_callers_woken_by_one_read_send_their_next_calls_in_one_push(
+    redis_url: str,
+) -> None:
+    # The test is the worker: it answers eight calls with one RPUSH, so the client reads the
+    # eight replies in one BLMPOP. The eight callers, woken together, call again at once:
+    # those calls go to Redis in one push. (The push was held before the wake-ups were
+    # scheduled, so the hold ended before they ran: the first went alone, the rest after.)
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    transport = client_transport(f"{redis_url}?worker_window=0")
+    pushes: list[int] = []
+    await transport.connect()
+    batcher = transport._pusher  # type: ignore[attr-defined]
+    push = batcher._send
+
+    async def counted(batch: list[object]) -> None:
+        pushes.append(len(batch))
+        await push(batch)
+
+    batcher._send = counted
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+
+        async def caller(n: int) -> list[bytes]:
+            deadline = time.time() + 10
+            return [
+                await transport.request(queue, b'{"round":%d,"n":%d}' % (r, n), deadline)
+                for r in range(2)
+            ]
+
+        callers = asyncio.gather(*(caller(n) for n in range(8)))
+
+        async def take_all() -> list[bytes]:
+            requests: list[bytes] = []
+            while len(requests) < 8:
+                requests += await redis.rpop(queue, 8 - len(requests)) or []
+                await asyncio.sleep(0.005)
+            return requests
+
+        async def answer(requests: list[bytes]) -> None:
+            replies, reply_to = [], ""
+            for request in requests:
+                header, body = wire.split_envelope(request)
+                assert header is not None
+                replies.append(wire.encode_reply(header["cid"], body))
+                reply_to = str(header["reply_to"])
+            await redis.rpush(reply_to, *replies)  # one list: read back in one BLMPOP
+
+        first = await asyncio.wait_for(take_all(), 10)
+        pushes.clear()
+        await answer(first)
+        second = await asyncio.wait_for(take_all(), 10)
+        assert pushes == [8]
+        await answer(second)
+        results = await asyncio.wait_for(callers, 10)
+        assert results == [[b'{"round":0,"n":%d}' % n, b'{"round":1,"n":%d}' % n] for n in range(8)]
+    finally:
+        await transport.aclose()
+        await redis.delete(queue)
+        await redis.aclose()
+
+
+async def test_messages_one_settle_took_settle_together_in_the_next(redis_url: str) -> None:
+    # A settle run takes the next messages in its round trip (up to twice as many as the
+    # last run took). Those handed over together settle together: the next run carries
+    # every one of them, where the first of them used to go alone and the rest after it.
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    redis = aioredis.Redis.from_url(redis_url)
+    reply_to = wire.reply_key(f"test-{uuid.uuid4().hex}")
+    requests = [
+        wire.encode_request(b'{"n":%d}' % n, reply_to, f"c{n}", time.time() + 30) for n in range(60)
+    ]
+    await redis.lpush(queue, *requests)
+    transport = worker_transport(redis_url, WorkerOptions(queue=queue, concurrency=16))
+    settler = transport._settler  # type: ignore[attr-defined]
+    send = settler._send
+    runs: list[tuple[int, int]] = []
+    """(messages settled, messages taken) of each settle run"""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def counted(batch: list[object]) -> None:
+        taken = transport.stats.taken  # type: ignore[attr-defined]
+        await send(batch)
+        runs.append((len(batch), transport.stats.taken - taken))  # type: ignore[attr-defined]
+
+    settler._send = counted
+
+    def deliver(delivery: object) -> None:
+        task = asyncio.create_task(delivery.complete(b'{"ok":1}'))  # type: ignore[attr-defined]
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await transport.start(deliver)
+    try:
+
+        async def answered() -> bool:
+            return await redis.llen(reply_to) == len(requests)
+
+        await eventually_async(answered)
+        took_several = [i for i, (_, taken) in enumerate(runs[:-1]) if taken > 1]
+        assert took_several, runs  # the runs did take batches
+        for i in took_several:
+            assert runs[i + 1][0] >= runs[i][1], runs
+    finally:
+        await transport.stop_receiving()
+        await transport.aclose()
+        await redis.delete(queue, reply_to)
+        await redis.aclose()

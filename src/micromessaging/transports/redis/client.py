@@ -204,10 +204,12 @@ class RedisClientTransport(ClientTransport):
             if backoff.succeeded():
                 logger.info("reading replies from Redis again")
             if got:
-                if len(got[1]) > 1:
-                    self._pusher.hold_for_this_round()  # the woken callers' next calls
                 for correlation_id, reply in calls.replies(got):
                     self._router.resolve(correlation_id, reply)
+                if len(got[1]) > 1:
+                    # After the wake-ups it just scheduled: the woken callers' next calls
+                    # then go out together, where the first would go alone and the rest next.
+                    self._pusher.hold_for_this_round()
                 # Let the woken callers run (and send their next requests) before this loop
                 # asks for more: the next BLMPOP then costs no caller any latency.
                 await asyncio.sleep(0)

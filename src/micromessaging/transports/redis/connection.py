@@ -288,11 +288,12 @@ class Batcher(Generic[T]):
         self._task: asyncio.Task[None] | None = None
 
     def hold_for_this_round(self) -> None:
-        """Queue what is sent until the callbacks ready now (and those they wake) have run."""
+        """Queue what is sent until the callbacks ready now have run: call it *after*
+        scheduling the wake-ups (resolving the futures, creating the tasks), since the hold
+        ends in a callback of its own, run after every callback already scheduled. Called
+        before them it ends before they run, and the first of them sends alone."""
         if not self._held:
             self._held = True
-            # call_soon runs after every callback already scheduled, such as the wake-ups of
-            # the tasks the caller is resolving right now.
             asyncio.get_running_loop().call_soon(self._unhold)
 
     def _unhold(self) -> None:

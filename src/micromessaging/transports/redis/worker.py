@@ -431,10 +431,12 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
         if taken:
             self.stats.takes += 1
             self.stats.taken += len(taken)
-            if len(taken) > 1:
-                self._settler.hold_for_this_round()
             for item in taken:
                 self._hand_over(item)
+            if len(taken) > 1:
+                # After the tasks just made: their settles then go out together, where the
+                # first would go alone and the rest after it.
+                self._settler.hold_for_this_round()
 
     def _plain_settle(self, batch: list[tuple[RedisDelivery, bytes | None]]) -> bool:
         """Whether `batch` can settle without the script: on one Redis, with every reply
