@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from micromessaging import AsyncClient, ErrorCode, Worker
+from micromessaging.transports.nats import compat
 from micromessaging.transports.nats.wire import (
     DEADLINE,
     DELIVERY_COUNT,
@@ -108,7 +109,7 @@ class Harness:
             await self.nc.subscribe(subject, cb=self._spy)
         if not self.jetstream:
             await self.nc.subscribe(dead_letter_subject(self.queue), cb=self._keep_dead)
-        await self.nc.flush()
+        await compat.flush_in_order(self.nc)  # the SUBs first, then the PING
         self.worker = await stack.enter_async_context(
             Worker(self.service, self.url, self.queue, concurrency=CONCURRENCY)
         )

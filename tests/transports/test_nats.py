@@ -123,7 +123,7 @@ class TestNatsContract(TransportContract):
         nc = self._spy = await raw_connection(nats_url)
         self._dead: list[bytes] = []
         sub = await nc.subscribe(DEAD_LETTER_PREFIX + queue, cb=self._keep_dead)
-        await nc.flush()
+        await compat.flush_in_order(nc)
         yield self._dead
         await sub.unsubscribe()
         await nc.close()
@@ -284,7 +284,7 @@ class TestNatsAdmin(AdminContract):
         nc = await raw_connection(broker_url)
         try:
             await nc.publish(queue, body, headers={DELIVERY_COUNT: "5"})
-            await nc.flush()
+            await compat.flush_in_order(nc)
         finally:
             await nc.close()
 
@@ -381,7 +381,7 @@ async def test_our_client_calls_a_plain_nats_responder(nats_url: str) -> None:
         await msg.respond(orjson.dumps({"jsonrpc": "2.0", "result": result, "id": request["id"]}))
 
     await nc.subscribe(queue, queue="responders", cb=respond)
-    await nc.flush()
+    await compat.flush_in_order(nc)
     try:
         async with AsyncClient(nats_url, queue, timeout=5) as client:
             assert await client.add(1, 5.1) == 6.1
@@ -432,7 +432,7 @@ async def test_our_headers_travel_with_the_request(url: str, queue: str, nats_ur
             nc = await raw_connection(nats_url)
             seen: asyncio.Future[nats.aio.msg.Msg] = asyncio.get_running_loop().create_future()
             await nc.subscribe(queue, cb=functools.partial(_set, seen))
-            await nc.flush()
+            await compat.flush_in_order(nc)
             pending = asyncio.create_task(client.add(1, 2))
             msg = await asyncio.wait_for(seen, 2)
             await nc.close()
@@ -489,7 +489,7 @@ async def test_requeued_too_often_is_dead_lettered(url: str, queue: str, nats_ur
     spy = await raw_connection(nats_url)
     dead: list[bytes] = []
     await spy.subscribe(DEAD_LETTER_PREFIX + queue, cb=functools.partial(_keep, dead))
-    await spy.flush()
+    await compat.flush_in_order(spy)
     try:
         first, second = Overlap(), Overlap()
         async with AsyncClient(url, queue, timeout=15) as client:
@@ -656,7 +656,7 @@ def test_a_lone_publish_is_written_at_once_on_either_loop(nats_url: str, loop: s
 
         try:
             await listener.subscribe(subject, cb=keep)
-            await listener.flush()
+            await compat.flush_in_order(listener)
             await compat.publish_checked(ours, subject, b"alone", alone=True)
             assert ours._pending == []  # written: nothing left for the flusher
             await compat.publish_checked(ours, subject, b"with others")
@@ -737,6 +737,53 @@ async def test_no_worker_names_the_queue_and_creates_no_stream(nats_url: str) ->
         await nc.close()
 
 
+async def test_a_flush_in_order_reaches_the_server_after_what_waited(nats_url: str) -> None:
+    # nats-py's flush writes its PING at once, ahead of a SUB still in its buffer, so its
+    # PONG did not say the server had the subscription: a message published right after
+    # by another connection was sometimes dropped. A proxy records what the client writes.
+    server = urlsplit(nats_url)
+    written = bytearray()
+
+    async def pipe(source: asyncio.StreamReader, to: asyncio.StreamWriter, keep: bool) -> None:
+        while data := await source.read(65536):
+            if keep:
+                written.extend(data)
+            to.write(data)
+            await to.drain()
+        to.close()
+
+    relayed = asyncio.Event()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream = await asyncio.open_connection(server.hostname, server.port)
+        try:
+            await asyncio.gather(
+                pipe(reader, upstream, True), pipe(upstream_reader, writer, False),
+                return_exceptions=True,
+            )  # fmt: skip
+        finally:
+            for each in (upstream, writer):
+                each.close()
+                with contextlib.suppress(OSError):
+                    await each.wait_closed()
+            relayed.set()
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    nc = await raw_connection(f"nats://127.0.0.1:{port}")
+    try:
+        written.clear()  # the handshake
+        await nc.subscribe(f"order-{uuid.uuid4().hex[:8]}")
+        await compat.flush_in_order(nc)
+        assert written.startswith(b"SUB "), bytes(written)
+        assert written.endswith(b"PING\r\n"), bytes(written)
+    finally:
+        await nc.close()
+        await asyncio.wait_for(relayed.wait(), 10)  # both ends closed
+        proxy.close()
+        await proxy.wait_closed()
+
+
 async def test_a_consumer_answer_without_the_consumer_is_a_passing_doubt(tmp_path: Path) -> None:
     # nats-server 2.9.10, asked for a look's consumer while MM_WORKERS was being deleted and
     # made again, once answered a create with no error and no consumer ("config": null, no
@@ -758,7 +805,7 @@ async def test_a_consumer_answer_without_the_consumer_is_a_passing_doubt(tmp_pat
             await api.publish(msg.reply, garbled)
 
         await api.subscribe("$JS.API.CONSUMER.>", cb=answer)
-        await api.flush()
+        await compat.flush_in_order(api)
         nc = await raw_connection(node.url)
         try:
             with pytest.raises(nats.js.errors.Error, match="no consumer"):

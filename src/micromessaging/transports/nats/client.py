@@ -30,7 +30,7 @@ from ..._exceptions import NoWorkers, TransportError
 from .._shared import ReplyRouter, connection_lost
 from ..base import ClientTransport, TraceContext
 from . import wire
-from .compat import publish_checked, subscribe_direct
+from .compat import flush_in_order, publish_checked, subscribe_direct
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .presence import Presence
 from .stored import PUBACK, Call, StoredRequests, gave_up
@@ -67,7 +67,7 @@ class NatsClientTransport(ClientTransport):
         self._inbox = f"{self._settings.inbox_prefix}.{secrets.token_hex(11)}."
         try:
             await subscribe_direct(nc, self._inbox + ">", self._arrived)
-            await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
+            await flush_in_order(nc, timeout=math.ceil(self._settings.connect_timeout))
         except NATS_ERRORS as exc:
             await close_connection(nc)
             raise TransportError(f"can't subscribe to replies on NATS: {exc!r}") from exc

@@ -30,7 +30,7 @@ from .._context import TRACEPARENT, decode_sent, read_trace
 from .._shared import LedgerDelivery, WorkerTransportBase, decode_deadline
 from ..base import WorkerOptions
 from . import presence, wire
-from .compat import publish_checked, subscribe_direct
+from .compat import flush_in_order, publish_checked, subscribe_direct
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .streams import ensure_dead_letter_stream
 
@@ -249,7 +249,8 @@ class NatsWorkerTransport(NatsWorkerBase):
         nc = await self._connect()
         try:
             self._sub = await subscribe_direct(nc, self.queue, self._arrived, queue=self.queue)
-            await nc.flush(timeout=math.ceil(self._settings.connect_timeout))
+            # Serving once the server has the subscription, not merely the PING after it.
+            await flush_in_order(nc, timeout=math.ceil(self._settings.connect_timeout))
         except NATS_ERRORS as exc:
             await self._disconnect()
             raise TransportError(f"can't subscribe to {self.queue!r} on NATS: {exc!r}") from exc
