@@ -784,6 +784,22 @@ async def test_a_flush_in_order_reaches_the_server_after_what_waited(nats_url: s
         await proxy.wait_closed()
 
 
+async def test_a_flush_in_order_gives_up_when_the_flusher_never_answers() -> None:
+    # nats-py's flusher stops on a lost connection without answering what it was given:
+    # waiting for it is bounded like the round trip after it.
+    class StuckFlusher:
+        async def _flush_pending(self, force_flush: bool = False) -> None:
+            await asyncio.Event().wait()
+
+        async def flush(self, timeout: int = 10) -> None:
+            raise AssertionError("no round trip before the buffer is out")
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await compat.flush_in_order(StuckFlusher(), timeout=1)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 5
+
+
 async def test_a_consumer_answer_without_the_consumer_is_a_passing_doubt(tmp_path: Path) -> None:
     # nats-server 2.9.10, asked for a look's consumer while MM_WORKERS was being deleted and
     # made again, once answered a create with no error and no consumer ("config": null, no

@@ -298,9 +298,10 @@ async def flush_in_order(connection: _Client, timeout: int = 10) -> None:
     the flusher task (a SUB just made): its PONG can come back before the server has seen
     that SUB, and a message another connection publishes meanwhile finds no subscriber (the
     first message of a fresh subscription was lost in 1 to 2 runs of 100). So the buffer
-    goes out first, then the round trip. `TimeoutError` (nats-py's) when the PONG is late.
+    goes out first, then the round trip. `TimeoutError` when either takes over `timeout`
+    seconds (a flusher that stops on a lost connection never answers what it was given).
     """
-    await connection._flush_pending(force_flush=True)
+    await asyncio.wait_for(connection._flush_pending(force_flush=True), timeout)
     await connection.flush(timeout=timeout)
 
 
