@@ -35,6 +35,7 @@ from micromessaging.transports import (
 )
 from micromessaging.transports.redis import RedisSettings, scripts
 from micromessaging.transports.redis import wire as wire
+from micromessaging.transports.redis.connection import Batcher
 from tests.brokers import RedisNode, free_port
 
 from .admin_contract import AdminContract
@@ -966,3 +967,36 @@ async def test_messages_one_settle_took_settle_together_in_the_next(redis_url: s
         await transport.aclose()
         await redis.delete(queue, reply_to)
         await redis.aclose()
+
+
+async def test_what_waits_when_a_hold_begins_goes_out_with_what_the_round_sends() -> None:
+    # A batch comes back with replies that wake two callers; it holds the batcher, and the
+    # two call again at once. A call queued while the batch was out goes with theirs, not
+    # alone ahead of them.
+    sent: list[list[int]] = []
+    out = {0: asyncio.Event(), 1: asyncio.Event()}
+    one_out = asyncio.Event()
+    woken: list[asyncio.Task[None]] = []
+
+    async def send(batch: list[int]) -> None:
+        sent.append(list(batch))
+        if batch == [1]:
+            one_out.set()
+        if batch[0] in out:
+            await out[batch[0]].wait()
+        if batch == [1]:
+            woken.extend(asyncio.create_task(batcher.send(n)) for n in (3, 4))
+            batcher.hold_for_this_round()
+
+    batcher: Batcher[int] = Batcher(send)
+    zero = asyncio.create_task(batcher.send(0))  # out at once
+    await asyncio.sleep(0)
+    await batcher.send(1)  # queued: goes out from the drain task once 0 is back
+    out[0].set()
+    await zero
+    await one_out.wait()
+    await batcher.send(2)  # queued while 1 is out
+    out[1].set()
+    await asyncio.gather(*woken)
+    await asyncio.wait_for(batcher.flush(), 5)
+    assert sent == [[0], [1], [2, 3, 4]]

@@ -324,7 +324,7 @@ class Batcher(Generic[T]):
 
     async def _drain(self) -> None:
         try:
-            while self._waiting:
+            while self._waiting and not self._held:  # held: the end of the hold sends it
                 batch, self._waiting = self._waiting, []
                 try:
                     await self._send(batch)
