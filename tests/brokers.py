@@ -300,9 +300,12 @@ class RedisCluster:
         self.wait_healthy()
         return self
 
-    def wait_healthy(self, timeout: float = 30) -> None:
+    def wait_healthy(self, timeout: float = 60) -> None:
         """Until every running node says the cluster is ok, and each master has a replica
-        in sync (`replicas` > 0) among the running nodes."""
+        in sync (`replicas` > 0) among the running nodes.
+
+        About 9 s here after the create, most of it for the first node to hear of every
+        replica by gossip; 30 s once ran out in CI while the machine was busy."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -311,8 +314,23 @@ class RedisCluster:
             except Exception:  # a node still joining
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the test's Redis Cluster did not become healthy")
+                raise RuntimeError(
+                    f"the test's Redis Cluster did not become healthy in {timeout:g} s: "
+                    + "; ".join(self._describe(node) for node in self.nodes)
+                )
             time.sleep(0.1)
+
+    @staticmethod
+    def _describe(node: RedisNode) -> str:
+        """What a node says of its state, for a cluster that did not come up."""
+        if not node.running:
+            return f"{node.port}: not running"
+        try:
+            state = node.call("CLUSTER", "INFO").split(b"\r\n")[0].decode()
+            info = node.call("INFO", "replication")
+            return f"{node.port}: {state}, {info['role']}, link {info.get('master_link_status')}"
+        except Exception as exc:
+            return f"{node.port}: {exc!r}"
 
     def _healthy(self) -> bool:
         running = [node for node in self.nodes if node.running]
