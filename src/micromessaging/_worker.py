@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import secrets
 import socket
 import time
+from collections.abc import Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 from ._dispatch import Dispatcher
@@ -201,6 +203,9 @@ class Worker:
         context = self.observer.taken(delivery)
         self._handling += 1
         if not self._at_once_possible or self._handling == 1:
+            if self._at_once_possible and delivery.arrived_alone:
+                self._answer_here(delivery, context)
+                return
             # Alone (one call after another), a task of its own costs less than a batch.
             self._tasks.add(asyncio.create_task(self._process(delivery, context)))
             return
@@ -229,17 +234,37 @@ class Worker:
             for delivery, context in batch.items:
                 batch.started += 1
                 incoming = parse_incoming(delivery.body, self.max_message_size)
-                if (
-                    delivery.can_reply
-                    and delivery.delivery_count <= self.max_deliveries
-                    and self._dispatcher.answers_at_once(incoming)
-                ):
+                if self._waits_for_nothing(delivery, incoming):
                     await self._process(delivery, context, incoming, own_task=False)
                 else:
                     self._tasks.add(asyncio.create_task(self._process(delivery, context, incoming)))
         finally:
             self._tasks.discard(task)
             self._never_started(batch)  # cancelled: the worker is stopping
+
+    def _answer_here(self, delivery: Delivery, context: CallContext) -> None:
+        """Answer `delivery`, the only message in flight and its read's last, in the task
+        that read it, when its answer waits for nothing (as `_answer_at_once` does); in a
+        task of its own otherwise. One call after another, this saves a turn of the event
+        loop a call (measured over NATS: 182k -> 174k instructions a call in the worker).
+        """
+        incoming = parse_incoming(delivery.body, self.max_message_size)
+        if not self._waits_for_nothing(delivery, incoming):
+            self._tasks.add(asyncio.create_task(self._process(delivery, context, incoming)))
+            return
+        rest = run_eagerly(self._process(delivery, context, incoming, own_task=False))
+        if rest is not None:  # it waited after all (a socket that is behind, a retry)
+            self._tasks.add(rest)
+            rest.add_done_callback(self._tasks.discard)
+
+    def _waits_for_nothing(self, delivery: Delivery, incoming: Incoming) -> bool:
+        """Whether answering `delivery` runs nothing that could wait (but for its socket):
+        a reply it can send, within its delivery limit, from a fast plain method."""
+        return (
+            delivery.can_reply
+            and delivery.delivery_count <= self.max_deliveries
+            and self._dispatcher.answers_at_once(incoming)
+        )
 
     def _never_started(self, batch: _AtOnce) -> None:
         """Count the messages of `batch` its task never began as handled: they are still the
@@ -410,6 +435,56 @@ class _AtOnce:
         self.items: list[tuple[Delivery, CallContext]] = []
         self.started = 0
         """How many of `items` the task has begun (each settles itself from then on)."""
+
+
+def run_eagerly(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run `coroutine` here and now up to its first wait; None when it finished without
+    one, else the task that runs the rest (from that wait on, as if it had been its own
+    from the start). Python 3.12 has this as eager tasks; 3.11 has not.
+
+    It runs in a context of its own, as a task would (a context variable it sets and resets
+    around a wait is set and reset in the same context). Unlike a task's, its first part
+    sees the running task as `asyncio.current_task()`: what runs this way must not use it
+    (nor `asyncio.timeout`) before its first wait.
+    """
+    context = contextvars.copy_context()
+    try:
+        waiting = context.run(coroutine.send, None)
+    except StopIteration:
+        return None
+    return asyncio.create_task(_Begun(coroutine, waiting), context=context)
+
+
+_NOTHING = object()
+
+
+class _Begun(Coroutine[Any, Any, None]):
+    """A coroutine already begun, for a task to take on where it waits: the task's first
+    step gets what the coroutine yielded there (a future, or None for a turn of the loop),
+    and from then on the task drives the coroutine itself, as any of its own. Cancelled
+    before that first step, the coroutine is told where it waits."""
+
+    __slots__ = ("_coroutine", "_waiting")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting: object) -> None:
+        self._coroutine = coroutine
+        self._waiting = waiting
+
+    def send(self, value: Any) -> Any:
+        waiting, self._waiting = self._waiting, _NOTHING
+        return self._coroutine.send(value) if waiting is _NOTHING else waiting
+
+    def throw(self, *error: Any) -> Any:
+        waiting, self._waiting = self._waiting, _NOTHING
+        if isinstance(waiting, asyncio.Future):
+            waiting.cancel()  # cancelled before its first step: as a task cancels its wait
+        return self._coroutine.throw(*error)
+
+    def close(self) -> None:
+        self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        raise TypeError("a task runs this: it can't be awaited")
 
 
 def _owes_reply(incoming: Incoming) -> bool:

@@ -34,6 +34,7 @@ from micromessaging import (
     Worker,
 )
 from micromessaging._loop import run
+from micromessaging._placement import TRIAL_CALLS
 from micromessaging.transports import nats as nats_transport
 from micromessaging.transports import worker_transport
 from micromessaging.transports.admin import AdminTransport
@@ -986,3 +987,66 @@ def test_a_large_message_read_in_pieces_is_gathered_once() -> None:
 
     asyncio.run(read())
     assert recorder.seen == [("msg", 1, b"q", b"_INBOX.a", body, None), ("ping",)]
+
+
+class ReadEndRecorder(Recorder):
+    """A connection that notes, with each message, whether the parser said its read ends."""
+
+    last_of_read = False
+
+    async def _process_msg(self, sid, subject, reply, data, headers) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append((bytes(data), self.last_of_read))
+
+
+def test_the_parser_tells_which_message_ends_its_read() -> None:
+    # What lets a worker answer a lone request in the reading task: nothing after it in the
+    # read (a request with others behind it goes with them, in a task of their own).
+    one, two = (b"MSG q 1 _INBOX.a 1\r\n%s\r\n" % n for n in (b"1", b"2"))
+    gathered = b"MSG q 1 _INBOX.a 3\r\n333\r\n"
+    recorder = ReadEndRecorder()
+    parser = compat._Parser(recorder)
+
+    async def read() -> None:
+        await parser.parse(one + two)  # two whole messages: the second ends the read
+        await parser.parse(one + two[:5])  # the next one is on its way
+        await parser.parse(two[5:] + b"PING\r\n")  # the read goes on after it
+        await parser.parse(gathered[:-4])  # gathered by nats-py's parser: never "alone"
+        await parser.parse(gathered[-4:])
+
+    asyncio.run(read())
+    assert recorder.seen == [
+        (b"1", False), (b"2", True), (b"1", False), (b"2", False), ("ping",), (b"333", False),
+    ]  # fmt: skip
+    assert recorder.last_of_read is False
+
+
+class Where:
+    """A plain method that tells which task ran it (by its coroutine's name)."""
+
+    def which(self, n: int) -> str:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # in the thread pool, where it starts
+            return "thread"
+        return "none" if task is None else task.get_coro().__qualname__  # type: ignore[union-attr]
+
+
+async def test_a_lone_request_is_answered_in_the_task_that_read_it(nats_url: str) -> None:
+    # One call after another, the request is its read's last and the worker has nothing
+    # else in flight: the reading task answers it (a task of its own costs a loop turn).
+    queue = f"mm-test-{uuid.uuid4().hex[:12]}"
+    async with (
+        Worker(Where(), nats_url, queue, concurrency=64) as worker,
+        AsyncClient(nats_url, queue, timeout=10) as client,
+    ):
+        for n in range(TRIAL_CALLS + 1):  # until `which` has shown itself fast: inline
+            await client.which(n)
+        assert [await client.which(n) for n in range(5)] == ["Client._read_loop"] * 5
+        # Requests read together go on together, in a task of their own (the first of them
+        # may still be read alone).
+        burst = await asyncio.gather(*(client.which(n) for n in range(64)))
+        assert burst.count("Client._read_loop") < 32, burst
+        assert set(burst) <= {"Client._read_loop", "Worker._answer_at_once", "Worker._process"}
+        assert worker.stats.completed == TRIAL_CALLS + 1 + 5 + 64
+        assert worker.record().in_flight == 0
+        assert await client.which(0) == "Client._read_loop"  # and alone again afterwards

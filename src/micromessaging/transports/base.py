@@ -56,6 +56,10 @@ class Delivery(ABC):
     """When the client sent it, in seconds since the epoch; None when the wire has no time."""
     trace: TraceContext | None = None
     """The caller's trace context, when the wire carried one."""
+    arrived_alone: bool = False
+    """Whether the transport read it by itself, with nothing after it in the same read: then
+    a worker with nothing else in flight may answer it in the reading task, where a task of
+    its own would cost a turn of the event loop (one call after another)."""
 
     @property
     @abstractmethod

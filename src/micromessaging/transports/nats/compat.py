@@ -73,6 +73,8 @@ class _Parser(Parser):
     """nats-py's parser, with the whole messages at the front of each read taken out at once."""
 
     async def parse(self, data: bytes = b"") -> None:
+        nc = self.nc
+        nc.last_of_read = False
         if self.state != AWAITING_CONTROL_LINE:
             await super().parse(data)  # in the middle of a message nats-py's parser began
             return
@@ -81,7 +83,6 @@ class _Parser(Parser):
             buffer.extend(data)
             data = bytes(buffer)
             buffer.clear()
-        nc = self.nc
         position, end = 0, len(data)
         while position < end:
             first = data[position]
@@ -106,7 +107,9 @@ class _Parser(Parser):
             position = stop + 2
             headers = data[start : start + head] if head else None
             payload = data[start + head : stop]
+            nc.last_of_read = position == end
             await nc._process_msg(int(sid), subject, reply or b"", payload, headers)
+        nc.last_of_read = False
         if position < end:
             # Another kind of line, a line not all here yet, or a payload still on its way
             # (gathered in nats-py's buffer, where reading it again each time from here would
@@ -124,6 +127,8 @@ class Client(_Client):
         self._direct: dict[int, Handler] = {}
         """Subscription ids whose messages go straight to a function (`subscribe_direct`)."""
         self._handed_directly = 0
+        self.last_of_read = False
+        """Whether the message being handed over is a read's last: nothing came after it."""
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes

@@ -30,7 +30,7 @@ from .._context import TRACEPARENT, decode_sent, read_trace
 from .._shared import LedgerDelivery, WorkerTransportBase, decode_deadline
 from ..base import WorkerOptions
 from . import presence, wire
-from .compat import flush_in_order, publish_checked, subscribe_direct
+from .compat import Client, flush_in_order, publish_checked, subscribe_direct
 from .connection import NATS_ERRORS, close_connection, open_connection, where
 from .streams import ensure_dead_letter_stream
 
@@ -263,6 +263,8 @@ class NatsWorkerTransport(NatsWorkerBase):
         if not self.receiving:
             self._bounce_soon(delivery, wire.Bounce.BUSY)
         elif slots.free > 0:
+            connection = msg._client
+            delivery.arrived_alone = isinstance(connection, Client) and connection.last_of_read
             self.hand_over(delivery)
         elif len(self._backlog) < self._backlog_limit:
             self._backlog.append(delivery)
