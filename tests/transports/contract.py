@@ -32,6 +32,7 @@ import contextlib
 import threading
 import time
 import uuid
+from asyncio import selector_events
 from collections.abc import AsyncIterator
 
 import orjson
@@ -48,6 +49,7 @@ from micromessaging import (
     Worker,
 )
 from micromessaging.transports import client_transport
+from micromessaging.transports._shared import READ_SIZE
 
 TRACE = {
     "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -326,6 +328,43 @@ class TransportContract:
     async def test_large_params_round_trip(self, worker: Worker, client: AsyncClient) -> None:
         value = "x" * 200_000
         assert await client.echo(value) == value
+
+    async def test_a_client_on_asyncios_loop_reads_at_most_read_size_at_once(
+        self, worker: Worker, broker_url: str, queue: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # asyncio's socket transport reads up to 256 KiB at once into a fresh bytes object,
+        # which glibc maps and unmaps at every read: our connections ask for READ_SIZE.
+        reads: list[tuple[int, int, int]] = []
+        read = selector_events._SelectorSocketTransport._read_ready__data_received  # type: ignore[attr-defined]
+
+        def recorded(transport: asyncio.Transport) -> None:
+            size: int = transport.max_size  # type: ignore[attr-defined]
+            reads.append((threading.get_ident(), id(transport), size))
+            read(transport)
+
+        monkeypatch.setattr(
+            selector_events._SelectorSocketTransport,  # type: ignore[attr-defined]
+            "_read_ready__data_received",
+            recorded,
+        )
+
+        async def calls() -> int:  # on a loop of asyncio's own, in a thread of its own
+            async with AsyncClient(broker_url, queue, timeout=10) as client:
+                assert await client.add(1, 2) == 3
+                value = "x" * 300_000  # more than one read
+                assert await client.echo(value) == value
+            return threading.get_ident()
+
+        caller = await asyncio.to_thread(asyncio.run, calls())
+        connections: dict[int, list[int]] = {}
+        for thread, connection, size in reads:
+            if thread == caller:
+                connections.setdefault(connection, []).append(size)
+        assert connections
+        for sizes in connections.values():
+            # Its first read may come while the connection is being made, before it is ours
+            # (a NATS server greets at once).
+            assert set(sizes[1:]) <= {READ_SIZE}, sizes
 
     async def test_too_large_message_is_refused(self, worker: Worker, client: AsyncClient) -> None:
         with pytest.raises(RemoteError) as caught:

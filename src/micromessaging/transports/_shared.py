@@ -16,6 +16,7 @@ same for every broker and lives here:
 - `UrlOptions`: our own options taken out of a broker URL's query string and parsed the same
   way for every broker (flags, seconds, counts, choices).
 - `ReplyRouter` and `connection_lost`, for the clients' side.
+- `keep_reads_small`: reads on asyncio's own loop that don't map memory each time.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import secrets
 import ssl
 import time
 from abc import abstractmethod
+from asyncio import selector_events
 from collections.abc import Awaitable, Callable, Collection
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._exceptions import CallTimeout, ConfigurationError, TransportError
@@ -44,6 +46,32 @@ D = TypeVar("D", bound="LedgerDelivery")
 
 CLOSE_WAIT = 5.0
 """Seconds a closing worker transport waits for settles still under way before giving back."""
+
+
+READ_SIZE = 64 * 1024
+"""The most a connection of ours reads at once on asyncio's own loop (`keep_reads_small`)."""
+
+
+def keep_reads_small(transport: asyncio.BaseTransport | None) -> None:
+    """Have `transport` read at most `READ_SIZE` bytes at once, when it is a socket transport
+    of asyncio's own (selector) loop; nothing otherwise (uvloop's, TLS).
+
+    asyncio's socket transport reads with ``recv(256 KiB)``: a fresh bytes object that size
+    each read, above glibc's threshold for mapping memory (128 KiB), shrunk to what came and
+    freed once handled: three system calls (mmap, mremap, munmap) and a page fault a read,
+    every read, as the threshold never grows (what is freed is the shrunk size). A 64 KiB
+    read comes from the heap. Measured one call after another over NATS, on the blocking
+    `Client`'s private loop and an `AsyncClient` on asyncio's loop: 6-10% of a round trip.
+    uvloop reads into a buffer of its own. The size is the transport's ``max_size``, an
+    attribute of asyncio's private class (the same in Python 3.11 to 3.13): set on the
+    instance, when the instance has it.
+    """
+    kind = _SOCKET_TRANSPORT
+    if kind is not None and isinstance(transport, kind) and hasattr(transport, "max_size"):
+        transport.max_size = READ_SIZE
+
+
+_SOCKET_TRANSPORT: type[Any] | None = getattr(selector_events, "_SelectorSocketTransport", None)
 
 
 class Refused(TransportError):

@@ -48,6 +48,8 @@ from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 
+from .._shared import keep_reads_small
+
 Frames = ChannelFrame
 
 logger = logging.getLogger("micromessaging.transport.amqp")
@@ -252,6 +254,7 @@ def _init(self: aiormq.connection.FrameReceiver, reader: asyncio.StreamReader) -
     global bulk_readers
     _aiormq_init(self, reader)
     if _ours.get():
+        keep_reads_small(reader._transport)  # type: ignore[attr-defined]
         bulk_readers += 1
         self.__dict__["_mm_ready"] = deque()
         self.__dict__["_mm_data"] = b""

@@ -17,6 +17,8 @@ from collections import deque
 
 import httptools
 
+from .._shared import keep_reads_small
+
 Response = tuple[int, dict[bytes, bytes], bytes]
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -51,6 +53,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        keep_reads_small(transport)
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -53,6 +53,7 @@ from nats.aio.subscription import Subscription
 from nats.aio.transport import TcpTransport
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
+from .._shared import keep_reads_small
 from .wire import read_plain_headers
 
 logger = logging.getLogger("micromessaging.transport.nats")
@@ -158,6 +159,12 @@ class Client(_Client):
         except Exception:
             # The reading task must go on, whatever one message did to its handler.
             logger.exception("NATS: handling a message on %r failed", msg.subject)
+
+    async def _connect_to_server(self, s: Any) -> None:
+        await super()._connect_to_server(s)
+        writer = getattr(self._transport, "_io_writer", None)  # TcpTransport's
+        if writer is not None:
+            keep_reads_small(writer.transport)
 
     async def _flush_pending(self, force_flush: bool = False, alone: bool = False) -> Any:
         transport = None if force_flush or not self._pending_data_size else self._writable(alone)

@@ -24,6 +24,8 @@ from redis.cluster import ClusterNode
 from redis.connection import parse_url
 from redis.retry import Retry
 
+from .._shared import keep_reads_small
+
 AnyPool = aioredis.ConnectionPool | redis.ConnectionPool
 
 
@@ -33,6 +35,31 @@ def retry(pool_class: type[AnyPool], retries: int) -> Retry | AsyncRetry:
     if issubclass(pool_class, aioredis.ConnectionPool):
         return AsyncRetry(backoff, retries)
     return Retry(backoff, retries)
+
+
+def reading_small(connection_class: type[Any]) -> type[Any]:
+    """`connection_class` (an async redis-py connection class) whose connections read at
+    most `READ_SIZE` at once on asyncio's own loop (`keep_reads_small`); made once a class."""
+    made = _reading_small.get(connection_class)
+    if made is None:
+
+        async def _connect(self: Any) -> None:
+            await connection_class._connect(self)
+            if self._writer is not None:
+                keep_reads_small(self._writer.transport)
+
+        made = type(connection_class.__name__, (connection_class,), {"_connect": _connect})
+        _reading_small[connection_class] = made
+    return made
+
+
+_reading_small: dict[type[Any], type[Any]] = {}
+
+
+def read_small(pool: AnyPool) -> None:
+    """Have the connections `pool` makes from now on read as `reading_small` says."""
+    if isinstance(pool, aioredis.ConnectionPool):
+        pool.connection_class = reading_small(pool.connection_class)
 
 
 def new_connection(pool: aioredis.ConnectionPool) -> Any:

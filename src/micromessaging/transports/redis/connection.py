@@ -172,6 +172,7 @@ class RedisSettings:
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad Redis URL {self.display}: {exc}") from exc
+        compat.read_small(pool)
         kwargs = pool.connection_kwargs
         # redis-py waits for ever by default: a Redis that stops answering would hang us.
         for option in ("socket_timeout", "socket_connect_timeout"):

@@ -35,6 +35,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from .._shared import keep_reads_small
 from . import compat
 from .connection import LINK_ERRORS
 
@@ -81,6 +82,7 @@ class _LinkProtocol(asyncio.Protocol):
         self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, owner: object
     ) -> None:
         self.transport = transport
+        keep_reads_small(transport)
         self.owner = owner
         """What must live as long as the transport is used (`compat.take_transport`)."""
         self.loop = loop
