@@ -48,6 +48,7 @@ from micromessaging import (
     TransportError,
     Worker,
 )
+from micromessaging._placement import TRIAL_CALLS
 from micromessaging.transports import client_transport
 from micromessaging.transports._shared import READ_SIZE
 
@@ -152,6 +153,25 @@ async def serving(
         await asyncio.wait_for(worker.__aexit__(None, None, None), worker.grace + 15)
 
 
+class Where:
+    """A plain method that tells which task ran it (by its coroutine's name)."""
+
+    def which(self, n: int) -> str:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # in the thread pool, where it starts
+            return "thread"
+        return "none" if task is None else task.get_coro().__qualname__  # type: ignore[union-attr]
+
+
+async def until_inline(client: AsyncClient) -> int:
+    """Call `Where.which` until it has shown itself fast and runs inline; the calls it took."""
+    for calls in range(1, 10 * TRIAL_CALLS):
+        if await client.which(0) != "thread":
+            return calls
+    raise AssertionError("`which` never ran inline")
+
+
 class TransportContract:
     """Behaviours every transport must show; subclasses provide the hooks above."""
 
@@ -208,6 +228,11 @@ class TransportContract:
 
     cuts_connections = False
     """Whether the test can close a client's or a worker's connections from the broker."""
+
+    taking_task: str | None = None
+    """The worker's task that takes a request by itself (`Delivery.arrived_alone`) and, with
+    nothing else in flight, answers it too, by its coroutine's name; None where the
+    transport hands every request to a task of its own."""
 
     async def cut_client(self, broker_url: str, client: AsyncClient) -> None:
         raise NotImplementedError
@@ -328,6 +353,27 @@ class TransportContract:
     async def test_large_params_round_trip(self, worker: Worker, client: AsyncClient) -> None:
         value = "x" * 200_000
         assert await client.echo(value) == value
+
+    async def test_a_lone_request_is_answered_in_the_task_that_took_it(
+        self, broker_url: str, queue: str
+    ) -> None:
+        # One call after another, a task of its own would cost a turn of the event loop
+        # before the reply goes out.
+        if self.taking_task is None:
+            pytest.skip("this transport hands every request to a task of its own")
+        async with (
+            Worker(Where(), broker_url, queue, concurrency=64) as worker,
+            AsyncClient(broker_url, queue, timeout=10) as client,
+        ):
+            calls = await until_inline(client)
+            assert [await client.which(n) for n in range(5)] == [self.taking_task] * 5
+            # Requests taken together go on together, each in a task (the first of them may
+            # still come alone).
+            burst = await asyncio.gather(*(client.which(n) for n in range(64)))
+            assert burst.count(self.taking_task) < 32, burst
+            assert worker.stats.completed == calls + 5 + 64
+            await eventually(lambda: worker.record().in_flight == 0)
+            assert await client.which(0) == self.taking_task  # and alone again afterwards
 
     async def test_a_client_on_asyncios_loop_reads_at_most_read_size_at_once(
         self, worker: Worker, broker_url: str, queue: str, monkeypatch: pytest.MonkeyPatch

@@ -222,12 +222,15 @@ class RedisContractHooks(TransportContract):
 class TestRedisContract(RedisContractHooks):
     """The default wire: envelopes, one reply list per client."""
 
+    taking_task = "RedisWorkerTransport._consume"  # the blocking take's loop
+
 
 class TestRedisSeedWireContract(RedisContractHooks):
     """``?wire=seed``: our client speaking the seed's protocol to our worker; with the
     no-worker rule asked for, as it is off by default on the seed's wire."""
 
     wire_query = "?wire=seed&worker_window=30"
+    taking_task = "RedisWorkerTransport._check_then_deliver"  # its reply list checked first
 
     async def test_expired_request_is_not_run(self) -> None:
         pytest.skip("the seed's wire carries no deadline: a seed-form request is always run")

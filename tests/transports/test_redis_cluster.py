@@ -65,6 +65,8 @@ async def raw_cluster(cluster: RedisCluster) -> aiocluster.RedisCluster:
 class TestRedisClusterContract(TransportContract):
     """Everything every transport does, over redis+cluster://."""
 
+    taking_task = "RedisWorkerTransport._consume"
+
     @pytest.fixture
     def broker_url(self, cluster: RedisCluster) -> str:
         return cluster.url

@@ -264,14 +264,15 @@ class RedisWorkerTransport(WorkerTransportBase[RedisDelivery]):
                 continue
             self.stats.takes += 1
             self.stats.taken += 1
-            self._hand_over(item)
+            self._hand_over(item, alone=True)
             await asyncio.sleep(0)  # let the delivery start before the next round trip
 
-    def _hand_over(self, item: bytes) -> None:
-        """Give the worker a message it has a slot reserved for."""
+    def _hand_over(self, item: bytes, *, alone: bool = False) -> None:
+        """Give the worker a message it has a slot reserved for; `alone`: taken by itself."""
         header, body = wire.split_envelope(item)
         delivery = RedisDelivery(self, item, header)
         delivery.body = body
+        delivery.arrived_alone = alone
         problem = self._address(delivery)
         if not self.receiving:
             self.ledger.slots.release()  # type: ignore[union-attr]  # given back, unstarted
