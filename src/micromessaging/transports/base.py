@@ -57,9 +57,10 @@ class Delivery(ABC):
     trace: TraceContext | None = None
     """The caller's trace context, when the wire carried one."""
     arrived_alone: bool = False
-    """Whether the transport read it by itself, with nothing after it in the same read: then
-    a worker with nothing else in flight may answer it in the reading task, where a task of
-    its own would cost a turn of the event loop (one call after another)."""
+    """Whether the transport took it by itself (the last message of its read, a blocking
+    take of one): then a worker with nothing else in flight may answer it in the task that
+    took it, where a task of its own would cost a turn of the event loop (one call after
+    another)."""
 
     @property
     @abstractmethod
