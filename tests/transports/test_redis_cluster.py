@@ -65,8 +65,6 @@ async def raw_cluster(cluster: RedisCluster) -> aiocluster.RedisCluster:
 class TestRedisClusterContract(TransportContract):
     """Everything every transport does, over redis+cluster://."""
 
-    taking_task = "RedisWorkerTransport._consume"
-
     @pytest.fixture
     def broker_url(self, cluster: RedisCluster) -> str:
         return cluster.url
@@ -117,6 +115,13 @@ class TestRedisClusterContract(TransportContract):
             await asyncio.sleep(0.01)
 
     cuts_connections = True
+
+    async def test_a_lone_request_is_answered_in_the_task_that_took_it(self) -> None:
+        pytest.skip(
+            "on a cluster a reply goes to its list's node ahead of the settle's transaction on "
+            "the queue's node, so a caller's next request is often taken by that transaction "
+            "(a task each), not by the blocking take that answers a lone request itself"
+        )
 
     async def test_a_client_on_asyncios_loop_reads_at_most_read_size_at_once(self) -> None:
         pytest.skip(
